@@ -1,0 +1,165 @@
+"""Builders of valid and deliberately broken .mcq files for the format tests."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from mcq_format import constants as C
+from mcq_format.container import RawTensor, to_raw, write_container
+from mcq_format.sections import encode_section
+
+IO_X = {"name": "x", "dtype": "int64", "shape": ["batch", "seq"]}
+IO_POS = {"name": "pos", "dtype": "int64", "shape": ["seq"]}
+IO_Y = {"name": "logits", "dtype": "float32", "shape": ["batch", "seq", 4]}
+
+
+def model_tensors() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    return {
+        "embed.weight": rng.standard_normal((8, 4)).astype(np.float32),
+        "lm_head.qweight": rng.integers(-128, 127, (4, 4), dtype=np.int8),
+        "lm_head.scale": np.full((4,), 0.5, np.float16),
+        "norm.bf16": RawTensor("BF16", (4,), bytes(range(8))),
+    }
+
+
+def graph(name: str = "decode") -> dict[str, Any]:
+    return {
+        "version": 1,
+        "name": name,
+        "inputs": [dict(IO_X), dict(IO_POS)],
+        "nodes": [
+            {
+                "name": "emb",
+                "op": "aten.embedding.default",
+                "args": [["tensor", "embed.weight"], ["ref", "x"]],
+                "kwargs": {},
+            },
+            {
+                "name": "cast",
+                "op": "aten._to_copy.default",
+                "args": [["ref", "emb"]],
+                "kwargs": {
+                    "dtype": ["dtype", "float32"],
+                    "device": ["device", "cpu"],
+                    "layout": ["layout", "strided"],
+                    "memory_format": ["memory_format", "preserve_format"],
+                },
+                "meta": {"shape": ["batch", "seq", 4]},
+            },
+            {
+                "name": "head",
+                "op": "mcq.qlinear",
+                "args": [["ref", "cast"], ["tensor", "lm_head.qweight"], None, 1.5, True],
+                "kwargs": {"mode": ["str", "w8"], "dims": ["list", [1, ["ref", "x"]]]},
+                "qkey": "lm_head",
+            },
+        ],
+        "outputs": [{"name": "logits", "value": ["ref", "head"]}],
+    }
+
+
+def manifest(entries: tuple[str, ...] = ("prefill", "decode")) -> dict[str, Any]:
+    return {
+        "format": "mcq",
+        "format_version": [1, 0],
+        "opset_version": 1,
+        "producer": {"name": "tests", "version": "0"},
+        "model": {"family": "toy", "config": {"hidden": 4}},
+        "entry_points": {
+            e: {"graph": f"graph/{e}", "inputs": [dict(IO_X), dict(IO_POS)], "outputs": [dict(IO_Y)]}
+            for e in entries
+        },
+        "quant": {"scheme": "w8"},
+        "tokenizer": {"kind": "hf-tokenizers-json"},
+    }
+
+
+def sections() -> dict[str, Any]:
+    return {
+        "manifest": manifest(),
+        "graph/prefill": graph("prefill"),
+        "graph/decode": graph("decode"),
+        "qformat": {
+            "version": 1,
+            "nodes": {
+                "lm_head": {
+                    "kind": "qlinear",
+                    "inputs": {"x": None},
+                    "weight": {"bits": 8, "scale": "lm_head.scale", "zero_point": None},
+                }
+            },
+        },
+        "tokenizer": {"kind": "hf-tokenizers-json", "json": '{"model": {}}'},
+    }
+
+
+def build(
+    path: Any,
+    *,
+    tensors: dict[str, Any] | None = None,
+    sections_: dict[str, Any] | None = None,
+    meta: dict[str, str | None] | None = None,
+    digests: bool = True,
+) -> None:
+    """Write a bundle with write_container only, so that any section content can be stored.
+
+    ``sections_`` values are objects (encoded) or bytes (stored as they are);
+    hashes are computed for what is stored.  ``meta`` entries override the
+    computed metadata; a value of None deletes the key.
+    """
+    tensors = model_tensors() if tensors is None else tensors
+    secs = sections() if sections_ is None else sections_
+    raw = {n: to_raw(n, v) for n, v in tensors.items()}
+    if digests and C.SECTION_TENSOR_SHA256 not in secs:
+        secs = dict(secs)
+        secs[C.SECTION_TENSOR_SHA256] = {n: hashlib.sha256(r.data).digest() for n, r in raw.items()}
+    metadata = {
+        "format": "mcq",
+        "mcq.format_version": "1.0",
+        "mcq.opset_version": "1",
+    }
+    all_tensors: dict[str, Any] = dict(raw)
+    for name, obj in secs.items():
+        data = obj if isinstance(obj, bytes) else encode_section(obj, name)
+        metadata["mcq.sha256." + name] = hashlib.sha256(data).hexdigest()
+        all_tensors["__mcq__/" + name] = np.frombuffer(data, np.uint8)
+    for key, value in (meta or {}).items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    write_container(path, all_tensors, metadata)
+
+
+def with_section(name: str, obj: Any) -> dict[str, Any]:
+    secs = sections()
+    secs[name] = obj
+    return secs
+
+
+def edit(name: str, fn: Any) -> dict[str, Any]:
+    """sections() with ``fn`` applied to a deep copy of section ``name``."""
+    secs = sections()
+    obj = copy.deepcopy(secs[name])
+    fn(obj)
+    secs[name] = obj
+    return secs
+
+
+def raw_file(path: Any, header: Any, data: bytes = b"", *, length: int | None = None) -> None:
+    """Write a raw container: ``header`` is an object (JSON-encoded) or bytes."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    n = len(text) if length is None else length
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", n) + text + data)
+
+
+def meta_ok() -> dict[str, str]:
+    return {"format": "mcq", "mcq.format_version": "1.0", "mcq.opset_version": "1"}
