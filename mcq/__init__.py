@@ -1,0 +1,88 @@
+"""mcq: quantize a PyTorch causal LM into one self-contained `.mcq` file.
+
+    import mcq
+    q = mcq.quantize(model, mcq.QuantConfig(), tokenizer=tok)   # capture + calibrate
+    q.save("model.mcq")                                         # one file, no pickles
+    runtime.load("model.mcq").generate("The capital of France is")
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from mcq.config import ConfigError, QuantConfig, preset
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "QuantConfig", "Quantized", "preset", "quantize", "__version__"]
+
+
+@dataclass
+class Quantized:
+    """The result of `quantize`: everything a bundle holds, still in memory."""
+
+    sections: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    config: QuantConfig
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the bundle atomically: the file appears whole or not at all."""
+        import mcq_format
+
+        from mcq.bundle import to_numpy
+
+        mcq_format.write(path, {k: to_numpy(v) for k, v in self.tensors.items()}, self.sections)
+
+    def model(self, qlevel: int | None = None):
+        """A runtime model over the in-memory bundle (qlevel 2, 3 or 4), without writing a file."""
+        from runtime.ir import Graph
+        from runtime.model import Model
+        from runtime.tokenizer import Tokenizer
+
+        manifest = self.sections["manifest"]
+        graphs = {n: Graph.decode(self.sections[ep["graph"]]) for n, ep in manifest["entry_points"].items()}
+        tok = Tokenizer(self.sections["tokenizer"]) if self.sections.get("tokenizer") else None
+        qformat = self.sections["qformat"]
+        level = self.config.qlevel if qlevel is None else qlevel
+        if not qformat["nodes"]:
+            level = 0
+        return Model(graphs, self.tensors.__getitem__, qformat, manifest, tok, level)
+
+
+def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> list[list[int]]:
+    """Seeded random token sequences, for models without a tokenizer (tests, tiny examples)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, seq_len), generator=gen).tolist()
+
+
+def quantize(model: torch.nn.Module, config: QuantConfig | None = None, *, tokenizer: Any = None,
+             data: str | os.PathLike[str] | None = None, samples: Sequence[Sequence[int]] | None = None,
+             seq_len: int = 256, max_samples: int | None = 64, batch_size: int = 4,
+             progress: bool = True) -> Quantized:
+    """Capture `model` (an HF causal LM), calibrate it on `data` and return the quantized bundle.
+
+    Calibration data: `samples` (token-id lists) if given, else `data` (a .txt file or .json/.jsonl
+    records {instruction, input, output}), else the built-in English text; models without a
+    tokenizer calibrate on seeded random tokens.
+    """
+    from mcq.bundle import assemble, sections
+    from mcq.calibrate import batches_of, calibrate
+    from mcq.capture import capture_causal_lm
+    from mcq.data import load_samples
+    from mcq.plan import plan_qformat
+
+    cfg = config or QuantConfig()
+    captured = capture_causal_lm(model)
+    plan = plan_qformat(captured.graphs["prefill"], cfg)
+    if samples is None:
+        if tokenizer is not None:
+            encode = tokenizer.backend_tokenizer.encode
+            samples = load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
+        else:
+            samples = random_samples(int(model.config.vocab_size))
+    observers = calibrate(captured, plan, batches_of(samples, batch_size), progress)
+    heads = int(getattr(model.config, "num_attention_heads", 0) or getattr(model.config, "n_head"))
+    assembled = assemble(captured, plan, observers, cfg, heads)
+    return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)

@@ -1,0 +1,57 @@
+"""qlevel-2 calibration: run the prefill graph with observers at every quant point."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mcq.capture import Captured
+from mcq.observers import Observer
+from runtime import lower
+
+
+def make_observers(qformat: dict[str, Any]) -> dict[tuple[str, str], Observer]:
+    observers = {}
+    for qkey, entry in qformat["nodes"].items():
+        for role, spec in entry["inputs"].items():
+            if spec.get("source"):
+                continue  # derived from another quant point's parameters
+            axis = spec["axis"] if spec["granularity"] == "channel" else None
+            observers[(qkey, role)] = Observer(axis)
+    return observers
+
+
+def batches_of(samples: Sequence[Sequence[int]], batch_size: int) -> list[torch.Tensor]:
+    """Group token sequences into batches of equal length (no padding ever reaches an observer)."""
+    by_len: dict[int, list[Sequence[int]]] = {}
+    for s in samples:
+        by_len.setdefault(len(s), []).append(s)
+    out = []
+    for length in sorted(by_len):  # deterministic order
+        group = by_len[length]
+        for i in range(0, len(group), batch_size):
+            out.append(torch.tensor(group[i : i + batch_size], dtype=torch.long))
+    return out
+
+
+def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[torch.Tensor],
+              progress: bool = True) -> dict[tuple[str, str], Observer]:
+    """Observe every quant point of the prefill graph over `batches`; decode reuses the same keys."""
+    observers = make_observers(qformat)
+    if not observers:
+        return observers
+
+    def observe(qkey: str, role: str, x: torch.Tensor) -> None:
+        observers[(qkey, role)].update(x)
+
+    gm = lower.build(captured.graphs["prefill"], captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
+    batches = list(batches)
+    with torch.no_grad():
+        for ids in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+            gm(ids, torch.ones_like(ids))
+    missing = [f"{k}:{r}" for (k, r), o in observers.items() if o.min is None]
+    if missing:
+        raise RuntimeError(f"calibration never reached quant points: {', '.join(missing[:5])}")
+    return observers

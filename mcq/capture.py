@@ -1,0 +1,302 @@
+"""Capture a Hugging Face causal LM as two ATen graphs (prefill, decode) with torch.export.
+
+The KV cache is explicit: prefill returns each layer's keys/values, decode takes the past ones
+as inputs and returns only the new token's. Every tensor that enters the cache passes through a
+marker op (`mcq.kv_point`) so quantization finds the cache without knowing the model family.
+Quant-point identities (qkeys) are module path + op kind + occurrence, computed here once and
+identical in both graphs.
+"""
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim, export
+
+from runtime.ir import Graph, Node, Ref, Symbol, TensorRef, TensorSpec
+from runtime.lower import past_input_name, present_output_name
+from runtime.ops import DTYPE_NAMES, KV_POINT
+
+
+class CaptureError(RuntimeError):
+    pass
+
+
+@torch.library.custom_op("mcq_capture::kv_point", mutates_args=())
+def _kv_point(x: torch.Tensor, layer: int, which: int) -> torch.Tensor:
+    return x.clone()
+
+
+@_kv_point.register_fake
+def _(x: torch.Tensor, layer: int, which: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _cache_class():  # imported lazily: transformers is only needed to capture HF models
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class MarkedLayer(DynamicLayer):
+        """A cache layer that marks new keys/values and remembers them for the graph outputs."""
+
+        def __init__(self, layer: int) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def update(self, keys: torch.Tensor, values: torch.Tensor, *args: Any, **kwargs: Any):
+            keys = torch.ops.mcq_capture.kv_point(keys, self.layer, 0)
+            values = torch.ops.mcq_capture.kv_point(values, self.layer, 1)
+            self.new_keys, self.new_values = keys, values
+            if not self.is_initialized:
+                self.keys, self.values, self.is_initialized, self.device = keys, values, True, keys.device
+            else:
+                self.keys = torch.cat([self.keys, keys], dim=-2)
+                self.values = torch.cat([self.values, values], dim=-2)
+            return self.keys, self.values
+
+    def make(n_layers: int, past: tuple[torch.Tensor, ...] | None = None) -> DynamicCache:
+        cache = DynamicCache()
+        cache.layers = [MarkedLayer(i) for i in range(n_layers)]
+        if past is not None:
+            for i, layer in enumerate(cache.layers):
+                layer.keys, layer.values = past[2 * i], past[2 * i + 1]
+                layer.is_initialized, layer.device = True, layer.keys.device
+        return cache
+
+    return make
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    # left padding: a token's position counts only the real tokens before it
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PrefillWrapper(nn.Module):
+    def __init__(self, model: nn.Module, n_layers: int) -> None:
+        super().__init__()
+        self.model, self.n_layers, self.make_cache = model, n_layers, _cache_class()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        cache = self.make_cache(self.n_layers)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=_positions(attention_mask), past_key_values=cache, use_cache=True)
+        return (out.logits, *[t for layer in cache.layers for t in (layer.new_keys, layer.new_values)])
+
+
+class DecodeWrapper(nn.Module):
+    def __init__(self, model: nn.Module, n_layers: int) -> None:
+        super().__init__()
+        self.model, self.n_layers, self.make_cache = model, n_layers, _cache_class()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: tuple[torch.Tensor, ...]):
+        cache = self.make_cache(self.n_layers, past)
+        position_ids = attention_mask.long().sum(-1, keepdim=True) - 1
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, past_key_values=cache, use_cache=True)
+        return (out.logits, *[t for layer in cache.layers for t in (layer.new_keys, layer.new_values)])
+
+
+@dataclass
+class Captured:
+    """Both graphs of a model, the float tensors they read, and what the manifest needs."""
+
+    graphs: dict[str, Graph]
+    tensors: dict[str, torch.Tensor]
+    family: str
+    model_config: dict[str, Any]
+    kv_shape: dict[str, int] = field(default_factory=dict)  # heads, head_dim, layers
+
+
+_DROPPED = {
+    "aten._assert_tensor_metadata.default",
+    "aten._assert_scalar.default",
+    "aten.sym_constrain_range_for_size.default",
+    "aten._assert_async.msg",
+}
+_SHAPE_OPS = {
+    "aten.view.default", "aten._unsafe_view.default", "aten.reshape.default", "aten.expand.default",
+    "aten.permute.default", "aten.transpose.int", "aten.clone.default", "aten.unsqueeze.default",
+    "aten.cat.default", "aten.alias.default", "aten.slice.Tensor", "aten.t.default",
+}
+WRAPPER_PREFIX = "model."
+
+
+def _op_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        name = str(target)
+        return KV_POINT if name.startswith("mcq_capture.kv_point") else name
+    if getattr(target, "__module__", None) in ("_operator", "operator") or target in vars(operator).values():
+        return f"_operator.{target.__name__}"
+    raise CaptureError(f"cannot capture call to {target!r}: not an ATen op or a Python operator")
+
+
+def _strip(path: str) -> str:
+    return path[len(WRAPPER_PREFIX):] if path.startswith(WRAPPER_PREFIX) else path
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    return _strip(list(stack.values())[-1][0])
+
+
+def _to_graph(ep: torch.export.ExportedProgram, name: str, input_names: list[str],
+              input_dims: dict[str, dict[int, str]], output_names: list[str],
+              tensors: dict[str, torch.Tensor]) -> Graph:
+    sig = ep.graph_signature
+    lifted: dict[str, str] = {}
+    user_inputs: list[str] = []
+    for spec in sig.input_specs:
+        if spec.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+            fqn = _strip(spec.target)
+            lifted[spec.arg.name] = fqn
+            value = ep.state_dict.get(spec.target)
+            if value is None:
+                value = ep.constants[spec.target]
+            tensors.setdefault(fqn, value.detach().contiguous())
+        elif spec.kind.name == "USER_INPUT":
+            user_inputs.append(spec.arg.name)
+        else:
+            raise CaptureError(f"{name}: unsupported graph input kind {spec.kind}")
+    if len(user_inputs) != len(input_names):
+        raise CaptureError(f"{name}: expected {len(input_names)} inputs, export gave {len(user_inputs)}")
+    renamed = dict(zip(user_inputs, input_names))
+
+    def conv(a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            if a.name in lifted:
+                return TensorRef(lifted[a.name])
+            return Ref(renamed.get(a.name, a.name))
+        if isinstance(a, (list, tuple)):
+            return [conv(x) for x in a]
+        if isinstance(a, torch.dtype):
+            return Symbol("dtype", DTYPE_NAMES[a])
+        if isinstance(a, torch.device):
+            return Symbol("device", "cpu")
+        if isinstance(a, torch.layout):
+            return Symbol("layout", "strided")
+        if isinstance(a, torch.memory_format):
+            return Symbol("memory_format", str(a).removeprefix("torch."))
+        if a is None or isinstance(a, (bool, int, float, str)):
+            return a
+        raise CaptureError(f"{name}: cannot serialize argument {a!r} of type {type(a).__name__}")
+
+    inputs = []
+    for ph, iname in zip(user_inputs, input_names):
+        val = next(n for n in ep.graph.nodes if n.name == ph).meta["val"]
+        dims = input_dims.get(iname, {})
+        shape = [dims[i] if i in dims else int(d) for i, d in enumerate(val.shape)]
+        inputs.append(TensorSpec(iname, DTYPE_NAMES[val.dtype], shape))
+
+    nodes: list[Node] = []
+    occurrences: Counter[tuple[str, str]] = Counter()
+    outputs: list[tuple[str, Any]] = []
+    for n in ep.graph.nodes:
+        if n.op == "call_function":
+            op = _op_name(n.target)
+            if op in _DROPPED:
+                continue
+            node = Node(n.name, op, [conv(a) for a in n.args], {k: conv(v) for k, v in n.kwargs.items()})
+            path = _module_path(n)
+            if op == "aten.linear.default":
+                node.qkey = f"{path}/linear{occurrences[(path, 'linear')]}"
+                occurrences[(path, "linear")] += 1
+            elif op == "aten.bmm.default":
+                node.qkey = f"{path}/bmm{occurrences[(path, 'bmm')]}"
+                occurrences[(path, "bmm")] += 1
+            elif op == KV_POINT:
+                node.qkey = f"{path}/{'kv'[int(n.args[2])]}_cache"
+            nodes.append(node)
+        elif n.op == "output":
+            values = n.args[0]
+            if len(values) != len(output_names):
+                raise CaptureError(f"{name}: expected {len(output_names)} outputs, export gave {len(values)}")
+            outputs = [(o, conv(v)) for o, v in zip(output_names, values)]
+        elif n.op not in ("placeholder",):
+            raise CaptureError(f"{name}: unsupported graph node {n.op} {n.target}")
+    graph = Graph(name, inputs, nodes, outputs)
+    _annotate_bmm_sources(graph)
+    return graph
+
+
+def _annotate_bmm_sources(graph: Graph) -> None:
+    """Record, on each attention bmm, which KV-cache point its second operand comes from."""
+    by_name = {n.name: n for n in graph.nodes}
+
+    def source(v: Any, depth: int = 0) -> str | None:
+        if not isinstance(v, Ref) or depth > 32 or v.name not in by_name:
+            return None
+        node = by_name[v.name]
+        if node.op == KV_POINT:
+            return node.qkey
+        if node.op in _SHAPE_OPS:
+            for a in node.args:
+                for x in (a if isinstance(a, list) else [a]):
+                    found = source(x, depth + 1)
+                    if found:
+                        return found
+        return None
+
+    for node in graph.nodes:
+        if node.op == "aten.bmm.default":
+            src = source(node.args[1])
+            if src:
+                node.meta["b_source"] = src
+
+
+def _decompositions():
+    table = torch.export.default_decompositions()
+    del table[torch.ops.aten.linear.default]  # keep linears whole: they are quant points
+    return table
+
+
+def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
+    """Capture an HF causal LM (GPT-J, Llama, GPT-2 style) as prefill + decode graphs."""
+    cfg = model.config
+    family = getattr(cfg, "model_type", type(model).__name__)
+    n_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+    cfg._attn_implementation = "eager"  # explicit Q.K^T and P.V matmuls: they are quant points
+    model.eval()
+    vocab = int(cfg.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    batch = Dim("batch", min=1, max=256)
+    seq = Dim("seq", min=2, max=32768)
+    past = Dim("past", min=1, max=32768)
+    ids = torch.randint(0, vocab, (2, example_len), generator=gen)
+    mask = torch.ones(2, example_len, dtype=torch.long)
+    mask[0, :2] = 0  # left padding in the example keeps the mask path general
+    with torch.no_grad():
+        prefill_wrapper = PrefillWrapper(model, n_layers)
+        outs = prefill_wrapper(ids, mask)
+    kv = tuple(o.detach() for o in outs[1:])
+    heads, head_dim = int(kv[0].shape[1]), int(kv[0].shape[-1])
+    kv_names = [present_output_name(i // 2, i % 2) for i in range(2 * n_layers)]
+    past_names = [past_input_name(i // 2, i % 2) for i in range(2 * n_layers)]
+
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        ep = export(prefill_wrapper, (ids, mask), strict=True,
+                    dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+        ep = ep.run_decompositions(_decompositions())
+    prefill = _to_graph(ep, "prefill", ["input_ids", "attention_mask"],
+                        {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+                        ["logits", *kv_names], tensors)
+
+    step_ids = torch.randint(0, vocab, (2, 1), generator=gen)
+    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        ep = export(DecodeWrapper(model, n_layers), (step_ids, step_mask, kv), strict=True,
+                    dynamic_shapes=({0: batch}, {0: batch, 1: past + 1},
+                                    tuple({0: batch, 2: past} for _ in kv)))
+        ep = ep.run_decompositions(_decompositions())
+    past_dims = {n: {0: "batch", 2: "past"} for n in past_names}
+    decode = _to_graph(ep, "decode", ["input_ids", "attention_mask", *past_names],
+                       {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past+1"}, **past_dims},
+                       ["logits", *kv_names], tensors)
+    config = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str)) or v is None}
+    return Captured({"prefill": prefill, "decode": decode}, tensors, family, config,
+                    {"layers": n_layers, "heads": heads, "head_dim": head_dim})

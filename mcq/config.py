@@ -1,0 +1,131 @@
+"""The quantization config: one object, set once, validated on construction.
+
+Keys follow the reference flow's YAML (weight_calib_method, act_dtype, kv_dtype, ...). Unknown
+keys and invalid values raise ConfigError naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is not accepted; the message names it and the allowed values."""
+
+
+WEIGHT_METHODS = ("AMAX_SYM",)
+ACT_METHODS = ("MINMAX_ASYM", "AMAX_SYM")
+QUANT_DTYPES = ("int8", "float32")  # float32: leave unquantized
+WEIGHT_GRANULARITIES = ("channel", "tensor")
+ACT_GRANULARITIES = ("tensor",)
+QLEVELS = (2, 3, 4)
+
+_ALLOWED: dict[str, tuple[Any, ...]] = {
+    "weight_calib_method": WEIGHT_METHODS,
+    "weight_dtype": QUANT_DTYPES,
+    "weight_granularity": WEIGHT_GRANULARITIES,
+    "act_calib_method": ACT_METHODS,
+    "act_dtype": QUANT_DTYPES,
+    "act_granularity": ACT_GRANULARITIES,
+    "kv_dtype": QUANT_DTYPES,
+    "qlevel": QLEVELS,
+}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize a model. Build with keywords, `from_yaml` or `preset`."""
+
+    weight_calib_method: str = "AMAX_SYM"
+    weight_dtype: str = "int8"
+    weight_granularity: str = "channel"
+    weight_nbits: int = 8
+    act_calib_method: str = "MINMAX_ASYM"
+    act_dtype: str = "int8"
+    act_granularity: str = "tensor"
+    act_nbits: int = 8
+    percentile: float = 99.99
+    kv_dtype: str = "int8"
+    disable_inout: bool = False
+    qlevel: int = 4
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed = _ALLOWED.get(f.name)
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        for key in ("weight_nbits", "act_nbits"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value != 8:
+                raise ConfigError(f"{key}: {value!r} is not supported (allowed: 8)")
+        if isinstance(self.disable_inout, bool) is False:
+            raise ConfigError(f"disable_inout: {self.disable_inout!r} is not a boolean (true or false)")
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < float(p) <= 100.0:
+            raise ConfigError(f"percentile: {p!r} is not a number in (50, 100]")
+
+    @property
+    def quantizes_weights(self) -> bool:
+        return self.weight_dtype != "float32"
+
+    @property
+    def quantizes_acts(self) -> bool:
+        return self.act_dtype != "float32"
+
+    @property
+    def quantizes_kv(self) -> bool:
+        return self.kv_dtype != "float32"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "QuantConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        base: dict[str, Any] = {}
+        if "preset" in data:
+            base = dataclasses.asdict(preset(str(data["preset"])))
+        for key, value in data.items():
+            if key == "preset":
+                continue
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(sorted(known | {'preset'}))})")
+            base[key] = value
+        return cls(**base)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "QuantConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        return cls.from_dict(data or {}, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference recipe: int8 per-channel weights, int8 per-tensor activations at linear and
+    # attention-matmul inputs, int8 KV cache; norms, softmax and residual adds stay float.
+    "W8A8KV8": {},
+    "W8A8": {"kv_dtype": "float32"},
+    "W8A16": {"act_dtype": "float32", "kv_dtype": "float32"},
+    "FLOAT": {"weight_dtype": "float32", "act_dtype": "float32", "kv_dtype": "float32"},
+}
+
+
+def preset(name: str) -> QuantConfig:
+    try:
+        return QuantConfig(**PRESETS[name])
+    except KeyError:
+        raise ConfigError(f"preset: {name!r} is not one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,62 @@
+"""Decide, per quant point, what gets quantized and how (the qformat, before calibration)."""
+from __future__ import annotations
+
+from typing import Any
+
+from mcq.config import QuantConfig
+from runtime.ir import Graph, Ref
+from runtime.ops import KV_POINT
+
+LINEAR, BMM = "aten.linear.default", "aten.bmm.default"
+
+
+def _act_spec(cfg: QuantConfig, granularity: str = "tensor", axis: int | None = None) -> dict[str, Any]:
+    return {"dtype": cfg.act_dtype, "nbits": cfg.act_nbits, "granularity": granularity, "axis": axis,
+            "symmetric": cfg.act_calib_method.endswith("_SYM"), "method": cfg.act_calib_method}
+
+
+def _kv_spec(cfg: QuantConfig) -> dict[str, Any]:
+    # one scale per KV head: axis 1 of [batch, kv_heads, seq, head_dim]
+    spec = _act_spec(cfg, "channel", 1)
+    spec["dtype"] = cfg.kv_dtype
+    return spec
+
+
+def _inout_keys(graph: Graph) -> set[str]:
+    """Linears reading the model's first quantized input, and the last linear (disable_inout)."""
+    linears = [n for n in graph.nodes if n.op == LINEAR and n.qkey]
+    if not linears:
+        return set()
+    first_input = linears[0].args[0]
+    first = {n.qkey for n in linears if isinstance(n.args[0], Ref) and n.args[0] == first_input}
+    return {*first, linears[-1].qkey}  # type: ignore[misc]
+
+
+def plan_qformat(graph: Graph, cfg: QuantConfig) -> dict[str, Any]:
+    """qformat nodes (specs without scales) for every quant point of `graph`."""
+    nodes: dict[str, Any] = {}
+    skipped = _inout_keys(graph) if cfg.disable_inout else set()
+    for n in graph.nodes:
+        if not n.qkey or n.qkey in skipped:
+            continue
+        if n.op == LINEAR:
+            entry: dict[str, Any] = {"kind": "linear", "inputs": {}, "weight": None}
+            if cfg.quantizes_weights:
+                entry["weight"] = {"dtype": cfg.weight_dtype, "nbits": cfg.weight_nbits,
+                                   "granularity": cfg.weight_granularity,
+                                   "axis": 0 if cfg.weight_granularity == "channel" else None,
+                                   "symmetric": True, "method": cfg.weight_calib_method}
+            if cfg.quantizes_acts:
+                entry["inputs"]["x"] = _act_spec(cfg)
+            if entry["weight"] or entry["inputs"]:
+                nodes[n.qkey] = entry
+        elif n.op == KV_POINT and cfg.quantizes_kv:
+            nodes[n.qkey] = {"kind": "kv_cache", "inputs": {"x": _kv_spec(cfg)}, "weight": None}
+        elif n.op == BMM and cfg.quantizes_acts and cfg.quantizes_kv:
+            source = n.meta.get("b_source", "")
+            # Q.K^T runs in int8; P.V keeps the softmax output in float (reference recipe)
+            if source.endswith("/k_cache"):
+                b = _kv_spec(cfg)
+                b.update({"granularity": "head", "axis": 0, "source": source})
+                nodes[n.qkey] = {"kind": "bmm", "inputs": {"a": _act_spec(cfg), "b": b}, "weight": None}
+    return {"version": 1, "nodes": nodes}

@@ -1,0 +1,223 @@
+"""Graph section + qformat -> torch.fx.GraphModule at a chosen qlevel (spec: "Qlevels").
+
+Modes:
+- FLOAT (0): the captured graph as is (float weights required).
+- OBSERVE: float graph with calibration hooks at every quant point (toolkit only).
+- 2: fake quantization in float (quantize-dequantize), float KV cache.
+- 3: every quantized tensor is materialized in its storage dtype, then dequantized; KV cache in
+  kv dtype.
+- 4: integer kernels (int8 x int8 -> int32) at linears and attention matmuls.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from runtime import numerics
+from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
+from runtime.numerics import QuantParams
+from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
+from runtime.quant_modules import Dequantize, FakeQuantize, Observe, Observer, QBmm, QLinear, Quantize
+
+FLOAT = 0
+OBSERVE = -1
+QLEVELS = (FLOAT, 2, 3, 4)
+
+LINEAR = "aten.linear.default"
+BMM = "aten.bmm.default"
+
+TensorSource = Callable[[str], torch.Tensor]
+
+
+class LoweringError(ValueError):
+    pass
+
+
+def past_input_name(layer: int, which: int) -> str:
+    return f"past.{layer}.{'kv'[which]}"
+
+
+def present_output_name(layer: int, which: int) -> str:
+    return f"present.{layer}.{'kv'[which]}"
+
+
+def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
+    qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
+    gran = spec["granularity"]
+    return QuantParams(
+        scale=tensor(spec["scale"]).to(torch.float32),
+        zero_point=tensor(spec["zero_point"]).to(torch.int32),
+        qmin=qmin,
+        qmax=qmax,
+        axis=None if gran == "tensor" else int(spec["axis"]),
+        per_head=gran == "head",
+    )
+
+
+def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy view of a (possibly read-only, memory-mapped) array."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only mmap: the runtime never writes weights
+        return torch.from_numpy(a)
+
+
+class _Builder:
+    def __init__(self, graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None,
+                 mode: int, observer: Observer | None) -> None:
+        if mode not in QLEVELS and mode != OBSERVE:
+            raise LoweringError(f"qlevel must be one of {QLEVELS}, got {mode}")
+        if mode == OBSERVE and observer is None:
+            raise LoweringError("OBSERVE mode needs an observer")
+        self.graph, self.tensor, self.mode, self.observer = graph, tensor, mode, observer
+        self.qnodes: Mapping[str, Any] = (qformat or {}).get("nodes", {}) if mode != FLOAT else {}
+        self.fx = fx.Graph()
+        self.root = nn.Module()
+        self.env: dict[str, fx.Node] = {}
+        self.attrs: dict[str, fx.Node] = {}
+        self.modules = 0
+        # kv points hold both forms at qlevels 3/4: stored (graph outputs) and dequantized (consumers)
+        self.stored: dict[str, fx.Node] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def get_attr(self, name: str, value: torch.Tensor | None = None) -> fx.Node:
+        if name not in self.attrs:
+            attr = "t_" + re.sub(r"\W", "_", name) + f"_{len(self.attrs)}"
+            self.root.register_buffer(attr, self.tensor(name) if value is None else value, persistent=False)
+            self.attrs[name] = self.fx.get_attr(attr)
+        return self.attrs[name]
+
+    def call_module(self, module: nn.Module, args: tuple[Any, ...], hint: str) -> fx.Node:
+        name = f"q{self.modules}_" + re.sub(r"\W", "_", hint)
+        self.modules += 1
+        self.root.add_module(name, module)
+        return self.fx.call_module(name, args)
+
+    def value(self, v: Any) -> Any:
+        if isinstance(v, Ref):
+            if v.name not in self.env:
+                raise LoweringError(f"graph {self.graph.name}: reference to unknown value {v.name!r}")
+            return self.env[v.name]
+        if isinstance(v, TensorRef):
+            return self.get_attr(v.name)
+        if isinstance(v, Symbol):
+            table = {"dtype": DTYPES, "layout": LAYOUTS, "memory_format": MEMORY_FORMATS}.get(v.tag)
+            if v.tag == "device":
+                return torch.device("cpu")
+            if table is None or v.name not in table:
+                raise LoweringError(f"graph {self.graph.name}: unknown {v.tag} {v.name!r}")
+            return table[v.name]
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        return v
+
+    def qp(self, spec: Mapping[str, Any]) -> QuantParams:
+        return quant_params(spec, self.tensor)
+
+    # -- build ---------------------------------------------------------------------------------
+    def build(self) -> fx.GraphModule:
+        kv_specs = self._kv_specs_by_layer()
+        for inp in self.graph.inputs:
+            ph = self.fx.placeholder(re.sub(r"\W", "_", inp.name))
+            spec = kv_specs.get(inp.name)
+            if spec is not None and self.mode in (3, 4):
+                ph = self.call_module(Dequantize(self.qp(spec)), (ph,), inp.name)
+            self.env[inp.name] = ph
+        for node in self.graph.nodes:
+            self.env[node.name] = self.lower_node(node)
+        outs = []
+        for _, v in self.graph.outputs:
+            if isinstance(v, Ref) and v.name in self.stored:
+                outs.append(self.stored[v.name])
+            else:
+                outs.append(self.value(v))
+        self.fx.output(tuple(outs))
+        return fx.GraphModule(self.root, self.fx, class_name=f"mcq_{self.graph.name}_q{self.mode}")
+
+    def _kv_specs_by_layer(self) -> dict[str, Mapping[str, Any]]:
+        specs = {}
+        for node in self.graph.nodes:
+            if node.op == KV_POINT and node.qkey in self.qnodes:
+                layer, which = int(node.args[1]), int(node.args[2])
+                specs[past_input_name(layer, which)] = self.qnodes[node.qkey]["inputs"]["x"]
+        return specs
+
+    def lower_node(self, node: Node) -> fx.Node:
+        if node.op not in OPS:
+            raise LoweringError(f"graph {self.graph.name}: node {node.name}: op {node.op!r} is not in the opset")
+        q = self.qnodes.get(node.qkey) if node.qkey else None
+        if q is None or self.mode == FLOAT:
+            if node.op == KV_POINT:
+                return self.value(node.args[0])
+            return self.fx.call_function(OPS[node.op], tuple(self.value(a) for a in node.args),
+                                         {k: self.value(v) for k, v in node.kwargs.items()})
+        if node.op == LINEAR:
+            return self.lower_linear(node, q)
+        if node.op == BMM:
+            return self.lower_bmm(node, q)
+        if node.op == KV_POINT:
+            return self.lower_kv(node, q)
+        raise LoweringError(f"graph {self.graph.name}: node {node.name}: no quantized form of {node.op}")
+
+    def quant_input(self, x: fx.Node, spec: Mapping[str, Any], qkey: str, role: str) -> fx.Node:
+        """The activation as the float graph sees it after its quant point (qlevels 2/3, observe)."""
+        if self.mode == OBSERVE:
+            assert self.observer is not None
+            return self.call_module(Observe(qkey, role, self.observer), (x,), qkey)
+        qp = self.qp(spec)
+        if self.mode == 2:
+            return self.call_module(FakeQuantize(qp), (x,), qkey)
+        stored = self.call_module(Quantize(qp), (x,), qkey)
+        return self.call_module(Dequantize(qp), (stored,), qkey)
+
+    def lower_linear(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
+        x = self.value(node.args[0])
+        bias = self.value(node.args[2]) if len(node.args) > 2 else None
+        wspec, xspec = q.get("weight"), q["inputs"].get("x")
+        w_ref = node.args[1]
+        if self.mode == OBSERVE or wspec is None:
+            w = self.value(w_ref)
+        else:
+            assert isinstance(w_ref, TensorRef)
+            wq, wqp = self.tensor(w_ref.name), self.qp(wspec)
+            if self.mode == 4 and xspec is not None:
+                return self.call_module(QLinear(wq, wqp, self.qp(xspec)), (x, bias), node.qkey or "")
+            if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
+                w = self.get_attr(w_ref.name + "#dequantized", numerics.dequantize(wq, wqp))
+            else:
+                w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name),), node.qkey or "")
+        if xspec is not None:
+            x = self.quant_input(x, xspec, node.qkey or "", "x")
+        return self.fx.call_function(OPS[LINEAR], (x, w, bias))
+
+    def lower_bmm(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
+        a, b = self.value(node.args[0]), self.value(node.args[1])
+        aspec, bspec = q["inputs"].get("a"), q["inputs"].get("b")
+        if self.mode == 4 and aspec is not None and bspec is not None:
+            return self.call_module(QBmm(self.qp(aspec), self.qp(bspec)), (a, b), node.qkey or "")
+        if aspec is not None:
+            a = self.quant_input(a, aspec, node.qkey or "", "a")
+        # b comes out of the quantized KV cache: already on its grid at qlevels 2/3
+        if bspec is not None and not bspec.get("source") and self.mode != 4:
+            b = self.quant_input(b, bspec, node.qkey or "", "b")
+        return self.fx.call_function(OPS[BMM], (a, b))
+
+    def lower_kv(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
+        x = self.value(node.args[0])
+        spec = q["inputs"]["x"]
+        if self.mode in (OBSERVE, 2):
+            return self.quant_input(x, spec, node.qkey or "", "x")
+        qp = self.qp(spec)
+        stored = self.call_module(Quantize(qp), (x,), node.qkey or "")
+        self.stored[node.name] = stored
+        return self.call_module(Dequantize(qp), (stored,), node.qkey or "")
+
+
+def build(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
+          mode: int = FLOAT, observer: Observer | None = None) -> fx.GraphModule:
+    """Rebuild `graph` as an fx.GraphModule at qlevel `mode` (FLOAT, OBSERVE, 2, 3, 4)."""
+    return _Builder(graph, tensor, qformat, mode, observer).build()

@@ -1,0 +1,74 @@
+"""Small modules that lowering inserts at quant points; each wraps one function of numerics."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from runtime import numerics
+from runtime.numerics import QuantParams
+
+
+class Quantize(nn.Module):
+    def __init__(self, qp: QuantParams) -> None:
+        super().__init__()
+        self.qp = qp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return numerics.quantize(x, self.qp)
+
+
+class Dequantize(nn.Module):
+    def __init__(self, qp: QuantParams) -> None:
+        super().__init__()
+        self.qp = qp
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return numerics.dequantize(q, self.qp)
+
+
+class FakeQuantize(nn.Module):
+    def __init__(self, qp: QuantParams) -> None:
+        super().__init__()
+        self.qp = qp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return numerics.fake_quantize(x, self.qp)
+
+
+class QLinear(nn.Module):
+    """Integer linear (qlevel 4)."""
+
+    def __init__(self, weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: QuantParams) -> None:
+        super().__init__()
+        self.weight_q, self.weight_qp, self.input_qp = weight_q, weight_qp, input_qp
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp)
+
+
+class QBmm(nn.Module):
+    """Integer batched matmul (qlevel 4)."""
+
+    def __init__(self, a_qp: QuantParams, b_qp: QuantParams) -> None:
+        super().__init__()
+        self.a_qp, self.b_qp = a_qp, b_qp
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return numerics.qbmm(a, self.a_qp, b, self.b_qp)
+
+
+Observer = Callable[[str, str, torch.Tensor], None]
+
+
+class Observe(nn.Module):
+    """Calibration hook: reports the tensor to the toolkit's observer, returns it unchanged."""
+
+    def __init__(self, qkey: str, role: str, observer: Observer) -> None:
+        super().__init__()
+        self.qkey, self.role, self.observer = qkey, role, observer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.observer(self.qkey, self.role, x.detach())
+        return x
