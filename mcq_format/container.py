@@ -242,6 +242,8 @@ def parse_header(path: str | os.PathLike[str]) -> Header:
     """Read and fully validate the header of ``path`` without touching tensor data."""
     spath = os.fspath(path)
     try:
+        if not stat.S_ISREG(os.stat(spath).st_mode):  # before open(): a FIFO would block
+            raise FileUnreadableError(f"{spath}: not a regular file")
         with open(spath, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -338,6 +340,8 @@ def to_raw(name: str, value: object) -> RawTensor:
     """Convert writer input to a RawTensor whose ``data`` is a 1-D uint8 array of little-endian bytes."""
     check_tensor_name(name)
     where = f"tensor {name!r}"
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
     if isinstance(value, np.ndarray):
         dtype = C.NUMPY_TO_DTYPE.get((value.dtype.kind, value.dtype.itemsize))
         if dtype is None:

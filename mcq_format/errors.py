@@ -39,7 +39,7 @@ class FileTooShortError(McqFormatError):
 
 class HeaderTooLargeError(McqFormatError):
     code = "E102_HEADER_TOO_LARGE"
-    summary = "header length exceeds MAX_HEADER_BYTES"
+    summary = "header length exceeds `MAX_HEADER_BYTES`"
 
 
 class HeaderLengthError(McqFormatError):
@@ -74,7 +74,7 @@ class HeaderNotObjectError(McqFormatError):
 
 class TensorEntryError(McqFormatError):
     code = "E114_TENSOR_ENTRY"
-    summary = "a tensor entry is not an object with exactly dtype, shape, data_offsets"
+    summary = "a tensor entry is not an object with exactly `dtype`, `shape`, `data_offsets`"
 
 
 class TensorNameError(McqFormatError):
@@ -84,7 +84,7 @@ class TensorNameError(McqFormatError):
 
 class MetadataError(McqFormatError):
     code = "E120_METADATA"
-    summary = "__metadata__ missing, not str->str, or a required key missing/reserved"
+    summary = "`__metadata__` missing or not str to str, or a required key missing / reserved key set"
 
 
 class NotMcqError(McqFormatError):
@@ -99,7 +99,7 @@ class VersionStringError(McqFormatError):
 
 class UnsupportedVersionError(McqFormatError):
     code = "E123_UNSUPPORTED_VERSION"
-    summary = "format major version is not supported by this reader"
+    summary = "format major version or opset version not supported by this reader"
 
 
 class UnknownDtypeError(McqFormatError):
@@ -114,7 +114,7 @@ class ShapeError(McqFormatError):
 
 class OffsetsError(McqFormatError):
     code = "E132_BAD_OFFSETS"
-    summary = "data_offsets malformed, out of the buffer, overlapping, leaving holes, or size mismatch"
+    summary = "`data_offsets` malformed, overlapping, leaving holes or trailing bytes, or size mismatch"
 
 
 class TensorNotFoundError(McqFormatError, KeyError):
@@ -168,7 +168,7 @@ class SectionEncodeError(McqFormatError):
 
 class TensorHashError(McqFormatError):
     code = "E210_TENSOR_HASH"
-    summary = "a tensor's SHA-256 does not match tensor_sha256 (verify only)"
+    summary = "a tensor's SHA-256 does not match `tensor_sha256` (verify only)"
 
 
 # ---------------------------------------------------------------- E3xx: graph
@@ -179,7 +179,7 @@ class OpNotAllowedError(McqFormatError):
 
 class GraphReferenceError(McqFormatError):
     code = "E301_GRAPH_REFERENCE"
-    summary = "a graph 'ref' or 'qkey' names nothing defined anywhere"
+    summary = "a graph 'ref' names a value defined nowhere in the graph (dangling)"
 
 
 class TensorReferenceError(McqFormatError):

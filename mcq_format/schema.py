@@ -124,10 +124,9 @@ def _io_specs(value: object, at: _At, with_dtype: bool = True) -> list[str]:
 
 # ------------------------------------------------------------------- graph
 class _GraphChecker:
-    def __init__(self, section: str, ctx: Context, qkeys: frozenset[str] | None) -> None:
+    def __init__(self, section: str, ctx: Context) -> None:
         self.section = section
         self.ctx = ctx
-        self.qkeys = qkeys
         self.positions: dict[str, int] = {}  # input -> -1, node -> index
 
     def value(self, value: object, at: _At, position: int) -> None:
@@ -214,15 +213,8 @@ _ENUM_TAGS: dict[str, frozenset[str]] = {
 }
 
 
-def _qkeys(ctx: Context) -> frozenset[str] | None:
-    q = ctx.sections.get(C.SECTION_QFORMAT)
-    if isinstance(q, dict) and isinstance(q.get("nodes"), dict):
-        return frozenset(q["nodes"])
-    return None
-
-
 def check_graph(section: str, graph: object, ctx: Context) -> None:
-    _GraphChecker(section, ctx, _qkeys(ctx)).check(graph)
+    _GraphChecker(section, ctx).check(graph)
 
 
 # ---------------------------------------------------------------- manifest
@@ -341,7 +333,7 @@ def check_sections(ctx: Context) -> None:
     for name, check in simple.items():
         if name in ctx.sections:
             check(ctx.sections[name], ctx)
-    for name, obj in sorted(ctx.sections.items()):  # graphs use qformat's keys
+    for name, obj in sorted(ctx.sections.items()):
         if name.startswith(C.SECTION_GRAPH_PREFIX):
             check_graph(name, obj, ctx)
     # Last: it relies on the graph sections being valid.

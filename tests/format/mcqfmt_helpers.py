@@ -100,6 +100,17 @@ def sections() -> dict[str, Any]:
     }
 
 
+def sections_without_tensors() -> dict[str, Any]:
+    """A valid bundle whose graphs and qformat reference no tensors."""
+    secs = sections()
+    for entry in ("prefill", "decode"):
+        g = secs[f"graph/{entry}"]
+        g["nodes"] = [{"name": "id", "op": "aten.alias.default", "args": [["ref", "x"]], "kwargs": {}}]
+        g["outputs"] = [{"name": "logits", "value": ["ref", "id"]}]
+    secs["qformat"] = {"version": 1, "nodes": {}}
+    return secs
+
+
 def build(
     path: Any,
     *,
