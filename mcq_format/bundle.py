@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -46,6 +47,10 @@ _HEX_RE = re.compile(r"[0-9a-f]{64}")
 class TensorSpec(NamedTuple):
     dtype: str  # safetensors dtype string, e.g. "BF16"
     shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * C.DTYPES[self.dtype].itemsize
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class Bundle(Closing):
         if digests is None:
             raise MissingSectionError(f"section {C.SECTION_TENSOR_SHA256!r} is missing: cannot verify")
         for name in self._names:
-            if hashlib.sha256(memoryview(self._container.raw(name))).digest() != digests[name]:
+            if hashlib.sha256(self._container.raw(name).data).digest() != digests[name]:
                 raise TensorHashError(f"tensor {name!r}: SHA-256 does not match {C.SECTION_TENSOR_SHA256}")
 
     def report(self, verified: bool = False) -> ValidationReport:
@@ -209,17 +214,17 @@ def write(
     ``path``.
     """
     meta: dict[str, str] = {}
-    for key, value in (metadata or {}).items():
+    for key, text in (metadata or {}).items():
         if key == C.META_FORMAT or str(key).startswith(C.RESERVED_META_PREFIX):
             raise MetadataError(f"metadata key {key!r} is reserved")
-        meta[key] = value
+        meta[key] = text
     raw: dict[str, RawTensor] = {}
     digests: dict[str, bytes] = {}
     for name, value in tensors.items():
         if check_tensor_name(name).startswith(C.SECTION_PREFIX):
             raise TensorNameError(f"tensor name {name!r} uses the reserved prefix {C.SECTION_PREFIX!r}")
         raw[name] = to_raw(name, value)
-        digests[name] = hashlib.sha256(memoryview(raw[name].data)).digest()
+        digests[name] = hashlib.sha256(np.asarray(raw[name].data).data).digest()
     if C.SECTION_TENSOR_SHA256 in sections:
         raise SectionLayoutError(f"section {C.SECTION_TENSOR_SHA256!r} is written by write() itself")
     encoded = {check_section_name(n): encode_section(obj, n) for n, obj in sections.items()}

@@ -55,7 +55,7 @@ class RawTensor(NamedTuple):
 
     dtype: str
     shape: tuple[int, ...]
-    data: Union[bytes, bytearray, memoryview]
+    data: Union[bytes, bytearray, memoryview, np.ndarray]  # np.ndarray: 1-D uint8
 
 
 TensorData = Union[np.ndarray, RawTensor, "tuple[str, Iterable[int], bytes]"]
@@ -412,7 +412,7 @@ def _fsync_dir(directory: str) -> None:
 def _write_chunks(f: BinaryIO, header: bytes, tensors: list[tuple[str, RawTensor]]) -> None:
     f.write(header)
     for _, t in tensors:
-        f.write(t.data)
+        f.write(np.asarray(t.data).data)
 
 
 def write_container(

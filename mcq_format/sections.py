@@ -10,6 +10,7 @@ objects contain only ``None``, ``bool``, ``int``, ``float``, ``str``,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -100,6 +101,7 @@ def _check_tree(name: str, root: Any) -> None:
         if isinstance(obj, (list, dict)):
             if depth >= C.MSGPACK_MAX_DEPTH:
                 raise MsgpackLimitError(f"{name}: nesting deeper than {C.MSGPACK_MAX_DEPTH}")
+            children: Iterable[Any]
             if isinstance(obj, dict):
                 for key in obj:
                     if not isinstance(key, str):

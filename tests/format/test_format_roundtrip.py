@@ -74,6 +74,7 @@ def test_round_trip_every_dtype(written):
             np.testing.assert_array_equal(got, want)
             dtype = name.split(".")[1]
             assert bundle.tensor_info(name) == (dtype, want.shape)
+            assert bundle.tensor_info(name).nbytes == got.nbytes
         assert bundle.metadata["author"] == "tests"
         assert bundle.metadata["ünï"] == "cödé ✓"
         assert bundle.format_version == (1, 0)

@@ -26,6 +26,18 @@ def drop(name: str) -> dict:
     return secs
 
 
+def _set_arg(node: int, i: int, value):
+    return lambda g: g["nodes"][node]["args"].__setitem__(i, value)
+
+
+def _set_kwarg(node: int, key: str, value):
+    return lambda g: g["nodes"][node]["kwargs"].__setitem__(key, value)
+
+
+def _set(node: int, key: str, value):
+    return lambda g: g["nodes"][node].__setitem__(key, value)
+
+
 def test_MissingSectionError(tmp_path):
     p = tmp_path / "ms.mcq"
     build(p, sections_=drop("manifest"))
@@ -104,12 +116,12 @@ def test_MsgpackLimitError(tmp_path):
 @pytest.mark.parametrize(
     "section,fn,fragment",
     [
-        ("graph/decode", lambda g: g["nodes"][2]["args"].__setitem__(0, "raw"), "nodes[2].args[0]: expected a scalar"),
-        ("graph/decode", lambda g: g["nodes"][2]["args"].__setitem__(0, ["x", 1]), "nodes[2].args[0][0]: unknown tag 'x'"),
-        ("graph/decode", lambda g: g["nodes"][2]["args"].__setitem__(0, {"a": 1}), "nodes[2].args[0]"),
-        ("graph/decode", lambda g: g["nodes"][2]["args"].__setitem__(0, [["ref"], "x"]), "nodes[2].args[0]"),
-        ("graph/decode", lambda g: g["nodes"][1]["kwargs"].__setitem__("dtype", ["dtype", "float99"]), "kwargs.dtype[1]: unknown dtype"),
-        ("graph/decode", lambda g: g["nodes"][1]["kwargs"].__setitem__("layout", ["layout", "sparse"]), "unknown layout"),
+        ("graph/decode", _set_arg(2, 0, "raw"), "nodes[2].args[0]: expected a scalar"),
+        ("graph/decode", _set_arg(2, 0, ["x", 1]), "nodes[2].args[0][0]: unknown tag 'x'"),
+        ("graph/decode", _set_arg(2, 0, {"a": 1}), "nodes[2].args[0]"),
+        ("graph/decode", _set_arg(2, 0, [["ref"], "x"]), "nodes[2].args[0]"),
+        ("graph/decode", _set_kwarg(1, "dtype", ["dtype", "float99"]), "kwargs.dtype[1]: unknown dtype"),
+        ("graph/decode", _set_kwarg(1, "layout", ["layout", "sparse"]), "unknown layout"),
         ("graph/decode", lambda g: g["nodes"][2]["kwargs"]["dims"][1][1].append(3), "kwargs.dims[1][1]"),
         ("graph/decode", lambda g: g.__setitem__("version", 2), "version: expected 1"),
         ("graph/decode", lambda g: g.__setitem__("version", True), "version: expected 1"),
@@ -123,7 +135,7 @@ def test_MsgpackLimitError(tmp_path):
         ("manifest", lambda x: x["producer"].__delitem__("version"), "producer: missing field 'version'"),
         ("manifest", lambda x: x["model"].__setitem__("config", None), "model.config: expected a map, got nil"),
         ("manifest", lambda x: x.__setitem__("tokenizer", "x"), "manifest: tokenizer"),
-        ("manifest", lambda x: x["entry_points"]["decode"].__setitem__("graph", "manifest"), "entry_points.decode.graph"),
+        ("manifest", lambda x: x["entry_points"]["decode"].update(graph="manifest"), "entry_points.decode.graph"),
         ("qformat", lambda q: q.__setitem__("nodes", []), "qformat: nodes: expected a map"),
         ("qformat", lambda q: q["nodes"]["lm_head"].__delitem__("kind"), "nodes.lm_head: missing field 'kind'"),
         ("qformat", lambda q: q["nodes"]["lm_head"]["weight"].__setitem__("scale", [1]), "nodes.lm_head.weight.scale"),
@@ -147,7 +159,7 @@ def test_SectionSchemaError(tmp_path, section, fn, fragment):
 
 def test_SectionSchemaError_names_full_path(tmp_path):
     p = tmp_path / "path.mcq"
-    build(p, sections_=edit("graph/decode", lambda g: g["nodes"][2]["args"].__setitem__(0, ["x", 1])))
+    build(p, sections_=edit("graph/decode", _set_arg(2, 0, ["x", 1])))
     err = expect(m.SectionSchemaError, p, "E205_SECTION_SCHEMA")
     assert err.message == "graph/decode: nodes[2].args[0][0]: unknown tag 'x'"
 
@@ -199,14 +211,6 @@ def expect_edit(tmp_path, section: str, fn, cls: type[m.McqFormatError], fragmen
     p = tmp_path / "edited.mcq"
     build(p, sections_=edit(section, fn))
     return expect(cls, p, cls.code, fragment)
-
-
-def _set_arg(node: int, i: int, value):
-    return lambda g: g["nodes"][node]["args"].__setitem__(i, value)
-
-
-def _set(node: int, key: str, value):
-    return lambda g: g["nodes"][node].__setitem__(key, value)
 
 
 @pytest.mark.parametrize(
