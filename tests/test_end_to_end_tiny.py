@@ -1,0 +1,100 @@
+"""Tiny random-weight models through capture -> bundle -> runtime (issue: end-to-end path)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import runtime
+from conftest import hf_reference
+from runtime.lower import past_input_name
+
+FAMILIES = ["gptj-tiny", "llama-tiny", "gpt2-tiny"]
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 500, (3, 9), generator=g)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    ids[1, :3] = 2
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_float_bundle_prefill_and_decode_equal_eager(name, quantized):
+    model, _, path = quantized(name, "FLOAT")
+    rt = runtime.load(path)
+    assert rt.qlevel == 0
+    ids, mask = _batch()
+    logits, cache = rt.prefill(ids, mask)
+    ref = hf_reference(model, ids, mask)
+    assert (logits - ref)[mask.bool()].abs().max() < 1e-5
+    nxt = torch.tensor([7, 8, 9])
+    step, cache = rt.decode(nxt, cache)
+    full_ids = torch.cat([ids, nxt[:, None]], 1)
+    full_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
+    ref = hf_reference(model, full_ids, full_mask)[:, -1]
+    assert (step - ref).abs().max() < 1e-5
+    assert cache.length == 10 and cache.tensors[0].shape[2] == 10
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_qlevel4_matches_qlevel2_greedy_tokens(name, quantized):
+    _, q, path = quantized(name, "W8A8KV8")
+    prompts = [[5, 6, 7, 8, 9], [100, 200, 300], [42, 43]]
+    sim = q.model(2).generate(prompts, max_new_tokens=16, stop_at_eos=False)
+    for level in (3, 4):
+        assert runtime.load(path, qlevel=level).generate(prompts, max_new_tokens=16, stop_at_eos=False) == sim
+
+
+def test_quantized_kv_cache_is_int8_and_decode_keys_match_prefill(quantized):
+    _, q, path = quantized("llama-tiny", "W8A8KV8")
+    rt = runtime.load(path, qlevel=4)
+    _, cache = rt.prefill(torch.tensor([[5, 6, 7, 8]]))
+    assert all(t.dtype == torch.int8 for t in cache.tensors)
+    qkeys = {g: {n["qkey"] for n in q.sections[f"graph/{g}"]["nodes"] if "qkey" in n} for g in ("prefill", "decode")}
+    assert qkeys["prefill"] == qkeys["decode"]
+    quantized_keys = set(q.sections["qformat"]["nodes"])
+    assert quantized_keys and quantized_keys <= qkeys["decode"]
+    assert [i["name"] for i in q.sections["graph/decode"]["inputs"]][2] == past_input_name(0, 0)
+
+
+def test_qlevel4_logits_close_to_qlevel2(quantized):
+    _, q, _ = quantized("gptj-tiny", "W8A8KV8")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    l2, _ = q.model(2).prefill(ids)
+    l4, _ = q.model(4).prefill(ids)
+    assert (l2 - l4).abs().max() < 1e-3 * l2.abs().max()
+
+
+def test_quantized_bundle_stores_int8_weights(quantized):
+    import mcq_format
+
+    _, _, path = quantized("gptj-tiny", "W8A8KV8")
+    with mcq_format.read(path) as b:
+        weights = [n for n in b.tensor_names() if n.endswith("/weight")]
+        assert weights and all(b.tensor_info(n).dtype == "I8" for n in weights)
+
+
+def test_same_inputs_give_byte_identical_bundles(tiny_models, tmp_path):
+    import mcq
+
+    model = tiny_models("llama-tiny")
+    for i in range(2):
+        mcq.quantize(model, mcq.preset("W8A8KV8"), progress=False).save(tmp_path / f"{i}.mcq")
+    assert (tmp_path / "0.mcq").read_bytes() == (tmp_path / "1.mcq").read_bytes()
+
+
+def test_sampling_is_seeded(quantized):
+    _, _, path = quantized("gpt2-tiny", "W8A8KV8")
+    rt = runtime.load(path)
+    a = rt.generate([5, 6, 7], max_new_tokens=12, do_sample=True, top_k=50, top_p=0.9, seed=1, stop_at_eos=False)
+    b = rt.generate([5, 6, 7], max_new_tokens=12, do_sample=True, top_k=50, top_p=0.9, seed=1, stop_at_eos=False)
+    c = rt.generate([5, 6, 7], max_new_tokens=12, do_sample=True, top_k=50, top_p=0.9, seed=2, stop_at_eos=False)
+    assert a == b and a != c and len(a) == 12
+
+
+def test_single_token_prompt_is_left_padded(quantized):
+    _, _, path = quantized("gptj-tiny", "FLOAT")
+    rt = runtime.load(path)
+    assert len(rt.generate([5], max_new_tokens=4, stop_at_eos=False)) == 4

@@ -1,0 +1,88 @@
+"""qlevel-4 integer kernels against a numpy int64 reference, and the rounding/clamp conventions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import numerics
+from runtime.numerics import QuantParams
+
+
+def qp(scale, zp, nbits=8, symmetric=False, axis=None, per_head=False) -> QuantParams:
+    qmin, qmax = numerics.qrange(nbits, symmetric)
+    return QuantParams(torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(zp, dtype=torch.int32),
+                       qmin, qmax, axis, per_head)
+
+
+def test_round_half_away_from_zero():
+    x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49, -0.49])
+    assert numerics.round_half_away_from_zero(x).tolist() == [-3, -2, -1, 1, 2, 3, 0, -0]
+
+
+def test_qrange_signed_storage():
+    assert numerics.qrange(8, symmetric=True) == (-127, 127)
+    assert numerics.qrange(8, symmetric=False) == (-128, 127)
+
+
+def test_quantize_clamps_and_adds_zero_point():
+    p = qp(0.5, 3)
+    q = numerics.quantize(torch.tensor([0.0, 0.25, -0.25, 1000.0, -1000.0]), p)
+    assert q.dtype == torch.int8
+    assert q.tolist() == [3, 4, 2, 127, -128]
+    assert numerics.dequantize(q, p).tolist() == [0.0, 0.5, -0.5, 62.0, -65.5]
+
+
+def test_per_head_selects_scale_by_index_modulo_heads():
+    # a [batch*heads, n] tensor with 2 heads: rows 0, 2 use scale 1, rows 1, 3 use scale 10
+    p = qp([1.0, 10.0], [0, 0], symmetric=True, axis=0, per_head=True)
+    x = torch.full((4, 3), 20.0)
+    assert numerics.quantize(x, p)[:, 0].tolist() == [20, 2, 20, 2]
+
+
+def _np_quantize(x, scale, zp, qmin, qmax):
+    v = x.astype(np.float32) / np.float32(scale)
+    r = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+    return np.clip(r + zp, qmin, qmax).astype(np.int64)
+
+
+@pytest.mark.parametrize("zp", [0, -7, 40])
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_qlinear_equals_int64_reference(zp, m):
+    g = torch.Generator().manual_seed(m * 100 + zp)
+    x = torch.randn(m, 48, generator=g) * 3
+    wq = torch.randint(-127, 128, (24, 48), generator=g, dtype=torch.int8)
+    ws = torch.rand(24, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(24, generator=g)
+    xs = 0.05
+    y = numerics.qlinear(x, wq, qp(ws, torch.zeros(24), symmetric=True, axis=0), bias, qp(xs, zp))
+    xq = _np_quantize(x.numpy(), xs, zp, -128, 127)
+    acc = (xq - zp) @ wq.numpy().astype(np.int64).T  # exact integer reference
+    assert np.abs(acc).max() < 2**31
+    ref = acc.astype(np.float32) * (np.float32(xs) * ws.numpy()).astype(np.float32) + bias.numpy()
+    assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
+
+
+def test_qbmm_equals_int64_reference():
+    g = torch.Generator().manual_seed(1)
+    heads, batch = 3, 2
+    a = torch.randn(batch * heads, 5, 16, generator=g)
+    b = torch.randn(batch * heads, 16, 7, generator=g)
+    pa = qp(0.03, 5)
+    bs = torch.tensor([0.02, 0.05, 0.01])
+    bz = torch.tensor([0, 3, -2])
+    pb = qp(bs, bz, axis=0, per_head=True)
+    y = numerics.qbmm(a, pa, b, pb)
+    qa = _np_quantize(a.numpy(), 0.03, 5, -128, 127) - 5
+    head = np.arange(batch * heads) % heads
+    qb = np.stack([_np_quantize(b.numpy()[i], bs[h].item(), bz[h].item(), -128, 127) - bz[h].item()
+                   for i, h in enumerate(head)])
+    acc = np.einsum("bij,bjk->bik", qa, qb)
+    ref = acc.astype(np.float32) * (np.float32(0.03) * bs.numpy()[head]).astype(np.float32)[:, None, None]
+    assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
+
+
+def test_fake_quantize_is_quantize_then_dequantize():
+    p = qp(0.1, -3)
+    x = torch.linspace(-20, 20, 101)
+    assert torch.equal(numerics.fake_quantize(x, p), numerics.dequantize(numerics.quantize(x, p), p))

@@ -1,0 +1,50 @@
+"""The runtime loads and generates from a bundle where `transformers` and `mcq` cannot be imported."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCKER = textwrap.dedent(
+    """
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in ('transformers', 'mcq'):
+                raise ImportError('blocked by test: ' + name)
+            return None
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def test_runtime_generates_without_transformers_or_mcq(quantized, tmp_path):
+    _, q, path = quantized("llama-tiny", "W8A8KV8")
+    expected = q.model(4).generate([5, 6, 7, 8], max_new_tokens=8, stop_at_eos=False)
+    script = BLOCKER + textwrap.dedent(
+        f"""
+        try:
+            import transformers
+        except ImportError:
+            pass
+        else:
+            raise SystemExit('transformers imported')
+        try:
+            import mcq
+        except ImportError:
+            pass
+        else:
+            raise SystemExit('mcq imported')
+        import runtime
+        m = runtime.load({str(path)!r}, qlevel=4)
+        print(m.generate([5, 6, 7, 8], max_new_tokens=8, stop_at_eos=False))
+        assert not any(k.split('.')[0] in ('transformers', 'mcq') for k in sys.modules)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(expected)
