@@ -51,6 +51,8 @@ class QuantConfig:
     percentile: float = 99.99
     kv_dtype: str = "int8"
     disable_inout: bool = False
+    smoothquant: bool = False
+    smoothquant_alpha: float = 0.5
     qlevel: int = 4
 
     def __post_init__(self) -> None:
@@ -63,8 +65,12 @@ class QuantConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value != 8:
                 raise ConfigError(f"{key}: {value!r} is not supported (allowed: 8)")
-        if isinstance(self.disable_inout, bool) is False:
-            raise ConfigError(f"disable_inout: {self.disable_inout!r} is not a boolean (true or false)")
+        for key in ("disable_inout", "smoothquant"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not a boolean (true or false)")
+        a = self.smoothquant_alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0:
+            raise ConfigError(f"smoothquant_alpha: {a!r} is not a number in [0, 1]")
         p = self.percentile
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < float(p) <= 100.0:
             raise ConfigError(f"percentile: {p!r} is not a number in (50, 100]")

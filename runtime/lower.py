@@ -56,6 +56,7 @@ def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
         qmax=qmax,
         axis=None if gran == "tensor" else int(spec["axis"]),
         per_head=gran == "head",
+        smooth=tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None,
     )
 
 

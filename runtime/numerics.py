@@ -8,6 +8,8 @@ Conventions:
 - x = (q - zp) * s in float32;
 - signed storage: nbits=8 gives int8; symmetric ranges are [-(2^(n-1)-1), 2^(n-1)-1] with zp = 0,
   asymmetric ranges are [-2^(n-1), 2^(n-1)-1];
+- smoothing (optional): the quantizer represents x / smooth along the last axis (float32 division
+  before the scale division); dequantize returns that smoothed tensor;
 - granularity "tensor": scalar s/zp; "channel": one s/zp per index of `axis`; "head": one s/zp per
   head, where index i along `axis` belongs to head i % H (a bmm batch axis flattened as batch*H);
 - integer products accumulate in int32; the result leaves the kernel as
@@ -42,6 +44,9 @@ class QuantParams:
     qmax: int
     axis: int | None = None  # None: per tensor
     per_head: bool = False  # index along axis selects scale i % len(scale)
+    # SmoothQuant: the quantizer represents x / smooth (last axis); the consuming linear's stored
+    # weight is W * smooth, so the integer GEMM keeps a per-tensor input scale
+    smooth: torch.Tensor | None = None
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -68,7 +73,10 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, qp: QuantParams) -> tuple[torch
 def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     scale, view = _broadcast(qp.scale, x, qp)
     zp, _ = _broadcast(qp.zero_point, x, qp)
-    xv = x.to(torch.float32).reshape(view)
+    x = x.to(torch.float32)
+    if qp.smooth is not None:
+        x = x / qp.smooth
+    xv = x.reshape(view)
     q = round_half_away_from_zero(xv / scale) + zp.to(torch.float32)
     q = torch.clamp(q, qp.qmin, qp.qmax).to(qp.storage_dtype)
     return q.reshape(x.shape)
