@@ -42,9 +42,12 @@ def main() -> None:
         ids = ids[: args.tokens]
     cfg = mcq.QuantConfig.from_yaml(args.config) if args.config else mcq.preset(args.preset)
     t = time.time()
-    q = mcq.quantize(model, cfg, tokenizer=tok)
+    captured = mcq.capture(model)
+    print(f"capture: {time.time() - t:.1f} s")
+    t = time.time()
+    q = mcq.quantize(captured, cfg, tokenizer=tok)
     print(f"quantize ({args.config or args.preset}): {time.time() - t:.1f} s; evaluating on {len(ids)} tokens")
-    fp = mcq.quantize(model, mcq.preset("FLOAT"), tokenizer=tok, progress=False) if "0" in args.qlevels else None
+    fp = mcq.quantize(captured, mcq.preset("FLOAT"), tokenizer=tok, progress=False) if "0" in args.qlevels else None
     results = {}
     for level in [int(x) for x in args.qlevels.split(",")]:
         m = fp.model(0) if level == 0 else q.model(level)

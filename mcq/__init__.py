@@ -16,7 +16,7 @@ import torch
 from mcq.config import ConfigError, QuantConfig, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "QuantConfig", "Quantized", "preset", "quantize", "__version__"]
+__all__ = ["ConfigError", "QuantConfig", "Quantized", "capture", "preset", "quantize", "__version__"]
 
 
 @dataclass
@@ -57,7 +57,14 @@ def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> 
     return torch.randint(0, vocab, (n, seq_len), generator=gen).tolist()
 
 
-def quantize(model: torch.nn.Module, config: QuantConfig | None = None, *, tokenizer: Any = None,
+def capture(model: torch.nn.Module):
+    """Export `model` (an HF causal LM) once; pass the result to `quantize` for each config."""
+    from mcq.capture import capture_causal_lm
+
+    return capture_causal_lm(model)
+
+
+def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = None,
              data: str | os.PathLike[str] | None = None, samples: Sequence[Sequence[int]] | None = None,
              seq_len: int = 256, max_samples: int | None = 64, batch_size: int = 4,
              progress: bool = True) -> Quantized:
@@ -73,16 +80,35 @@ def quantize(model: torch.nn.Module, config: QuantConfig | None = None, *, token
     from mcq.data import load_samples
     from mcq.plan import plan_qformat
 
+    from mcq.capture import Captured
+
     cfg = config or QuantConfig()
-    captured = capture_causal_lm(model)
+    # a Captured model (from `capture`) can be quantized with several configs without re-export
+    captured = model if isinstance(model, Captured) else capture_causal_lm(model)
+    model_config = captured.model_config
     plan = plan_qformat(captured.graphs["prefill"], cfg)
     if samples is None:
         if tokenizer is not None:
             encode = tokenizer.backend_tokenizer.encode
             samples = load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
         else:
-            samples = random_samples(int(model.config.vocab_size))
-    observers = calibrate(captured, plan, batches_of(samples, batch_size), progress)
-    heads = int(getattr(model.config, "num_attention_heads", 0) or getattr(model.config, "n_head"))
-    assembled = assemble(captured, plan, observers, cfg, heads)
+            samples = random_samples(int(model_config["vocab_size"]))
+    batches = batches_of(samples, batch_size)
+    observers = calibrate(captured, plan, batches, progress)
+    alphas = _smoothquant_alphas(captured, plan, observers, cfg, batches, progress)
+    heads = int(model_config.get("num_attention_heads") or model_config["n_head"])
+    assembled = assemble(captured, plan, observers, heads, alphas)
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
+
+
+def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg: QuantConfig,
+                        batches: list[torch.Tensor], progress: bool) -> dict[str, float]:
+    from mcq import smooth
+
+    graph = captured.graphs["prefill"]
+    groups = smooth.groups(graph, plan)
+    if cfg.smoothquant_alpha != "auto":
+        return {g[0]: float(cfg.smoothquant_alpha) for g in groups}
+    names = smooth.weight_names(graph)
+    return smooth.search_alphas(graph, plan, observers, lambda k: captured.tensors[names[k]],
+                                captured.tensors.__getitem__, batches, progress)

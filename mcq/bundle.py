@@ -10,7 +10,8 @@ import torch
 
 from mcq.capture import Captured
 from mcq.config import QuantConfig
-from mcq.observers import Observer, range_to_qparams, weight_qparams
+from mcq import smooth as smoothing
+from mcq.observers import Observer, weight_qparams
 from runtime import numerics
 from runtime.ir import Graph, TensorRef
 from runtime.lower import quant_params
@@ -30,31 +31,11 @@ def _store(tensors: dict[str, torch.Tensor], prefix: str, scale: torch.Tensor, z
     spec["scale"], spec["zero_point"] = f"{prefix}.scale", f"{prefix}.zero_point"
 
 
-def _smoothing_vectors(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
-                       weight_of: dict[str, str], captured: Captured, cfg: QuantConfig) -> dict[str, torch.Tensor]:
-    """SmoothQuant: s[k] = amax_x[k]^alpha / amax_w[k]^(1-alpha), one vector per group of linears
-    reading the same tensor (q/k/v, gate/up), so that tensor is quantized once."""
-    groups: dict[Any, list[str]] = {}
-    for n in graph.nodes:
-        entry = qformat["nodes"].get(n.qkey) if n.qkey else None
-        if entry and "smooth" in entry["inputs"].get("x", {}) and entry.get("weight"):
-            groups.setdefault(n.args[0], []).append(n.qkey)  # type: ignore[arg-type]
-    out: dict[str, torch.Tensor] = {}
-    alpha = float(cfg.smoothquant_alpha)
-    for keys in groups.values():
-        obs = observers[(keys[0], "x")]
-        assert obs.min is not None and obs.max is not None
-        act = torch.maximum(obs.min.abs(), obs.max.abs())
-        wmax = torch.stack([captured.tensors[weight_of[k]].abs().amax(dim=0) for k in keys]).amax(dim=0)
-        s = act.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)
-        s = torch.where((act > 0) & (wmax > 0), s, torch.ones_like(s)).to(torch.float32)
-        for k in keys:
-            out[k] = s
-    return out
-
-
 def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
-             cfg: QuantConfig, heads: int) -> Assembled:
+             heads: int, alphas: dict[str, float] | None = None) -> Assembled:
+    """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
+
+    `alphas`: SmoothQuant alpha per smoothing group (keyed by the group's first qkey)."""
     qformat = copy.deepcopy(plan)
     graphs = {k: copy.deepcopy(g) for k, g in captured.graphs.items()}
     tensors: dict[str, torch.Tensor] = {}
@@ -65,7 +46,8 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 assert isinstance(n.args[1], TensorRef)
                 weight_of.setdefault(n.qkey, n.args[1].name)
                 n.args[1] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
-    smooth = _smoothing_vectors(captured.graphs["prefill"], qformat, observers, weight_of, captured, cfg)
+    smooth = smoothing.vectors(captured.graphs["prefill"], qformat, observers,
+                               lambda k: captured.tensors[weight_of[k]], alphas or {})
     for qkey, entry in qformat["nodes"].items():
         wspec = entry.get("weight")
         if wspec:
@@ -83,9 +65,7 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 sm = smooth[qkey]
                 tensors[f"{qkey}/{role}.smooth"] = sm
                 spec["smooth"] = f"{qkey}/{role}.smooth"
-                # per-tensor range of x / smooth, exact from the per-channel ranges
-                scale, zp = range_to_qparams((obs.min / sm).min(), (obs.max / sm).max(), spec["method"],
-                                             spec["nbits"])
+                scale, zp = smoothing.input_qparams(obs, sm, spec)
             else:
                 scale, zp = obs.qparams(spec["method"], spec["nbits"])
             _store(tensors, f"{qkey}/{role}", scale, zp, spec)

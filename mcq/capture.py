@@ -259,7 +259,15 @@ def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
     cfg = model.config
     family = getattr(cfg, "model_type", type(model).__name__)
     n_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+    previous_attn = cfg._attn_implementation
     cfg._attn_implementation = "eager"  # explicit Q.K^T and P.V matmuls: they are quant points
+    try:
+        return _capture(model, cfg, family, n_layers, example_len)
+    finally:
+        cfg._attn_implementation = previous_attn
+
+
+def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len: int = 8) -> Captured:
     model.eval()
     vocab = int(cfg.vocab_size)
     gen = torch.Generator().manual_seed(0)

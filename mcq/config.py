@@ -52,7 +52,7 @@ class QuantConfig:
     kv_dtype: str = "int8"
     disable_inout: bool = False
     smoothquant: bool = False
-    smoothquant_alpha: float = 0.5
+    smoothquant_alpha: float | str = 0.5  # or "auto": per-group search on the calibration data
     qlevel: int = 4
 
     def __post_init__(self) -> None:
@@ -69,8 +69,8 @@ class QuantConfig:
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a boolean (true or false)")
         a = self.smoothquant_alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0:
-            raise ConfigError(f"smoothquant_alpha: {a!r} is not a number in [0, 1]")
+        if a != "auto" and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0):
+            raise ConfigError(f"smoothquant_alpha: {a!r} is not a number in [0, 1] or 'auto'")
         p = self.percentile
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < float(p) <= 100.0:
             raise ConfigError(f"percentile: {p!r} is not a number in (50, 100]")

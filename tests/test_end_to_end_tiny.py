@@ -98,3 +98,21 @@ def test_single_token_prompt_is_left_padded(quantized):
     _, _, path = quantized("gptj-tiny", "FLOAT")
     rt = runtime.load(path)
     assert len(rt.generate([5], max_new_tokens=4, stop_at_eos=False)) == 4
+
+
+def test_smoothquant_auto_shares_vectors_and_keeps_qlevels_in_agreement(tiny_models):
+    import mcq
+
+    q = mcq.quantize(tiny_models("llama-tiny"), mcq.QuantConfig(smoothquant=True, smoothquant_alpha="auto"),
+                     progress=False)
+    nodes = q.sections["qformat"]["nodes"]
+    qkv = [nodes[f"model.layers.0.self_attn.{p}_proj/linear0"]["inputs"]["x"] for p in "qkv"]
+    assert all(s["smooth"] for s in qkv)
+    vecs = [q.tensors[s["smooth"]] for s in qkv]
+    assert torch.equal(vecs[0], vecs[1]) and torch.equal(vecs[0], vecs[2])
+    assert not torch.equal(vecs[0], torch.ones_like(vecs[0]))
+    scales = {float(q.tensors[s["scale"]]) for s in qkv}
+    assert len(scales) == 1  # one tensor, one quantizer
+    prompts = [[5, 6, 7, 8, 9], [100, 200, 300]]
+    sim = q.model(2).generate(prompts, max_new_tokens=12, stop_at_eos=False)
+    assert q.model(4).generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim

@@ -86,3 +86,19 @@ def test_fake_quantize_is_quantize_then_dequantize():
     p = qp(0.1, -3)
     x = torch.linspace(-20, 20, 101)
     assert torch.equal(numerics.fake_quantize(x, p), numerics.dequantize(numerics.quantize(x, p), p))
+
+
+def test_qlinear_with_smoothing_equals_int64_reference():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(6, 32, generator=g) * torch.linspace(0.1, 30, 32)  # outlier channels
+    smooth = torch.rand(32, generator=g) + 0.5
+    wq = torch.randint(-127, 128, (8, 32), generator=g, dtype=torch.int8)
+    ws = torch.rand(8, generator=g) * 0.01 + 1e-3
+    p = qp(0.2, 4)
+    p = QuantParams(p.scale, p.zero_point, p.qmin, p.qmax, smooth=smooth)
+    y = numerics.qlinear(x, wq, qp(ws, torch.zeros(8), symmetric=True, axis=0), None, p)
+    xs = (x.numpy().astype(np.float32) / smooth.numpy().astype(np.float32)).astype(np.float32)
+    xq = _np_quantize(xs, 0.2, 4, -128, 127)
+    acc = (xq - 4) @ wq.numpy().astype(np.int64).T
+    ref = acc.astype(np.float32) * (np.float32(0.2) * ws.numpy()).astype(np.float32)
+    assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))

@@ -1,0 +1,80 @@
+"""SmolLM2-135M-Instruct (real weights) with the W8A8KV8 preset: accuracy and qlevel agreement.
+
+Slow (a few minutes): marked `slow`, still run in CI.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+HELDOUT = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "heldout_en.txt"
+PROMPTS = [
+    "The capital of France is",
+    "To make a cup of tea, first",
+    "The three primary colors are",
+    "Once upon a time, in a small village,",
+    "The main reason the sky looks blue is",
+]
+
+
+class _Eager:
+    """The float HF model behind the runtime's prefill signature (same windows, same positions)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, ids):
+        with torch.no_grad():
+            return self.model(input_ids=ids).logits, None
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    pytest.importorskip("gguf")
+    import mcq
+    from mcq.examples import ExampleError, load_example
+
+    try:
+        model, tok = load_example("smollm2")
+    except ExampleError as e:
+        pytest.skip(str(e))
+    q = mcq.quantize(model, mcq.preset("W8A8KV8"), tokenizer=tok, progress=False)
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-w8a8kv8.mcq"
+    q.save(path)
+    return model, tok, q, path
+
+
+def test_perplexity_within_5_percent_of_fp32(smollm2):
+    from mcq.evaluate import perplexity
+
+    import runtime
+
+    model, tok, _, path = smollm2
+    ids = tok.backend_tokenizer.encode(HELDOUT.read_text()).ids
+    assert len(ids) >= 4096
+    fp32 = perplexity(_Eager(model), ids)
+    q4 = perplexity(runtime.load(path, qlevel=4), ids)
+    print(f"fp32 {fp32:.3f}  qlevel4 {q4:.3f}  ({100 * (q4 / fp32 - 1):+.2f} %)")
+    assert q4 <= fp32 * 1.05
+
+
+def test_qlevel3_and_qlevel4_same_greedy_tokens(smollm2):
+    import runtime
+
+    _, tok, _, path = smollm2
+    prompts = [tok.backend_tokenizer.encode(p).ids for p in PROMPTS]
+    out3 = runtime.load(path, qlevel=3).generate(prompts, max_new_tokens=64, stop_at_eos=False)
+    out4 = runtime.load(path, qlevel=4).generate(prompts, max_new_tokens=64, stop_at_eos=False)
+    assert out3 == out4
+
+
+def test_capital_of_france(smollm2):
+    import runtime
+
+    _, _, _, path = smollm2
+    text = runtime.load(path).generate("The capital of France is", max_new_tokens=16)
+    assert "Paris" in text
