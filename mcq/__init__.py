@@ -16,7 +16,7 @@ import torch
 from mcq.config import ConfigError, QuantConfig, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "QuantConfig", "Quantized", "capture", "preset", "quantize", "__version__"]
+__all__ = ["ConfigError", "QuantConfig", "Quantized", "capture_model", "preset", "quantize", "__version__"]
 
 
 @dataclass
@@ -57,7 +57,7 @@ def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> 
     return torch.randint(0, vocab, (n, seq_len), generator=gen).tolist()
 
 
-def capture(model: torch.nn.Module):
+def capture_model(model: torch.nn.Module):
     """Export `model` (an HF causal LM) once; pass the result to `quantize` for each config."""
     from mcq.capture import capture_causal_lm
 
@@ -83,7 +83,7 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     from mcq.capture import Captured
 
     cfg = config or QuantConfig()
-    # a Captured model (from `capture`) can be quantized with several configs without re-export
+    # a Captured model (from `capture_model`) can be quantized with several configs without re-export
     captured = model if isinstance(model, Captured) else capture_causal_lm(model)
     model_config = captured.model_config
     plan = plan_qformat(captured.graphs["prefill"], cfg)
@@ -97,18 +97,21 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     observers = calibrate(captured, plan, batches, progress)
     alphas = _smoothquant_alphas(captured, plan, observers, cfg, batches, progress)
     heads = int(model_config.get("num_attention_heads") or model_config["n_head"])
-    assembled = assemble(captured, plan, observers, heads, alphas)
+    assembled = assemble(captured, plan, observers, heads, alphas, float(cfg.act_outlier_threshold))
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 
 def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg: QuantConfig,
                         batches: list[torch.Tensor], progress: bool) -> dict[str, float]:
-    from mcq import smooth
+    from mcq import channels
 
     graph = captured.graphs["prefill"]
-    groups = smooth.groups(graph, plan)
+    if not cfg.smoothquant:
+        return {}
+    groups = channels.groups(graph, plan)
     if cfg.smoothquant_alpha != "auto":
         return {g[0]: float(cfg.smoothquant_alpha) for g in groups}
-    names = smooth.weight_names(graph)
-    return smooth.search_alphas(graph, plan, observers, lambda k: captured.tensors[names[k]],
-                                captured.tensors.__getitem__, batches, progress)
+    names = channels.weight_names(graph)
+    return channels.search_alphas(graph, plan, observers, lambda k: captured.tensors[names[k]],
+                                  captured.tensors.__getitem__, batches, float(cfg.act_outlier_threshold),
+                                  progress)

@@ -10,7 +10,7 @@ import torch
 
 from mcq.capture import Captured
 from mcq.config import QuantConfig
-from mcq import smooth as smoothing
+from mcq import channels
 from mcq.observers import Observer, weight_qparams
 from runtime import numerics
 from runtime.ir import Graph, TensorRef
@@ -31,11 +31,24 @@ def _store(tensors: dict[str, torch.Tensor], prefix: str, scale: torch.Tensor, z
     spec["scale"], spec["zero_point"] = f"{prefix}.scale", f"{prefix}.zero_point"
 
 
+def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: channels.ChannelPlan,
+                        spec: dict[str, Any]) -> None:
+    spec.pop("smooth", None)
+    spec.pop("outliers", None)
+    if plan.smooth is not None:
+        tensors[f"{prefix}.smooth"] = plan.smooth
+        spec["smooth"] = f"{prefix}.smooth"
+    if plan.outliers.numel():
+        tensors[f"{prefix}.outliers"] = plan.outliers.to(torch.int64)
+        spec["outliers"] = f"{prefix}.outliers"
+
+
 def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
-             heads: int, alphas: dict[str, float] | None = None) -> Assembled:
+             heads: int, alphas: dict[str, float] | None = None, outlier_threshold: float = 0.0) -> Assembled:
     """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
 
-    `alphas`: SmoothQuant alpha per smoothing group (keyed by the group's first qkey)."""
+    `alphas`: SmoothQuant alpha per channel group (keyed by the group's first qkey);
+    `outlier_threshold`: see `channels.outlier_channels`."""
     qformat = copy.deepcopy(plan)
     graphs = {k: copy.deepcopy(g) for k, g in captured.graphs.items()}
     tensors: dict[str, torch.Tensor] = {}
@@ -46,14 +59,17 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 assert isinstance(n.args[1], TensorRef)
                 weight_of.setdefault(n.qkey, n.args[1].name)
                 n.args[1] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
-    smooth = smoothing.vectors(captured.graphs["prefill"], qformat, observers,
-                               lambda k: captured.tensors[weight_of[k]], alphas or {})
+    chan = channels.plans(captured.graphs["prefill"], qformat, observers,
+                          lambda k: captured.tensors[weight_of[k]], alphas or {}, outlier_threshold)
     for qkey, entry in qformat["nodes"].items():
         wspec = entry.get("weight")
         if wspec:
             w = captured.tensors[weight_of[qkey]].to(torch.float32)
-            if qkey in smooth:
-                w = w * smooth[qkey]  # folded: the input quantizer divides by the same vector
+            if qkey in chan:
+                w, cols = chan[qkey].split_weight(w)  # smoothing folded in, outlier columns split off
+                if cols.numel():
+                    tensors[f"{qkey}/weight.outlier_columns"] = cols
+                    entry["outlier_weight"] = f"{qkey}/weight.outlier_columns"
             scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"])
             _store(tensors, f"{qkey}/weight", scale, zp, wspec)
             tensors[f"{qkey}/weight"] = numerics.quantize(w, quant_params(wspec, tensors.__getitem__))
@@ -61,11 +77,9 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
             if spec.get("source"):
                 continue
             obs = observers[(qkey, role)]
-            if "smooth" in spec:
-                sm = smooth[qkey]
-                tensors[f"{qkey}/{role}.smooth"] = sm
-                spec["smooth"] = f"{qkey}/{role}.smooth"
-                scale, zp = smoothing.input_qparams(obs, sm, spec)
+            if role == "x" and qkey in chan:
+                scale, zp = chan[qkey].input_qparams(obs, spec)
+                _store_channel_plan(tensors, f"{qkey}/{role}", chan[qkey], spec)
             else:
                 scale, zp = obs.qparams(spec["method"], spec["nbits"])
             _store(tensors, f"{qkey}/{role}", scale, zp, spec)

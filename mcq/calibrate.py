@@ -19,8 +19,8 @@ def make_observers(qformat: dict[str, Any]) -> dict[tuple[str, str], Observer]:
             if spec.get("source"):
                 continue  # derived from another quant point's parameters
             axis = spec["axis"] if spec["granularity"] == "channel" else None
-            if "smooth" in spec:
-                axis = -1  # SmoothQuant needs per-input-channel ranges
+            if "smooth" in spec or "outliers" in spec:
+                axis = -1  # per-channel treatments need per-input-channel ranges
             observers[(qkey, role)] = Observer(axis)
     return observers
 

@@ -53,6 +53,9 @@ class QuantConfig:
     disable_inout: bool = False
     smoothquant: bool = False
     smoothquant_alpha: float | str = 0.5  # or "auto": per-group search on the calibration data
+    # input channels whose calibrated abs-max exceeds this x the median channel's leave the integer
+    # GEMM for a float side product (at most 1 % of channels); 0 turns it off
+    act_outlier_threshold: float = 0.0
     qlevel: int = 4
 
     def __post_init__(self) -> None:
@@ -68,6 +71,9 @@ class QuantConfig:
         for key in ("disable_inout", "smoothquant"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a boolean (true or false)")
+        t = self.act_outlier_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+            raise ConfigError(f"act_outlier_threshold: {t!r} is not a number >= 0 (0 turns it off)")
         a = self.smoothquant_alpha
         if a != "auto" and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0):
             raise ConfigError(f"smoothquant_alpha: {a!r} is not a number in [0, 1] or 'auto'")

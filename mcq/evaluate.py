@@ -9,6 +9,16 @@ import torch
 from tqdm.auto import tqdm
 
 
+# Prompts of the qlevel-3 vs qlevel-4 greedy agreement check (tests and benchmarks share them).
+AGREEMENT_PROMPTS = (
+    "The capital of France is",
+    "To make a cup of tea, first",
+    "The three primary colors are",
+    "Once upon a time, in a small village,",
+    "The main reason the sky looks blue is",
+)
+
+
 def perplexity(model: Any, ids: Sequence[int], window: int = 512, progress: bool = False) -> float:
     """exp(mean NLL) of every token after the first of each `window`-token chunk (last chunk kept
     if it has >= 2 tokens). `model` is a runtime Model (anything with prefill(ids) -> (logits, _))."""

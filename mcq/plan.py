@@ -48,8 +48,11 @@ def plan_qformat(graph: Graph, cfg: QuantConfig) -> dict[str, Any]:
                                    "symmetric": True, "method": cfg.weight_calib_method}
             if cfg.quantizes_acts:
                 entry["inputs"]["x"] = _act_spec(cfg)
-                if cfg.smoothquant:
-                    entry["inputs"]["x"]["smooth"] = ""  # the smoothing vector is chosen at assembly
+                # per-channel treatments are chosen at assembly from per-channel ranges
+                if cfg.smoothquant and cfg.quantizes_weights:
+                    entry["inputs"]["x"]["smooth"] = ""
+                if cfg.act_outlier_threshold > 0 and cfg.quantizes_weights:
+                    entry["inputs"]["x"]["outliers"] = ""
             if entry["weight"] or entry["inputs"]:
                 nodes[n.qkey] = entry
         elif n.op == KV_POINT and cfg.quantizes_kv:

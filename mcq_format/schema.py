@@ -266,14 +266,17 @@ def _check_entry_point(name: str, entry: object, at: _At, ctx: Context) -> None:
 
 
 # ----------------------------------------------------------------- qformat
+TENSOR_KEYS = ("scale", "zero_point", "smooth", "outliers", "outlier_weight")
+
+
 def _check_tensor_names(value: object, at: _At, ctx: Context) -> None:
-    """Every 'scale' / 'zero_point' found in nested maps must name a tensor."""
+    """Every 'scale' / 'zero_point' / 'smooth' found in nested maps must name a tensor."""
     if isinstance(value, list):
         for i, item in enumerate(value):
             _check_tensor_names(item, at.idx(i), ctx)
     elif isinstance(value, dict):
         for key, item in value.items():
-            if key in ("scale", "zero_point"):
+            if key in TENSOR_KEYS:
                 if isinstance(item, str):
                     if item not in ctx.tensors:
                         at.key(key).fail(f"no tensor {item!r} in the file", TensorReferenceError)

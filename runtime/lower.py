@@ -22,7 +22,8 @@ from runtime import numerics
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
-from runtime.quant_modules import Dequantize, FakeQuantize, Observe, Observer, QBmm, QLinear, Quantize
+from runtime.quant_modules import (Dequantize, FakeQuantize, Observe, Observer, OutlierProduct, QBmm, QLinear,
+                                    Quantize)
 
 FLOAT = 0
 OBSERVE = -1
@@ -57,6 +58,7 @@ def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
         axis=None if gran == "tensor" else int(spec["axis"]),
         per_head=gran == "head",
         smooth=tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None,
+        outliers=tensor(spec["outliers"]).to(torch.int64) if spec.get("outliers") else None,
     )
 
 
@@ -186,14 +188,20 @@ class _Builder:
             assert isinstance(w_ref, TensorRef)
             wq, wqp = self.tensor(w_ref.name), self.qp(wspec)
             if self.mode == 4 and xspec is not None:
-                return self.call_module(QLinear(wq, wqp, self.qp(xspec)), (x, bias), node.qkey or "")
+                outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
+                return self.call_module(QLinear(wq, wqp, self.qp(xspec), outlier_w), (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
                 w = self.get_attr(w_ref.name + "#dequantized", numerics.dequantize(wq, wqp))
             else:
                 w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name),), node.qkey or "")
+        raw = x
         if xspec is not None:
             x = self.quant_input(x, xspec, node.qkey or "", "x")
-        return self.fx.call_function(OPS[LINEAR], (x, w, bias))
+        y = self.fx.call_function(OPS[LINEAR], (x, w, bias))
+        if self.mode != OBSERVE and q.get("outlier_weight") and xspec is not None:
+            side = OutlierProduct(self.qp(xspec), self.tensor(q["outlier_weight"]))
+            y = self.fx.call_function(OPS["aten.add.Tensor"], (y, self.call_module(side, (raw,), node.qkey or "")))
+        return y
 
     def lower_bmm(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
         a, b = self.value(node.args[0]), self.value(node.args[1])

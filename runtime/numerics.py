@@ -8,6 +8,8 @@ Conventions:
 - x = (q - zp) * s in float32;
 - signed storage: nbits=8 gives int8; symmetric ranges are [-(2^(n-1)-1), 2^(n-1)-1] with zp = 0,
   asymmetric ranges are [-2^(n-1), 2^(n-1)-1];
+- outlier channels (optional): listed input channels are set to 0 before quantization; the
+  consuming linear adds x[..., outliers] @ outlier_weight^T in float32;
 - smoothing (optional): the quantizer represents x / smooth along the last axis (float32 division
   before the scale division); dequantize returns that smoothed tensor;
 - granularity "tensor": scalar s/zp; "channel": one s/zp per index of `axis`; "head": one s/zp per
@@ -47,6 +49,8 @@ class QuantParams:
     # SmoothQuant: the quantizer represents x / smooth (last axis); the consuming linear's stored
     # weight is W * smooth, so the integer GEMM keeps a per-tensor input scale
     smooth: torch.Tensor | None = None
+    # outlier channels (int64 indices, last axis) are zeroed here: they bypass the integer GEMM
+    outliers: torch.Tensor | None = None
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -74,6 +78,8 @@ def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     scale, view = _broadcast(qp.scale, x, qp)
     zp, _ = _broadcast(qp.zero_point, x, qp)
     x = x.to(torch.float32)
+    if qp.outliers is not None:
+        x = x.index_fill(-1, qp.outliers, 0.0)
     if qp.smooth is not None:
         x = x / qp.smooth
     xv = x.reshape(view)
@@ -113,6 +119,7 @@ def qlinear(
     weight_qp: QuantParams,
     bias: torch.Tensor | None,
     input_qp: QuantParams,
+    outlier_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """qlevel-4 linear: int8 input x int8 per-channel symmetric weight, int32 accumulation.
 
@@ -129,7 +136,16 @@ def qlinear(
     y = acc.to(torch.float32) * out_scale
     if bias is not None:
         y = y + bias.to(torch.float32)
-    return y.reshape(*x.shape[:-1], weight_q.shape[0]).to(x.dtype)
+    y = y.reshape(*x.shape[:-1], weight_q.shape[0])
+    if outlier_weight is not None:
+        y = y + outlier_product(x, input_qp, outlier_weight)
+    return y.to(x.dtype)
+
+
+def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torch.Tensor) -> torch.Tensor:
+    """The float side path of a linear's outlier input channels."""
+    assert input_qp.outliers is not None
+    return x.to(torch.float32).index_select(-1, input_qp.outliers) @ outlier_weight.to(torch.float32).t()
 
 
 def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams) -> torch.Tensor:

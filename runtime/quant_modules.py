@@ -40,12 +40,25 @@ class FakeQuantize(nn.Module):
 class QLinear(nn.Module):
     """Integer linear (qlevel 4)."""
 
-    def __init__(self, weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: QuantParams) -> None:
+    def __init__(self, weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: QuantParams,
+                 outlier_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weight_q, self.weight_qp, self.input_qp = weight_q, weight_qp, input_qp
+        self.outlier_weight = outlier_weight
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp)
+        return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp, self.outlier_weight)
+
+
+class OutlierProduct(nn.Module):
+    """Float side product of a linear's outlier input channels (qlevels 2 and 3)."""
+
+    def __init__(self, input_qp: QuantParams, outlier_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.input_qp, self.outlier_weight = input_qp, outlier_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return numerics.outlier_product(x, self.input_qp, self.outlier_weight).to(x.dtype)
 
 
 class QBmm(nn.Module):

@@ -116,3 +116,24 @@ def test_smoothquant_auto_shares_vectors_and_keeps_qlevels_in_agreement(tiny_mod
     prompts = [[5, 6, 7, 8, 9], [100, 200, 300]]
     sim = q.model(2).generate(prompts, max_new_tokens=12, stop_at_eos=False)
     assert q.model(4).generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim
+
+
+def test_outlier_channels_leave_the_integer_gemm(tiny_models):
+    import mcq
+
+    model = tiny_models("llama-tiny")
+    q = mcq.quantize(model, mcq.QuantConfig(smoothquant=True, act_outlier_threshold=1.5), progress=False)
+    key = "model.layers.0.mlp.down_proj/linear0"
+    entry = q.sections["qformat"]["nodes"][key]
+    idx = q.tensors[entry["inputs"]["x"]["outliers"]]
+    assert 1 <= idx.numel() <= 1  # capped at 1 % of 128 channels -> 1
+    wq = q.tensors[f"{key}/weight"]
+    assert torch.count_nonzero(wq[:, idx]) == 0
+    original = model.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(q.tensors[entry["outlier_weight"]], original[:, idx])
+    smooth = q.tensors[entry["inputs"]["x"]["smooth"]]
+    assert torch.all(smooth[idx] == 1.0)
+    prompts = [[5, 6, 7, 8, 9], [100, 200, 300]]
+    sim = q.model(2).generate(prompts, max_new_tokens=12, stop_at_eos=False)
+    assert q.model(3).generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim
+    assert q.model(4).generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim

@@ -102,3 +102,23 @@ def test_qlinear_with_smoothing_equals_int64_reference():
     acc = (xq - 4) @ wq.numpy().astype(np.int64).T
     ref = acc.astype(np.float32) * (np.float32(0.2) * ws.numpy()).astype(np.float32)
     assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
+
+
+def test_qlinear_outlier_channels_take_the_float_path():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 16, generator=g)
+    x[:, 3] = 500.0  # an outlier channel
+    idx = torch.tensor([3])
+    wq = torch.randint(-127, 128, (5, 16), generator=g, dtype=torch.int8)
+    wq[:, 3] = 0
+    cols = torch.randn(5, 1, generator=g)
+    p = qp(0.02, 0)
+    p = QuantParams(p.scale, p.zero_point, p.qmin, p.qmax, outliers=idx)
+    y = numerics.qlinear(x, wq, qp(torch.full((5,), 0.01), torch.zeros(5), symmetric=True, axis=0), None, p, cols)
+    xm = x.clone()
+    xm[:, 3] = 0
+    xq = _np_quantize(xm.numpy(), 0.02, 0, -128, 127)
+    acc = xq @ wq.numpy().astype(np.int64).T
+    ref = acc.astype(np.float32) * np.float32(np.float32(0.02) * np.float32(0.01)) + (x[:, 3:4] @ cols.t()).numpy()
+    assert np.allclose(y.numpy(), ref, rtol=0, atol=1e-4)
+    assert numerics.quantize(x, p)[:, 3].abs().max() == 0

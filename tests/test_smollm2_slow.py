@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mcq.evaluate import AGREEMENT_PROMPTS
+
 pytestmark = pytest.mark.slow
 
 HELDOUT = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "heldout_en.txt"
-PROMPTS = [
-    "The capital of France is",
-    "To make a cup of tea, first",
-    "The three primary colors are",
-    "Once upon a time, in a small village,",
-    "The main reason the sky looks blue is",
-]
+PROMPTS = AGREEMENT_PROMPTS
 
 
 class _Eager:

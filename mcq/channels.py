@@ -1,0 +1,162 @@
+"""Per-channel treatment of linear inputs, chosen from calibrated per-channel ranges.
+
+- Outlier channels: a few input channels with ranges far above the rest (the "massive
+  activations" of the first token in LLMs) leave the integer GEMM and go through a small float
+  side product; the int8 weight has those columns zeroed.
+- SmoothQuant: s[k] = amax_x[k]^a / amax_w[k]^(1-a) moves the remaining outliers into the
+  weights; the quantizer divides x by s, the stored weight is W * s.
+
+Both are shared by a group of linears reading the same tensor (q/k/v, gate/up), so that tensor
+is quantized once. With alpha "auto", each group picks the alpha from a fixed grid that minimizes
+the squared error of its quantized outputs on the calibration data (a second streaming pass:
+errors are summed per batch, no activation is stored).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from mcq.observers import Observer, range_to_qparams, weight_qparams
+from runtime import lower, numerics
+from runtime.ir import Graph, TensorRef
+from runtime.numerics import QuantParams
+
+ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+MAX_TOKENS_PER_BATCH = 512  # the alpha search looks at a bounded number of tokens per batch
+MAX_OUTLIER_FRACTION = 0.01  # at most 1 % of a linear's input channels leave the integer GEMM
+
+Weights = Callable[[str], torch.Tensor]
+
+
+@dataclass
+class ChannelPlan:
+    """What happens to one group's input channels before per-tensor quantization."""
+
+    outliers: torch.Tensor  # int64 channel indices, sorted; may be empty
+    smooth: torch.Tensor | None  # float32 [channels], 1 at outlier channels
+
+    def split_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight for the integer GEMM: smoothed, outlier columns zeroed; float outlier columns)."""
+        w = w.to(torch.float32)
+        cols = w[:, self.outliers].contiguous()
+        main = w * self.smooth if self.smooth is not None else w.clone()
+        main[:, self.outliers] = 0.0
+        return main, cols
+
+    def input_qparams(self, obs: Observer, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-tensor parameters of x / s over the non-outlier channels, exact from their ranges."""
+        assert obs.min is not None and obs.max is not None
+        keep = torch.ones_like(obs.min, dtype=torch.bool)
+        keep[self.outliers] = False
+        s = self.smooth if self.smooth is not None else torch.ones_like(obs.min)
+        lo, hi = (obs.min / s)[keep], (obs.max / s)[keep]
+        return range_to_qparams(lo.min(), hi.max(), spec["method"], spec["nbits"])
+
+
+def groups(graph: Graph, qformat: dict[str, Any]) -> list[list[str]]:
+    """Linears with a per-channel input treatment, grouped by the tensor they read."""
+    out: dict[Any, list[str]] = {}
+    for n in graph.nodes:
+        entry = qformat["nodes"].get(n.qkey) if n.qkey else None
+        x = entry["inputs"].get("x", {}) if entry else {}
+        if entry and entry.get("weight") and ("smooth" in x or "outliers" in x):
+            out.setdefault(n.args[0], []).append(n.qkey)  # type: ignore[arg-type]
+    return list(out.values())
+
+
+def weight_names(graph: Graph) -> dict[str, str]:
+    """qkey -> name of the float weight a linear reads in the captured graph."""
+    return {n.qkey: n.args[1].name for n in graph.nodes
+            if n.qkey and n.op == "aten.linear.default" and isinstance(n.args[1], TensorRef)}
+
+
+def outlier_channels(obs: Observer, threshold: float) -> torch.Tensor:
+    """Channels whose abs-max exceeds `threshold` x the median channel's (capped at 1 %)."""
+    assert obs.min is not None and obs.max is not None
+    amax = torch.maximum(obs.min.abs(), obs.max.abs())
+    if threshold <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    limit = threshold * amax.median().clamp(min=1e-8)
+    cap = max(1, int(amax.numel() * MAX_OUTLIER_FRACTION))
+    order = torch.argsort(amax, descending=True, stable=True)[:cap]
+    return torch.sort(order[amax[order] > limit]).values
+
+
+def smoothing_vector(obs: Observer, weights: list[torch.Tensor], alpha: float, outliers: torch.Tensor) -> torch.Tensor:
+    assert obs.min is not None and obs.max is not None
+    act = torch.maximum(obs.min.abs(), obs.max.abs())
+    wmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
+    s = act.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)
+    s = torch.where((act > 0) & (wmax > 0), s, torch.ones_like(s)).to(torch.float32)
+    s[outliers] = 1.0
+    return s
+
+
+def _plan(obs: Observer, weights: list[torch.Tensor], spec: dict[str, Any], alpha: float | None,
+          threshold: float) -> ChannelPlan:
+    idx = outlier_channels(obs, threshold) if "outliers" in spec else torch.zeros(0, dtype=torch.long)
+    smooth = smoothing_vector(obs, weights, alpha, idx) if "smooth" in spec and alpha is not None else None
+    return ChannelPlan(idx, smooth)
+
+
+def plans(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
+          weight: Weights, alphas: dict[str, float], threshold: float) -> dict[str, ChannelPlan]:
+    """qkey -> its group's ChannelPlan; `alphas` is keyed by a group's first qkey."""
+    out: dict[str, ChannelPlan] = {}
+    for members in groups(graph, qformat):
+        spec = qformat["nodes"][members[0]]["inputs"]["x"]
+        plan = _plan(observers[(members[0], "x")], [weight(k) for k in members], spec,
+                     alphas.get(members[0]), threshold)
+        out.update({k: plan for k in members})
+    return out
+
+
+def _qp(scale: torch.Tensor, zp: torch.Tensor, spec: dict[str, Any], axis: int | None) -> QuantParams:
+    qmin, qmax = numerics.qrange(spec["nbits"], spec["symmetric"])
+    return QuantParams(scale, zp, qmin, qmax, axis)
+
+
+def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tensor:
+    scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"])
+    return numerics.fake_quantize(w, _qp(scale, zp, wspec, 0 if wspec["granularity"] == "channel" else None))
+
+
+def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
+                  weight: Weights, tensors: Weights, batches: Iterable[torch.Tensor], threshold: float,
+                  progress: bool = True) -> dict[str, float]:
+    """Per group (keyed by its first qkey), the grid alpha with the least output error."""
+    from tqdm.auto import tqdm
+
+    first = {g[0]: g for g in groups(graph, qformat)}
+    cands: dict[str, list[tuple[ChannelPlan, QuantParams, list[torch.Tensor], list[torch.Tensor]]]] = {}
+    for key, members in first.items():
+        obs, spec = observers[(key, "x")], qformat["nodes"][key]["inputs"]["x"]
+        ws = [weight(k).to(torch.float32) for k in members]
+        cands[key] = []
+        for a in ALPHA_GRID:
+            p = _plan(obs, ws, spec, a, threshold)
+            split = [p.split_weight(w) for w in ws]
+            wq = [_fake_quantized_weight(main, qformat["nodes"][k]["weight"]) for (main, _), k in zip(split, members)]
+            scale, zp = p.input_qparams(obs, spec)
+            cands[key].append((p, _qp(scale, zp, spec, None), wq, [cols for _, cols in split]))
+    errors = {key: torch.zeros(len(ALPHA_GRID), dtype=torch.float64) for key in first}
+
+    def observe(qkey: str, role: str, x: torch.Tensor) -> None:
+        if role != "x" or qkey not in first:
+            return
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)[:MAX_TOKENS_PER_BATCH]
+        refs = [x @ weight(k).to(torch.float32).t() for k in first[qkey]]
+        for i, (p, qp, wq, cols) in enumerate(cands[qkey]):
+            xm = x.index_fill(-1, p.outliers, 0.0)
+            xq = numerics.fake_quantize(xm / p.smooth if p.smooth is not None else xm, qp)
+            side = x[:, p.outliers]
+            errors[qkey][i] += sum(float((xq @ w.t() + side @ c.t() - r).pow(2).sum())
+                                   for w, c, r in zip(wq, cols, refs))
+
+    gm = lower.build(graph, tensors, qformat, lower.OBSERVE, observe)
+    with torch.no_grad():
+        for ids in tqdm(list(batches), desc="smoothquant search", unit="batch", disable=not progress):
+            gm(ids, torch.ones_like(ids))
+    return {key: ALPHA_GRID[int(torch.argmin(errors[key]))] for key in first}
