@@ -9,6 +9,7 @@ def test_defaults_are_the_reference_recipe():
     c = preset("W8A8KV8")
     assert (c.weight_dtype, c.weight_granularity, c.weight_calib_method) == ("int8", "channel", "AMAX_SYM")
     assert (c.act_dtype, c.act_calib_method, c.kv_dtype) == ("int8", "MINMAX_ASYM", "int8")
+    assert c.smoothquant and c.smoothquant_alpha == 0.75 and c.act_outlier_threshold == 32.0
 
 
 def test_unknown_key_is_named():
