@@ -4,9 +4,9 @@ Modes:
 - FLOAT (0): the captured graph as is (float weights required).
 - OBSERVE: float graph with calibration hooks at every quant point (toolkit only).
 - 2: fake quantization in float (quantize-dequantize), float KV cache.
-- 3: every quantized tensor is materialized in its storage dtype, then dequantized; KV cache in
-  kv dtype.
-- 4: integer kernels (int8 x int8 -> int32) at linears and attention matmuls.
+- 3: every quantized tensor is materialized in its storage dtype; the integer arithmetic of
+  linears and attention matmuls is emulated exactly in float64; KV cache in kv dtype.
+- 4: integer kernels (int8 x int8 -> int32) at linears and attention matmuls; bit-identical to 3.
 """
 from __future__ import annotations
 
@@ -187,9 +187,10 @@ class _Builder:
         else:
             assert isinstance(w_ref, TensorRef)
             wq, wqp = self.tensor(w_ref.name), self.qp(wspec)
-            if self.mode == 4 and xspec is not None:
+            if self.mode in (3, 4) and xspec is not None:
                 outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
-                return self.call_module(QLinear(wq, wqp, self.qp(xspec), outlier_w), (x, bias), node.qkey or "")
+                module = QLinear(wq, wqp, self.qp(xspec), outlier_w, emulate=self.mode == 3)
+                return self.call_module(module, (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
                 w = self.get_attr(w_ref.name + "#dequantized", numerics.dequantize(wq, wqp))
             else:
@@ -206,12 +207,13 @@ class _Builder:
     def lower_bmm(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
         a, b = self.value(node.args[0]), self.value(node.args[1])
         aspec, bspec = q["inputs"].get("a"), q["inputs"].get("b")
-        if self.mode == 4 and aspec is not None and bspec is not None:
-            return self.call_module(QBmm(self.qp(aspec), self.qp(bspec)), (a, b), node.qkey or "")
+        if self.mode in (3, 4) and aspec is not None and bspec is not None:
+            module = QBmm(self.qp(aspec), self.qp(bspec), emulate=self.mode == 3)
+            return self.call_module(module, (a, b), node.qkey or "")
         if aspec is not None:
             a = self.quant_input(a, aspec, node.qkey or "", "a")
-        # b comes out of the quantized KV cache: already on its grid at qlevels 2/3
-        if bspec is not None and not bspec.get("source") and self.mode != 4:
+        # b comes out of the quantized KV cache: already on its grid at qlevel 2
+        if bspec is not None and not bspec.get("source"):
             b = self.quant_input(b, bspec, node.qkey or "", "b")
         return self.fx.call_function(OPS[BMM], (a, b))
 

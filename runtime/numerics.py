@@ -14,8 +14,9 @@ Conventions:
   before the scale division); dequantize returns that smoothed tensor;
 - granularity "tensor": scalar s/zp; "channel": one s/zp per index of `axis`; "head": one s/zp per
   head, where index i along `axis` belongs to head i % H (a bmm batch axis flattened as batch*H);
-- integer products accumulate in int32; the result leaves the kernel as
-  float32(acc) * float32(s_a * s_b) (+ bias).
+- integer products accumulate in int32 (qlevel 4) or exactly in float64 (qlevel 3, same
+  integers); the result leaves the kernel as float32(acc) * float32(s_a * s_b) (+ bias), so
+  qlevels 3 and 4 are bit-identical.
 """
 from __future__ import annotations
 
@@ -106,8 +107,15 @@ def _centered(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     return (q.reshape(view).to(torch.int32) - zp).reshape(q.shape)
 
 
-def _int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact int32 matrix product of 2-D int8 operands."""
+def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor:
+    """Exact integer matrix product of 2-D integer operands.
+
+    emulate=False: int32 kernels (qlevel 4). emulate=True: float64 arithmetic (qlevel 3), exact
+    because every partial sum of int8 x int8 products stays far below 2^53; the result holds the
+    same integers, so both qlevels round identically afterwards.
+    """
+    if emulate:
+        return a.to(torch.float64) @ b.to(torch.float64)
     if a.dtype == torch.int8 and b.dtype == torch.int8 and a.shape[0] > 0:
         return torch._int_mm(a, b)
     return a.to(torch.int32) @ b.to(torch.int32)
@@ -120,6 +128,7 @@ def qlinear(
     bias: torch.Tensor | None,
     input_qp: QuantParams,
     outlier_weight: torch.Tensor | None = None,
+    emulate: bool = False,
 ) -> torch.Tensor:
     """qlevel-4 linear: int8 input x int8 per-channel symmetric weight, int32 accumulation.
 
@@ -128,10 +137,10 @@ def qlinear(
     assert input_qp.axis is None, "qlinear takes a per-tensor input scale"
     xq = quantize(x, input_qp)
     k = xq.shape[-1]
-    acc = _int_matmul(xq.reshape(-1, k), weight_q.t())
+    acc = _int_matmul(xq.reshape(-1, k), weight_q.t(), emulate)
     if int(input_qp.zero_point) != 0:
-        row_sums = weight_q.to(torch.int32).sum(dim=1)
-        acc = acc - input_qp.zero_point.to(torch.int32) * row_sums
+        row_sums = weight_q.to(acc.dtype).sum(dim=1)
+        acc = acc - input_qp.zero_point.to(acc.dtype) * row_sums
     out_scale = (input_qp.scale * weight_qp.scale).to(torch.float32)
     y = acc.to(torch.float32) * out_scale
     if bias is not None:
@@ -148,7 +157,8 @@ def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torc
     return x.to(torch.float32).index_select(-1, input_qp.outliers) @ outlier_weight.to(torch.float32).t()
 
 
-def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams) -> torch.Tensor:
+def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
+         emulate: bool = False) -> torch.Tensor:
     """qlevel-4 batched matmul of two quantized operands with int32 accumulation.
 
     Operands are centered (q - zp) in int32 before the product; the result is
@@ -156,7 +166,7 @@ def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams)
     """
     qa = _centered(quantize(a, a_qp), a_qp)
     qb = _centered(quantize(b, b_qp), b_qp)
-    acc = torch.bmm(qa, qb)
+    acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64)) if emulate else torch.bmm(qa, qb)
     sa, _ = _broadcast(a_qp.scale, acc, a_qp)
     sb, view = _broadcast(b_qp.scale, acc, b_qp)
     y = acc.reshape(view).to(torch.float32) * (sa * sb).to(torch.float32)

@@ -38,16 +38,17 @@ class FakeQuantize(nn.Module):
 
 
 class QLinear(nn.Module):
-    """Integer linear (qlevel 4)."""
+    """Integer linear: int32 kernels (qlevel 4) or exact float64 emulation (qlevel 3)."""
 
     def __init__(self, weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: QuantParams,
-                 outlier_weight: torch.Tensor | None = None) -> None:
+                 outlier_weight: torch.Tensor | None = None, emulate: bool = False) -> None:
         super().__init__()
         self.weight_q, self.weight_qp, self.input_qp = weight_q, weight_qp, input_qp
-        self.outlier_weight = outlier_weight
+        self.outlier_weight, self.emulate = outlier_weight, emulate
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp, self.outlier_weight)
+        return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp, self.outlier_weight,
+                                self.emulate)
 
 
 class OutlierProduct(nn.Module):
@@ -62,14 +63,14 @@ class OutlierProduct(nn.Module):
 
 
 class QBmm(nn.Module):
-    """Integer batched matmul (qlevel 4)."""
+    """Integer batched matmul: int32 (qlevel 4) or exact float64 emulation (qlevel 3)."""
 
-    def __init__(self, a_qp: QuantParams, b_qp: QuantParams) -> None:
+    def __init__(self, a_qp: QuantParams, b_qp: QuantParams, emulate: bool = False) -> None:
         super().__init__()
-        self.a_qp, self.b_qp = a_qp, b_qp
+        self.a_qp, self.b_qp, self.emulate = a_qp, b_qp, emulate
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return numerics.qbmm(a, self.a_qp, b, self.b_qp)
+        return numerics.qbmm(a, self.a_qp, b, self.b_qp, self.emulate)
 
 
 Observer = Callable[[str, str, torch.Tensor], None]

@@ -59,12 +59,19 @@ def test_quantized_kv_cache_is_int8_and_decode_keys_match_prefill(quantized):
     assert [i["name"] for i in q.sections["graph/decode"]["inputs"]][2] == past_input_name(0, 0)
 
 
-def test_qlevel4_logits_close_to_qlevel2(quantized):
-    _, q, _ = quantized("gptj-tiny", "W8A8KV8")
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
-    l2, _ = q.model(2).prefill(ids)
-    l4, _ = q.model(4).prefill(ids)
-    assert (l2 - l4).abs().max() < 1e-3 * l2.abs().max()
+@pytest.mark.parametrize("name", FAMILIES)
+def test_qlevel3_and_qlevel4_are_bit_identical_and_close_to_qlevel2(name, quantized):
+    _, q, _ = quantized(name, "W8A8KV8")
+    ids, mask = _batch()
+    l2, _ = q.model(2).prefill(ids, mask)
+    l3, c3 = q.model(3).prefill(ids, mask)
+    l4, c4 = q.model(4).prefill(ids, mask)
+    assert torch.equal(l3, l4)
+    assert all(torch.equal(a, b) for a, b in zip(c3.tensors, c4.tensors))
+    d3, _ = q.model(3).decode(torch.tensor([7, 8, 9]), c3)
+    d4, _ = q.model(4).decode(torch.tensor([7, 8, 9]), c4)
+    assert torch.equal(d3, d4)
+    assert (l2 - l4)[mask.bool()].abs().max() < 1e-3 * l2.abs().max()
 
 
 def test_quantized_bundle_stores_int8_weights(quantized):
