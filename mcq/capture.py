@@ -9,6 +9,7 @@ identical in both graphs.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,7 +263,11 @@ def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
     previous_attn = cfg._attn_implementation
     cfg._attn_implementation = "eager"  # explicit Q.K^T and P.V matmuls: they are quant points
     try:
-        return _capture(model, cfg, family, n_layers, example_len)
+        with warnings.catch_warnings():
+            # export's notes on transformers internals are not actionable for mcq's users
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message="While compiling, we found certain side effects")
+            return _capture(model, cfg, family, n_layers, example_len)
     finally:
         cfg._attn_implementation = previous_attn
 
