@@ -117,15 +117,25 @@ def _load(path: Path, qlevel: int | None):
 @click.option("--top-k", default=0, show_default=True)
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--ids", is_flag=True, help="Prompts are space-separated token ids; print token ids "
+                                          "(for bundles without a tokenizer).")
 @_friendly_errors
 def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: str | None, sample: bool,
-             temperature: float, top_k: int, top_p: float, seed: int) -> None:
+             temperature: float, top_k: int, top_p: float, seed: int, ids: bool) -> None:
     """Continue each PROMPT with the model in FILE (a .mcq bundle)."""
     model = _load(file, int(qlevel) if qlevel else None)
-    outs = model.generate(list(prompts), max_new_tokens=max_new_tokens, do_sample=sample,
+    batch: list = list(prompts)
+    if not ids and model.tokenizer is None:
+        raise ValueError(f"{file}: this bundle has no tokenizer; give token ids with --ids")
+    if ids:
+        try:
+            batch = [[int(t) for t in p.split()] for p in prompts]
+        except ValueError:
+            raise ValueError("--ids: prompts must be space-separated integers") from None
+    outs = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=sample,
                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     for p, o in zip(prompts, outs):
-        click.echo(p + o)
+        click.echo(p + (" -> " + " ".join(map(str, o)) if ids else o))
 
 
 @main.command()

@@ -40,8 +40,13 @@ def quantized(tiny_models, tmp_path_factory):
     return get
 
 
-def hf_reference(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+@pytest.fixture(scope="session")
+def hf_reference():
     """Eager HF logits with the positions mcq's graphs use for left-padded batches."""
-    with torch.no_grad():
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+
+    def logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+
+    return logits

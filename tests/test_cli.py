@@ -78,6 +78,10 @@ def test_quantize_inspect_validate_roundtrip(tmp_path):
     assert report["tensor_bytes_by_dtype"]["I8"] > 0
     r = run("validate", out, "--verify")
     assert r.exit_code == 0 and "valid" in r.output
+    r = run("generate", out, "--ids", "--prompt", "5 6 7", "--max-new-tokens", "4")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("5 6 7 -> ") and len(r.output.split("->")[1].split()) == 4
+    assert_one_line_error(run("generate", out, "--prompt", "hello"), "no tokenizer")
 
 
 def test_help_teaches():

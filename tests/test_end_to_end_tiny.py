@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import runtime
-from conftest import hf_reference
 from runtime.lower import past_input_name
 
 FAMILIES = ["gptj-tiny", "llama-tiny", "gpt2-tiny"]
@@ -21,7 +20,7 @@ def _batch():
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_float_bundle_prefill_and_decode_equal_eager(name, quantized):
+def test_float_bundle_prefill_and_decode_equal_eager(name, quantized, hf_reference):
     model, _, path = quantized(name, "FLOAT")
     rt = runtime.load(path)
     assert rt.qlevel == 0
