@@ -141,9 +141,10 @@ def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--nodes/--no-nodes", default=True, show_default=True, help="Show the per-node qformat table.")
 @_friendly_errors
-def inspect(file: Path, as_json: bool) -> None:
-    """Show a bundle's manifest, quantized nodes by dtype and tensor bytes by dtype."""
+def inspect(file: Path, as_json: bool, nodes: bool) -> None:
+    """Show a bundle's versions, entry points, per-node qformat table and tensor bytes by dtype."""
     import mcq_format
 
     if not file.is_file():
@@ -167,6 +168,7 @@ def inspect(file: Path, as_json: bool) -> None:
             "entry_points": {g: {"inputs": [f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"]],
                                  "nodes": sum(nodes[g].values())} for g, ep in man["entry_points"].items()},
             "quantized_nodes": dict(sorted(kinds.items())), "tensor_bytes_by_dtype": dict(sorted(sizes.items())),
+            "qformat": {k: _describe(e) for k, e in qf["nodes"].items()},
         }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -185,20 +187,60 @@ def inspect(file: Path, as_json: bool) -> None:
     click.echo("tensor bytes by dtype:")
     for k, v in report["tensor_bytes_by_dtype"].items():
         click.echo(f"  {k:<8} {v / 2**20:10.2f} MiB")
+    if nodes and report["qformat"]:
+        width = max(len(k) for k in report["qformat"])
+        click.echo(f"{'qkey':<{width}}  {'kind':<8}  {'weight':<28}  inputs")
+        for k, d in report["qformat"].items():
+            click.echo(f"{k:<{width}}  {d['kind']:<8}  {d['weight']:<28}  {d['inputs']}")
+
+
+def _spec_text(spec: dict[str, Any] | None) -> str:
+    if not spec:
+        return "-"
+    gran = spec["granularity"] + (f"(axis {spec['axis']})" if spec.get("axis") is not None else "")
+    extras = [name for name in ("smooth", "outliers") if spec.get(name)]
+    if spec.get("source"):
+        extras.append("from " + spec["source"].rsplit("/", 1)[-1])
+    return f"{spec['dtype']} {gran} {spec['method']}" + (f" [{', '.join(extras)}]" if extras else "")
+
+
+def _describe(entry: dict[str, Any]) -> dict[str, str]:
+    inputs = "; ".join(f"{role}: {_spec_text(spec)}" for role, spec in entry["inputs"].items())
+    return {"kind": entry["kind"], "weight": _spec_text(entry.get("weight")), "inputs": inputs or "-"}
 
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--verify", is_flag=True, help="Also check every tensor's SHA-256.")
-@_friendly_errors
-def validate(file: Path, verify: bool) -> None:
-    """Check that FILE is a well-formed .mcq bundle (exit 0 if so, 1 with the reason if not)."""
-    import mcq_format
+@click.option("--verify", is_flag=True, help="Also check every tensor's SHA-256 (reads all data).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or the error) as JSON.")
+def validate(file: Path, verify: bool, as_json: bool) -> None:
+    """Check that FILE is a well-formed .mcq bundle: exit 0 if so, 1 with the reason if not.
 
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
-    mcq_format.validate(file, verify=verify)
-    click.echo(f"{file}: valid" + (" (all tensor hashes verified)" if verify else ""))
+    Checks run cheap to expensive: header, offsets, metadata and versions, section hashes and
+    schemas, graph references and the op allowlist; --verify adds per-tensor SHA-256.
+    """
+    import dataclasses
+
+    import mcq_format
+    from mcq_format.errors import McqFormatError
+
+    try:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such file")
+        report = mcq_format.validate(file, verify=verify)
+    except (McqFormatError, OSError) as e:
+        code = getattr(e, "code", "E000_IO")
+        if as_json:
+            click.echo(json.dumps({"path": str(file), "valid": False, "code": code, "error": str(e)}))
+        else:
+            click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_ERROR)
+    if as_json:
+        click.echo(json.dumps({"valid": True, **dataclasses.asdict(report)}))
+    else:
+        click.echo(f"{file}: valid (mcq {report.format_version[0]}.{report.format_version[1]}, opset "
+                   f"{report.opset_version}, {report.tensor_count} tensors, {report.data_bytes / 2**20:.1f} MiB"
+                   + (", all tensor hashes verified)" if verify else ")"))
 
 
 if __name__ == "__main__":

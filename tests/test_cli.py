@@ -54,6 +54,15 @@ def test_truncated_mcq(quantized, tmp_path):
         assert_one_line_error(run(cmd, bad, *extra), "cut.mcq")
 
 
+def test_validate_json_reports_the_error_code(tmp_path):
+    bad = tmp_path / "x.mcq"
+    bad.write_bytes(b"\x00" * 4)
+    r = run("validate", bad, "--json")
+    assert r.exit_code == 1
+    out = json.loads(r.output)
+    assert out["valid"] is False and out["code"].startswith("E1") and "x.mcq" in out["error"]
+
+
 def test_non_mcq_file(tmp_path):
     bad = tmp_path / "notes.mcq"
     bad.write_text("this is not a model, just some text that is long enough to have a header")
@@ -78,6 +87,11 @@ def test_quantize_inspect_validate_roundtrip(tmp_path):
     assert report["tensor_bytes_by_dtype"]["I8"] > 0
     r = run("validate", out, "--verify")
     assert r.exit_code == 0 and "valid" in r.output
+    r = run("validate", out, "--verify", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["valid"] is True and json.loads(r.output)["verified"]
+    assert report["qformat"]["lm_head/linear0"]["weight"] == "int8 channel(axis 0) AMAX_SYM"
+    r = run("inspect", out)
+    assert "transformer.h.0.attn/bmm0" in r.output and "from k_cache" in r.output
     r = run("generate", out, "--ids", "--prompt", "5 6 7", "--max-new-tokens", "4")
     assert r.exit_code == 0, r.output
     assert r.output.startswith("5 6 7 -> ") and len(r.output.split("->")[1].split()) == 4
