@@ -168,7 +168,7 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
             "entry_points": {g: {"inputs": [f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"]],
                                  "nodes": sum(nodes[g].values())} for g, ep in man["entry_points"].items()},
             "quantized_nodes": dict(sorted(kinds.items())), "tensor_bytes_by_dtype": dict(sorted(sizes.items())),
-            "qformat": {k: _describe(e) for k, e in qf["nodes"].items()},
+            "qformat": {k: _describe(qf["nodes"][k]) for k in _graph_order(b.sections, man, qf["nodes"])},
         }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -192,6 +192,16 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
         click.echo(f"{'qkey':<{width}}  {'kind':<8}  {'weight':<28}  inputs")
         for k, d in report["qformat"].items():
             click.echo(f"{k:<{width}}  {d['kind']:<8}  {d['weight']:<28}  {d['inputs']}")
+
+
+def _graph_order(sections: dict[str, Any], manifest: dict[str, Any], qnodes: dict[str, Any]) -> list[str]:
+    """qkeys in the order their nodes run (first entry point first), not msgpack's sorted order."""
+    seen: dict[str, None] = {}
+    for ep in manifest["entry_points"].values():
+        for n in sections[ep["graph"]]["nodes"]:
+            if n.get("qkey") in qnodes:
+                seen.setdefault(n["qkey"], None)
+    return [*seen, *(k for k in qnodes if k not in seen)]
 
 
 def _spec_text(spec: dict[str, Any] | None) -> str:
