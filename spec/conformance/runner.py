@@ -1,0 +1,281 @@
+"""Run the `.mcq` conformance vectors against an implementation.
+
+    python spec/conformance/runner.py [--impl module:attr] [--dir spec/conformance/v1.0]
+                                      [--only valid|invalid] [--atol A] [--rtol R] [--quiet]
+
+Every folder ``v*/`` next to this file holding a ``manifest.json`` is run (or only the ``--dir``
+ones).  For each INVALID file the implementation must reject the file with the expected error
+code; for each VALID bundle it must reproduce the expected outputs of every entry point at every
+listed qlevel.  Prints a table; exit status 0 when every vector passes, 1 otherwise.
+
+An implementation is an object (a module, an instance, or a class / zero-argument factory that
+returns one) with either or both of
+
+* ``validate(path: str, verify: bool) -> None``: raise an exception on an invalid file.  The
+  code is taken from the exception's ``code`` attribute, else from the first ``E###_NAME`` in its
+  message;
+* ``run(path: str, qlevel: int, entry_point: str, inputs: dict[str, np.ndarray])
+  -> dict[str, np.ndarray]``: run one entry point of the bundle on the named graph inputs
+  (``input_ids``, ``attention_mask``, ``past.<layer>.<k|v>``) and return the named graph outputs
+  (``logits``, ``present.<layer>.<k|v>``), as in the bundle's manifest.
+
+A missing method makes the corresponding vectors SKIP (not a failure).  The default is
+:class:`ReferenceImpl`: ``mcq_format.validate`` and the ``runtime`` package.
+
+Comparison: integer outputs (token ids, the int8 KV cache) must be equal; float outputs are
+compared exactly by default (``--atol 0 --rtol 0``; the reference runtime is deterministic on
+CPU), or with ``|actual - expected| <= atol + rtol * |expected|`` when a tolerance is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+_CODE_RE = re.compile(r"E\d{3}_[A-Z0-9_]+")
+
+
+class Result(NamedTuple):
+    version: str
+    kind: str  # "invalid" | "valid"
+    name: str
+    status: str  # PASS | FAIL | SKIP
+    detail: str
+    seconds: float
+
+
+class Tolerance(NamedTuple):
+    atol: float = 0.0
+    rtol: float = 0.0
+
+
+# ------------------------------------------------------------------ the reference implementation
+class ReferenceImpl:
+    """``mcq_format.validate(verify=...)`` and ``runtime.load(path, qlevel)`` (public API only)."""
+
+    def __init__(self) -> None:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        self._models: dict[tuple[str, int], Any] = {}
+
+    def validate(self, path: str, verify: bool) -> None:
+        import mcq_format
+
+        mcq_format.validate(path, verify=verify)
+
+    def _model(self, path: str, qlevel: int) -> Any:
+        import runtime
+
+        key = (path, qlevel)
+        if key not in self._models:
+            self._models[key] = runtime.load(path, qlevel=qlevel)
+        return self._models[key]
+
+    def run(self, path: str, qlevel: int, entry_point: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        import runtime
+
+        model = self._model(path, qlevel)
+        ep = model.manifest["entry_points"][entry_point]
+        out_names = [o["name"] for o in ep["outputs"]]
+        ids = torch.from_numpy(np.asarray(inputs["input_ids"]))
+        mask = torch.from_numpy(np.asarray(inputs["attention_mask"]))
+        if entry_point == "prefill":
+            logits, cache = model.prefill(ids, mask)
+            values = [logits, *cache.tensors]
+        elif entry_point == "decode":
+            past_names = [i["name"] for i in ep["inputs"][2:]]
+            past = [torch.from_numpy(np.asarray(inputs[n])) for n in past_names]
+            cache = runtime.KVCache(past, mask[:, :-1])
+            logits, grown = model.decode(ids[:, -1], cache)
+            past_len = int(mask.shape[1]) - 1
+            # the runtime returns the last position's logits and the grown cache; the graph's
+            # outputs are logits [batch, 1, vocab] and the new entries only
+            values = [logits[:, None], *(g[:, :, past_len:] for g in grown.tensors)]
+        else:
+            raise ValueError(f"unknown entry point {entry_point!r}")
+        if len(values) != len(out_names):
+            raise ValueError(f"{entry_point}: {len(values)} outputs, manifest lists {len(out_names)}")
+        return {n: v.detach().contiguous().numpy() for n, v in zip(out_names, values)}
+
+
+def load_impl(spec: str | None) -> Any:
+    if not spec:
+        return ReferenceImpl()
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    obj: Any = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    if callable(obj) and not (hasattr(obj, "validate") or hasattr(obj, "run")):
+        obj = obj()  # a factory
+    elif isinstance(obj, type):
+        obj = obj()
+    return obj
+
+
+# ------------------------------------------------------------------ checks
+def version_dirs(dirs: list[Path] | None = None) -> list[Path]:
+    if dirs:
+        return [Path(d) for d in dirs]
+    return sorted(p.parent for p in HERE.glob("v*/manifest.json"))
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _file_ok(folder: Path, rel: str, sha256: str) -> str | None:
+    path = folder / rel
+    if not path.is_file():
+        return f"{rel}: missing"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        return f"{rel}: SHA-256 differs from manifest.json (vector file changed)"
+    return None
+
+
+def error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    match = _CODE_RE.search(str(exc))
+    return match.group(0) if match else None
+
+
+def check_invalid(impl: Any, folder: Path, entry: dict[str, Any], version: str = "") -> Result:
+    start = time.perf_counter()
+
+    def result(status: str, detail: str) -> Result:
+        return Result(version, "invalid", entry["name"], status, detail, time.perf_counter() - start)
+
+    if not hasattr(impl, "validate"):
+        return result("SKIP", "implementation has no validate()")
+    bad = _file_ok(folder, entry["file"], entry["sha256"])
+    if bad:
+        return result("FAIL", bad)
+    expected = entry["expected_code"]
+    try:
+        impl.validate(str(folder / entry["file"]), True)
+    except Exception as exc:  # noqa: BLE001  (any exception is a rejection; its code is checked)
+        got = error_code(exc)
+        if got == expected:
+            return result("PASS", expected)
+        return result("FAIL", f"expected {expected}, got {got} ({type(exc).__name__}: {str(exc)[:120]})")
+    return result("FAIL", f"expected {expected}, but the file was accepted")
+
+
+def compare(name: str, actual: Any, expected: np.ndarray, tol: Tolerance) -> tuple[bool, str, float]:
+    """(ok, message, max abs difference) for one output."""
+    actual = np.asarray(actual)
+    if actual.shape != expected.shape:
+        return False, f"{name}: shape {list(actual.shape)} != expected {list(expected.shape)}", float("inf")
+    if expected.dtype.kind in "biu":
+        if actual.dtype.kind not in "biu":
+            return False, f"{name}: dtype {actual.dtype} is not an integer dtype like {expected.dtype}", float("inf")
+        diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
+        worst = float(diff.max()) if diff.size else 0.0
+        return bool(worst == 0), (f"{name}: {int((diff != 0).sum())} elements differ" if worst else ""), worst
+    a64, e64 = actual.astype(np.float64), expected.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a64 - e64)
+    same_nan = np.isnan(a64) == np.isnan(e64)
+    diff = np.where(np.isnan(a64) & np.isnan(e64), 0.0, diff)
+    worst = float(np.nanmax(diff)) if diff.size else 0.0
+    if not same_nan.all():
+        return False, f"{name}: NaN positions differ", float("inf")
+    if tol.atol == 0 and tol.rtol == 0:
+        ok = bool(np.array_equal(a64, e64, equal_nan=True))
+    else:
+        ok = bool((diff <= tol.atol + tol.rtol * np.abs(e64)).all())
+    return ok, ("" if ok else f"{name}: max |diff| {worst:.3g}"), worst
+
+
+def check_vector(impl: Any, folder: Path, bundle: dict[str, Any], vector: dict[str, Any], tol: Tolerance,
+                 version: str = "") -> Result:
+    start = time.perf_counter()
+    label = f"{bundle['name']} {vector['entry_point']} q{vector['qlevel']}"
+
+    def result(status: str, detail: str) -> Result:
+        return Result(version, "valid", label, status, detail, time.perf_counter() - start)
+
+    if not hasattr(impl, "run"):
+        return result("SKIP", "implementation has no run()")
+    for rel, digest in ((bundle["file"], bundle["sha256"]), (vector["file"], vector["sha256"])):
+        bad = _file_ok(folder, rel, digest)
+        if bad:
+            return result("FAIL", bad)
+    with np.load(folder / vector["file"], allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    inputs = {k[3:]: v for k, v in arrays.items() if k.startswith("in.")}
+    expected = {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}
+    try:
+        actual = impl.run(str(folder / bundle["file"]), int(vector["qlevel"]), vector["entry_point"], inputs)
+    except Exception as exc:  # noqa: BLE001
+        return result("FAIL", f"run raised {type(exc).__name__}: {str(exc)[:160]}")
+    problems, worst = [], 0.0
+    for name in sorted(expected):
+        if name not in actual:
+            problems.append(f"{name}: missing")
+            continue
+        ok, message, diff = compare(name, actual[name], expected[name], tol)
+        worst = max(worst, diff)
+        if not ok:
+            problems.append(message)
+    if problems:
+        return result("FAIL", "; ".join(problems)[:300])
+    return result("PASS", f"{len(expected)} outputs, max |diff| {worst:.3g}")
+
+
+def run_all(impl: Any, dirs: list[Path] | None = None, only: str | None = None,
+            tol: Tolerance = Tolerance()) -> list[Result]:
+    results = []
+    for folder in version_dirs(dirs):
+        manifest = load_manifest(folder)
+        version = manifest.get("format_version", folder.name)
+        if only in (None, "invalid"):
+            results += [check_invalid(impl, folder, e, version) for e in manifest["invalid"]]
+        if only in (None, "valid"):
+            for bundle in manifest["valid"]:
+                results += [check_vector(impl, folder, bundle, v, tol, version) for v in bundle["vectors"]]
+    return results
+
+
+def print_table(results: list[Result], quiet: bool = False) -> None:
+    rows = [r for r in results if not quiet or r.status == "FAIL"]
+    width = max((len(r.name) for r in rows), default=4)
+    print(f"{'ver':5s} {'kind':8s} {'vector':{width}s} {'status':6s} {'ms':>7s}  detail")
+    for r in rows:
+        print(f"{r.version:5s} {r.kind:8s} {r.name:{width}s} {r.status:6s} {r.seconds * 1e3:7.1f}  {r.detail}")
+    counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
+    print(f"{len(results)} vectors: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", help="module:attr of the implementation (default: the reference)")
+    parser.add_argument("--dir", type=Path, action="append", help="a vector folder (repeatable)")
+    parser.add_argument("--only", choices=("valid", "invalid"))
+    parser.add_argument("--atol", type=float, default=0.0, help="float outputs: absolute tolerance (default 0)")
+    parser.add_argument("--rtol", type=float, default=0.0, help="float outputs: relative tolerance (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    args = parser.parse_args(argv)
+    results = run_all(load_impl(args.impl), args.dir, args.only, Tolerance(args.atol, args.rtol))
+    print_table(results, args.quiet)
+    return 0 if results and all(r.status != "FAIL" for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
