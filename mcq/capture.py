@@ -262,6 +262,7 @@ def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
     n_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
     previous_attn = cfg._attn_implementation
     cfg._attn_implementation = "eager"  # explicit Q.K^T and P.V matmuls: they are quant points
+    swapped = _conv1d_as_linear(model)
     try:
         with warnings.catch_warnings():
             # export's notes on transformers internals are not actionable for mcq's users
@@ -270,6 +271,27 @@ def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
             return _capture(model, cfg, family, n_layers, example_len)
     finally:
         cfg._attn_implementation = previous_attn
+        for parent, name, original in swapped:
+            setattr(parent, name, original)
+
+
+def _conv1d_as_linear(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """GPT-2's Conv1D (x @ W + b, W stored [in, out]) becomes an equivalent nn.Linear for the
+    capture, so it is a linear quant point; the caller puts the originals back afterwards."""
+    from transformers.pytorch_utils import Conv1D
+
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                setattr(parent, name, linear)
+                swapped.append((parent, name, child))
+    return swapped
 
 
 def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len: int = 8) -> Captured:

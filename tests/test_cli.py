@@ -103,3 +103,15 @@ def test_help_teaches():
     assert r.exit_code == 0 and "mcq quantize --example smollm2" in r.output
     r = run("quantize", "--help")
     assert "--preset" in r.output and "calibration" in r.output.lower()
+
+
+def test_quantize_a_model_folder(tiny_models, tmp_path):
+    model = tiny_models("gpt2-tiny")
+    model.save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "g.mcq"
+    r = run("quantize", tmp_path / "gpt2", "--preset", "W8A16", "--samples", "2", "-o", out)
+    assert r.exit_code == 0, r.output
+    r = run("inspect", out, "--json")
+    report = json.loads(r.output)
+    assert report["family"] == "gpt2" and report["quant"]["act_dtype"] == "float32"
+    assert report["quantized_nodes"] == {"linear:int8": 9}  # 2 x (c_attn, c_proj, c_fc, c_proj) + lm_head
