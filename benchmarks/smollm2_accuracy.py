@@ -13,17 +13,11 @@ from pathlib import Path
 import torch
 
 import mcq
-from mcq.evaluate import perplexity
+from mcq.evaluate import AGREEMENT_PROMPTS, perplexity
 from mcq.examples import load_example
 
 HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
-PROMPTS = [
-    "The capital of France is",
-    "To make a cup of tea, first",
-    "The three primary colors are",
-    "Once upon a time, in a small village,",
-    "The main reason the sky looks blue is",
-]
+PROMPTS = AGREEMENT_PROMPTS
 
 
 def main() -> None:
@@ -42,7 +36,7 @@ def main() -> None:
         ids = ids[: args.tokens]
     cfg = mcq.QuantConfig.from_yaml(args.config) if args.config else mcq.preset(args.preset)
     t = time.time()
-    captured = mcq.capture(model)
+    captured = mcq.capture_model(model)
     print(f"capture: {time.time() - t:.1f} s")
     t = time.time()
     q = mcq.quantize(captured, cfg, tokenizer=tok)
