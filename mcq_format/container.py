@@ -170,6 +170,10 @@ def _decode_header_json(raw: bytes, path: str) -> dict[str, Any]:
         raise HeaderEncodingError(f"{path}: header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not text.startswith("{"):
         raise HeaderNotObjectError(f"{path}: header does not start with '{{'")
+    if text.rstrip(" ")[-1:] in ("\t", "\n", "\r"):
+        # Padding after the JSON value must be spaces only, so that any corrupted padding byte
+        # is an error (JSON itself would accept tab, LF and CR there).
+        raise HeaderJSONError(f"{path}: header padding after the JSON object must be spaces (0x20) only")
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:

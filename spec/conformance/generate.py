@@ -490,6 +490,10 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
      lambda p: (_graph(p)["outputs"].append(dict(_graph(p)["outputs"][0])), p.build())[1]),
     ("entry-point-missing-input", "E310_ENTRY_POINT", False, "decode entry point lists one input fewer than its graph",
      _edit_manifest_inputs),
+    ("header-padding-newline", "E111_HEADER_JSON", False,
+     "the header's last padding byte is LF: padding after the JSON object must be spaces only",
+     lambda p: (lambda b: b[: 8 + int.from_bytes(b[:8], "little") - 1] + b"\n"
+                + b[8 + int.from_bytes(b[:8], "little"):])(p.build())),
 ]
 
 
