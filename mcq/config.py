@@ -6,6 +6,7 @@ keys and invalid values raise ConfigError naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,6 +37,51 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
 }
 
 
+NODE_KINDS = ("linear", "bmm", "kv_cache")
+# keys an override may set for the quant points it matches
+NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_nbits", "act_calib_method",
+             "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype", "smoothquant",
+             "act_outlier_threshold")
+
+
+@dataclass(frozen=True)
+class Override:
+    """Per-node settings for the quant points whose qkey matches `match` (a glob, e.g.
+    "lm_head/*" or "*.mlp.down_proj/*"), optionally only those of one `kind`."""
+
+    match: str
+    kind: str | None = None
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def applies(self, qkey: str, kind: str) -> bool:
+        return fnmatch.fnmatchcase(qkey, self.match) and self.kind in (None, kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"match": self.match, **({"kind": self.kind} if self.kind else {}), **dict(self.settings)}
+
+
+def _override(data: Any, where: str) -> Override:
+    if not isinstance(data, Mapping) or not isinstance(data.get("match"), str):
+        raise ConfigError(f"{where}: an override is a mapping with a string 'match' glob, e.g. "
+                          "{match: 'lm_head/*', weight_dtype: float32}")
+    kind = data.get("kind")
+    if kind is not None and kind not in NODE_KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(NODE_KINDS)}")
+    settings = []
+    for key, value in data.items():
+        if key in ("match", "kind"):
+            continue
+        if key not in NODE_KEYS:
+            raise ConfigError(f"{where}: key {key!r} cannot be overridden per node "
+                              f"(allowed: {', '.join(NODE_KEYS)})")
+        settings.append((key, value))
+    try:
+        QuantConfig(**dict(settings))  # every value checked now, not when a node matches
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return Override(data["match"], kind, tuple(settings))
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize a model. Build with keywords, `from_yaml` or `preset`."""
@@ -56,6 +102,8 @@ class QuantConfig:
     # input channels whose calibrated abs-max exceeds this x the median channel's leave the integer
     # GEMM for a float side product (at most 1 % of channels); 0 turns it off
     act_outlier_threshold: float = 0.0
+    # mixed precision: later overrides win; see `Override`
+    overrides: tuple[Override, ...] = ()
     qlevel: int = 4
 
     def __post_init__(self) -> None:
@@ -81,6 +129,14 @@ class QuantConfig:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 50.0 < float(p) <= 100.0:
             raise ConfigError(f"percentile: {p!r} is not a number in (50, 100]")
 
+    def for_node(self, qkey: str, kind: str) -> "QuantConfig":
+        """The settings that apply to one quant point after the overrides matching it."""
+        merged: dict[str, Any] = {}
+        for o in self.overrides:
+            if o.applies(qkey, kind):
+                merged.update(o.settings)
+        return dataclasses.replace(self, **merged) if merged else self
+
     @property
     def quantizes_weights(self) -> bool:
         return self.weight_dtype != "float32"
@@ -100,9 +156,14 @@ class QuantConfig:
         known = {f.name for f in fields(cls)}
         base: dict[str, Any] = {}
         if "preset" in data:
-            base = dataclasses.asdict(preset(str(data["preset"])))
+            base = {f.name: getattr(preset(str(data["preset"])), f.name) for f in fields(cls)}
         for key, value in data.items():
             if key == "preset":
+                continue
+            if key == "overrides":
+                if not isinstance(value, list):
+                    raise ConfigError(f"{source}: overrides: expected a list of {{match: GLOB, KEY: VALUE}}")
+                base[key] = tuple(_override(o, f"{source}: overrides[{i}]") for i, o in enumerate(value))
                 continue
             if key not in known:
                 raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(sorted(known | {'preset'}))})")
@@ -123,7 +184,9 @@ class QuantConfig:
         return cls.from_dict(data or {}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["overrides"] = [o.to_dict() for o in self.overrides]
+        return d
 
 
 PRESETS: dict[str, dict[str, Any]] = {

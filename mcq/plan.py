@@ -32,13 +32,17 @@ def _inout_keys(graph: Graph) -> set[str]:
     return {*first, linears[-1].qkey}  # type: ignore[misc]
 
 
-def plan_qformat(graph: Graph, cfg: QuantConfig) -> dict[str, Any]:
+_KIND = {LINEAR: "linear", BMM: "bmm", KV_POINT: "kv_cache"}
+
+
+def plan_qformat(graph: Graph, config: QuantConfig) -> dict[str, Any]:
     """qformat nodes (specs without scales) for every quant point of `graph`."""
     nodes: dict[str, Any] = {}
-    skipped = _inout_keys(graph) if cfg.disable_inout else set()
+    skipped = _inout_keys(graph) if config.disable_inout else set()
     for n in graph.nodes:
-        if not n.qkey or n.qkey in skipped:
+        if not n.qkey or n.qkey in skipped or n.op not in _KIND:
             continue
+        cfg = config.for_node(n.qkey, _KIND[n.op])
         if n.op == LINEAR:
             entry: dict[str, Any] = {"kind": "linear", "inputs": {}, "weight": None}
             if cfg.quantizes_weights:
@@ -60,7 +64,7 @@ def plan_qformat(graph: Graph, cfg: QuantConfig) -> dict[str, Any]:
         elif n.op == BMM and cfg.quantizes_acts and cfg.quantizes_kv:
             source = n.meta.get("b_source", "")
             # Q.K^T runs in int8; P.V keeps the softmax output in float (reference recipe)
-            if source.endswith("/k_cache"):
+            if source.endswith("/k_cache") and source in nodes:
                 b = _kv_spec(cfg)
                 b.update({"granularity": "head", "axis": 0, "source": source})
                 nodes[n.qkey] = {"kind": "bmm", "inputs": {"a": _act_spec(cfg), "b": b}, "weight": None}

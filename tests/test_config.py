@@ -62,3 +62,52 @@ def test_config_is_frozen():
     c = QuantConfig()
     with pytest.raises(Exception):
         c.act_dtype = "float32"  # type: ignore[misc]
+
+
+def test_overrides_from_yaml_apply_per_node(tmp_path):
+    p = tmp_path / "q.yaml"
+    p.write_text(
+        "preset: W8A8KV8\n"
+        "overrides:\n"
+        "  - {match: 'lm_head/*', weight_dtype: float32, act_dtype: float32}\n"
+        "  - {match: '*.mlp.*', kind: linear, act_dtype: float32}\n"
+    )
+    c = QuantConfig.from_yaml(p)
+    assert c.for_node("lm_head/linear0", "linear").weight_dtype == "float32"
+    assert c.for_node("model.layers.3.mlp.down_proj/linear0", "linear").act_dtype == "float32"
+    assert c.for_node("model.layers.3.self_attn.q_proj/linear0", "linear").act_dtype == "int8"
+    assert c.to_dict()["overrides"][1] == {"match": "*.mlp.*", "kind": "linear", "act_dtype": "float32"}
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ("[{weight_dtype: float32}]", "string 'match' glob"),
+    ("[{match: 'x', qlevel: 3}]", "cannot be overridden per node"),
+    ("[{match: 'x', act_dtype: int3}]", "act_dtype"),
+    ("[{match: 'x', kind: conv}]", "kind"),
+    ("{match: 'x'}", "expected a list"),
+])
+def test_bad_overrides_are_named(tmp_path, overrides, needle):
+    p = tmp_path / "q.yaml"
+    p.write_text(f"overrides: {overrides}\n")
+    with pytest.raises(ConfigError, match="overrides") as e:
+        QuantConfig.from_yaml(p)
+    assert needle in str(e.value)
+
+
+def test_overrides_shape_the_qformat(tiny_models):
+    from mcq.capture import capture_causal_lm
+    from mcq.plan import plan_qformat
+
+    graph = capture_causal_lm(tiny_models("llama-tiny")).graphs["prefill"]
+    cfg = QuantConfig.from_dict({"overrides": [
+        {"match": "lm_head/*", "weight_dtype": "float32", "act_dtype": "float32"},
+        {"match": "*.mlp.down_proj/*", "act_dtype": "float32"},
+        {"match": "model.layers.1.*", "kind": "kv_cache", "kv_dtype": "float32"},
+    ]})
+    nodes = plan_qformat(graph, cfg)["nodes"]
+    assert "lm_head/linear0" not in nodes
+    assert nodes["model.layers.0.mlp.down_proj/linear0"]["inputs"] == {}
+    assert nodes["model.layers.0.mlp.down_proj/linear0"]["weight"]["dtype"] == "int8"
+    assert "model.layers.1.self_attn/k_cache" not in nodes
+    assert "model.layers.1.self_attn/bmm0" not in nodes  # its K operand is no longer quantized
+    assert "model.layers.0.self_attn/bmm0" in nodes

@@ -144,3 +144,19 @@ def test_outlier_channels_leave_the_integer_gemm(tiny_models):
     sim = q.model(2).generate(prompts, max_new_tokens=12, stop_at_eos=False)
     assert q.model(3).generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim
     assert q.model(4).generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim
+
+
+def test_mixed_precision_bundle_runs_at_every_qlevel(tiny_models, tmp_path):
+    import mcq
+
+    cfg = mcq.QuantConfig.from_dict({"preset": "W8A8KV8", "overrides": [
+        {"match": "lm_head/*", "weight_dtype": "float32", "act_dtype": "float32"},
+        {"match": "*.mlp.*", "kind": "linear", "act_dtype": "float32"},
+    ]})
+    q = mcq.quantize(tiny_models("gptj-tiny"), cfg, progress=False)
+    q.save(tmp_path / "mixed.mcq")
+    rt = runtime.load(tmp_path / "mixed.mcq", qlevel=4)
+    assert rt.manifest["quant"]["overrides"][0]["match"] == "lm_head/*"
+    prompts = [[5, 6, 7, 8, 9], [100, 200, 300]]
+    sim = q.model(2).generate(prompts, max_new_tokens=12, stop_at_eos=False)
+    assert rt.generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim
