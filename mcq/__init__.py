@@ -93,11 +93,19 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
             samples = load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
         else:
             samples = random_samples(int(model_config["vocab_size"]))
+    from mcq import channels
+    from mcq.calibrate import calibrate_transformed
+
     batches = batches_of(samples, batch_size)
     observers = calibrate(captured, plan, batches, progress)
     alphas = _smoothquant_alphas(captured, plan, observers, cfg, batches, progress)
+    graph = captured.graphs["prefill"]
+    names = channels.weight_names(graph)
+    chan = channels.plans(graph, plan, observers, lambda k: captured.tensors[names[k]], alphas,
+                          float(cfg.act_outlier_threshold))
+    calibrate_transformed(captured, plan, chan, observers, batches, progress)
     heads = int(model_config.get("num_attention_heads") or model_config["n_head"])
-    assembled = assemble(captured, plan, observers, heads, alphas, float(cfg.act_outlier_threshold))
+    assembled = assemble(captured, plan, observers, heads, chan)
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 

@@ -44,11 +44,10 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
 
 
 def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
-             heads: int, alphas: dict[str, float] | None = None, outlier_threshold: float = 0.0) -> Assembled:
+             heads: int, chan: dict[str, channels.ChannelPlan] | None = None) -> Assembled:
     """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
 
-    `alphas`: SmoothQuant alpha per channel group (keyed by the group's first qkey);
-    `outlier_threshold`: see `channels.outlier_channels`."""
+    `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one."""
     qformat = copy.deepcopy(plan)
     graphs = {k: copy.deepcopy(g) for k, g in captured.graphs.items()}
     tensors: dict[str, torch.Tensor] = {}
@@ -59,8 +58,7 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 assert isinstance(n.args[1], TensorRef)
                 weight_of.setdefault(n.qkey, n.args[1].name)
                 n.args[1] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
-    chan = channels.plans(captured.graphs["prefill"], qformat, observers,
-                          lambda k: captured.tensors[weight_of[k]], alphas or {}, outlier_threshold)
+    chan = chan or {}
     for qkey, entry in qformat["nodes"].items():
         wspec = entry.get("weight")
         if wspec:
@@ -70,7 +68,8 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 if cols.numel():
                     tensors[f"{qkey}/weight.outlier_columns"] = cols
                     entry["outlier_weight"] = f"{qkey}/weight.outlier_columns"
-            scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"])
+            scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"],
+                                       wspec.get("percentile", 99.99))
             _store(tensors, f"{qkey}/weight", scale, zp, wspec)
             tensors[f"{qkey}/weight"] = numerics.quantize(w, quant_params(wspec, tensors.__getitem__))
         for role, spec in entry["inputs"].items():

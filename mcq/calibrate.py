@@ -21,7 +21,7 @@ def make_observers(qformat: dict[str, Any]) -> dict[tuple[str, str], Observer]:
             axis = spec["axis"] if spec["granularity"] == "channel" else None
             if "smooth" in spec or "outliers" in spec:
                 axis = -1  # per-channel treatments need per-input-channel ranges
-            observers[(qkey, role)] = Observer(axis)
+            observers[(qkey, role)] = Observer(axis, spec["method"], spec.get("percentile", 99.99))
     return observers
 
 
@@ -57,3 +57,32 @@ def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[tor
     if missing:
         raise RuntimeError(f"calibration never reached quant points: {', '.join(missing[:5])}")
     return observers
+
+
+def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dict[str, Any],
+                          observers: dict[tuple[str, str], Observer], batches: list[torch.Tensor],
+                          progress: bool = True) -> None:
+    """Second pass for histogram methods on inputs with a per-channel treatment: stream the
+    histogram of the transformed tensor (outlier channels removed, divided by the smoothing)."""
+    from mcq.calibrators import HISTOGRAM_METHODS, Histogram
+
+    wanted = {k for k, p in chan.items() if qformat["nodes"][k]["inputs"]["x"]["method"] in HISTOGRAM_METHODS}
+    if not wanted:
+        return
+    for k in wanted:
+        observers[(k, "x")].transformed = Histogram()
+
+    def observe(qkey: str, role: str, x: torch.Tensor) -> None:
+        if role == "x" and qkey in wanted:
+            p = chan[qkey]
+            keep = torch.ones(x.shape[-1], dtype=torch.bool)
+            keep[p.outliers] = False
+            x = x.to(torch.float32)
+            if p.smooth is not None:
+                x = x / p.smooth
+            observers[(qkey, "x")].transformed.update(x[..., keep])  # type: ignore[union-attr]
+
+    gm = lower.build(captured.graphs["prefill"], captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
+    with torch.no_grad():
+        for ids in tqdm(batches, desc="calibrating (2nd pass)", unit="batch", disable=not progress):
+            gm(ids, torch.ones_like(ids))

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from mcq.calibrators import histogram_range
 from mcq.observers import Observer, range_to_qparams, weight_qparams
 from runtime import lower, numerics
 from runtime.ir import Graph, TensorRef
@@ -48,6 +49,9 @@ class ChannelPlan:
     def input_qparams(self, obs: Observer, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-tensor parameters of x / s over the non-outlier channels, exact from their ranges."""
         assert obs.min is not None and obs.max is not None
+        if obs.transformed is not None:  # histogram method: its range on the transformed tensor
+            lo_h, hi_h = histogram_range(obs.transformed, spec["method"], spec["nbits"], obs.percentile)
+            return range_to_qparams(torch.tensor(lo_h), torch.tensor(hi_h), spec["method"], spec["nbits"])
         keep = torch.ones_like(obs.min, dtype=torch.bool)
         keep[self.outliers] = False
         s = self.smooth if self.smooth is not None else torch.ones_like(obs.min)
@@ -96,6 +100,7 @@ def smoothing_vector(obs: Observer, weights: list[torch.Tensor], alpha: float, o
 
 def _plan(obs: Observer, weights: list[torch.Tensor], spec: dict[str, Any], alpha: float | None,
           threshold: float) -> ChannelPlan:
+    threshold = float(spec.get("outlier_threshold", threshold))  # per-node overrides set their own
     idx = outlier_channels(obs, threshold) if "outliers" in spec else torch.zeros(0, dtype=torch.long)
     smooth = smoothing_vector(obs, weights, alpha, idx) if "smooth" in spec and alpha is not None else None
     return ChannelPlan(idx, smooth)
@@ -119,7 +124,8 @@ def _qp(scale: torch.Tensor, zp: torch.Tensor, spec: dict[str, Any], axis: int |
 
 
 def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tensor:
-    scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"])
+    scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"],
+                               wspec.get("percentile", 99.99))
     return numerics.fake_quantize(w, _qp(scale, zp, wspec, 0 if wspec["granularity"] == "channel" else None))
 
 

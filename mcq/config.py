@@ -18,8 +18,9 @@ class ConfigError(ValueError):
     """A config key or value is not accepted; the message names it and the allowed values."""
 
 
-WEIGHT_METHODS = ("AMAX_SYM",)
-ACT_METHODS = ("MINMAX_ASYM", "AMAX_SYM")
+WEIGHT_METHODS = ("AMAX_SYM", "PERCENTILE_SYM", "MSE_SYM")
+ACT_METHODS = ("MINMAX_ASYM", "AMAX_SYM", "PERCENTILE_SYM", "PERCENTILE_ASYM", "ENTROPY_SYM", "ENTROPY_ASYM",
+               "MSE_SYM")
 QUANT_DTYPES = ("int8", "float32")  # float32: leave unquantized
 WEIGHT_GRANULARITIES = ("channel", "tensor")
 ACT_GRANULARITIES = ("tensor",)

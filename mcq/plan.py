@@ -10,9 +10,16 @@ from runtime.ops import KV_POINT
 LINEAR, BMM = "aten.linear.default", "aten.bmm.default"
 
 
+def _with_percentile(spec: dict[str, Any], cfg: QuantConfig) -> dict[str, Any]:
+    if spec["method"].startswith("PERCENTILE"):
+        spec["percentile"] = float(cfg.percentile)
+    return spec
+
+
 def _act_spec(cfg: QuantConfig, granularity: str = "tensor", axis: int | None = None) -> dict[str, Any]:
-    return {"dtype": cfg.act_dtype, "nbits": cfg.act_nbits, "granularity": granularity, "axis": axis,
-            "symmetric": cfg.act_calib_method.endswith("_SYM"), "method": cfg.act_calib_method}
+    return _with_percentile({"dtype": cfg.act_dtype, "nbits": cfg.act_nbits, "granularity": granularity,
+                             "axis": axis, "symmetric": cfg.act_calib_method.endswith("_SYM"),
+                             "method": cfg.act_calib_method}, cfg)
 
 
 def _kv_spec(cfg: QuantConfig) -> dict[str, Any]:
@@ -46,10 +53,10 @@ def plan_qformat(graph: Graph, config: QuantConfig) -> dict[str, Any]:
         if n.op == LINEAR:
             entry: dict[str, Any] = {"kind": "linear", "inputs": {}, "weight": None}
             if cfg.quantizes_weights:
-                entry["weight"] = {"dtype": cfg.weight_dtype, "nbits": cfg.weight_nbits,
-                                   "granularity": cfg.weight_granularity,
-                                   "axis": 0 if cfg.weight_granularity == "channel" else None,
-                                   "symmetric": True, "method": cfg.weight_calib_method}
+                entry["weight"] = _with_percentile({"dtype": cfg.weight_dtype, "nbits": cfg.weight_nbits,
+                                                    "granularity": cfg.weight_granularity,
+                                                    "axis": 0 if cfg.weight_granularity == "channel" else None,
+                                                    "symmetric": True, "method": cfg.weight_calib_method}, cfg)
             if cfg.quantizes_acts:
                 entry["inputs"]["x"] = _act_spec(cfg)
                 # per-channel treatments are chosen at assembly from per-channel ranges
@@ -57,6 +64,7 @@ def plan_qformat(graph: Graph, config: QuantConfig) -> dict[str, Any]:
                     entry["inputs"]["x"]["smooth"] = ""
                 if cfg.act_outlier_threshold > 0 and cfg.quantizes_weights:
                     entry["inputs"]["x"]["outliers"] = ""
+                    entry["inputs"]["x"]["outlier_threshold"] = float(cfg.act_outlier_threshold)
             if entry["weight"] or entry["inputs"]:
                 nodes[n.qkey] = entry
         elif n.op == KV_POINT and cfg.quantizes_kv:

@@ -160,3 +160,18 @@ def test_mixed_precision_bundle_runs_at_every_qlevel(tiny_models, tmp_path):
     prompts = [[5, 6, 7, 8, 9], [100, 200, 300]]
     sim = q.model(2).generate(prompts, max_new_tokens=12, stop_at_eos=False)
     assert rt.generate(prompts, max_new_tokens=12, stop_at_eos=False) == sim
+
+
+@pytest.mark.parametrize("method", ["PERCENTILE_ASYM", "ENTROPY_SYM", "MSE_SYM"])
+def test_histogram_methods_with_smoothing_give_tighter_ranges(quantized, method):
+    import mcq
+
+    model, base, _ = quantized("llama-tiny", "W8A8KV8")
+    cfg = mcq.QuantConfig.from_dict({"preset": "W8A8KV8", "act_calib_method": method, "percentile": 99.0})
+    q = mcq.quantize(model, cfg, progress=False)
+    key = "model.layers.0.mlp.down_proj/linear0"
+    spec, base_spec = q.sections["qformat"]["nodes"][key]["inputs"]["x"], base.sections["qformat"]["nodes"][key]["inputs"]["x"]
+    assert spec["method"] == method
+    assert float(q.tensors[spec["scale"]]) < float(base.tensors[base_spec["scale"]])
+    ids, mask = _batch()
+    assert torch.equal(q.model(3).prefill(ids, mask)[0], q.model(4).prefill(ids, mask)[0])

@@ -1,0 +1,84 @@
+"""Histogram calibrators: streaming merge, and each method's range on known distributions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcq.calibrators import Histogram, histogram_range
+from mcq.observers import Observer, weight_qparams
+
+
+def gaussian_with_outliers(n=200_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g)
+    x[:20] = 40.0  # a few far outliers
+    return x
+
+
+def test_streamed_histogram_matches_one_pass_within_one_bin():
+    x = gaussian_with_outliers()
+    one = Histogram()
+    one.update(x)
+    streamed = Histogram()
+    for chunk in torch.split(x.flip(0), 10_000):  # the outliers arrive last: the range grows
+        streamed.update(chunk)
+    assert (streamed.lo, streamed.hi) == (one.lo, one.hi)
+    assert streamed.counts.sum() == one.counts.sum() == x.numel()
+    width = (one.hi - one.lo) / one.bins
+    for p in (99.0, 99.9):
+        a = histogram_range(one, "PERCENTILE_SYM", 8, p)[1]
+        b = histogram_range(streamed, "PERCENTILE_SYM", 8, p)[1]
+        assert abs(a - b) <= width + 1e-9
+
+
+def test_percentile_ignores_rare_outliers():
+    h = Histogram()
+    h.update(gaussian_with_outliers())
+    lo, hi = histogram_range(h, "PERCENTILE_SYM", 8, 99.9)
+    assert 3.0 < hi < 3.6 and lo == -hi  # the 99.9th percentile of |N(0,1)| is 3.29
+    lo, hi = histogram_range(h, "PERCENTILE_ASYM", 8, 99.9)
+    assert -3.4 < lo < -2.8 and 2.8 < hi < 3.4
+
+
+def test_mse_clips_a_gaussian_tail_but_keeps_heavy_outliers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, generator=g)
+    h = Histogram()
+    h.update(x)
+    hi = histogram_range(h, "MSE_SYM", 8, 99.99)[1]
+    assert 2.5 < hi < float(x.abs().max()) - 0.2
+    h.update(torch.full((20,), 40.0))  # clipping 20 values at 40 would cost more than coarse steps
+    assert histogram_range(h, "MSE_SYM", 8, 99.99)[1] > 30
+
+
+@pytest.mark.parametrize("method", ["ENTROPY_SYM", "ENTROPY_ASYM"])
+def test_clipping_methods_clip_far_outliers(method):
+    h = Histogram()
+    h.update(gaussian_with_outliers())
+    lo, hi = histogram_range(h, method, 8, 99.99)
+    assert 2.0 < hi < 20.0, (lo, hi)  # well below the 40.0 outliers, above the bulk
+    assert lo < -2.0
+
+
+def test_observer_uses_the_histogram_for_histogram_methods():
+    x = gaussian_with_outliers()
+    minmax = Observer(None, "MINMAX_ASYM")
+    pct = Observer(None, "PERCENTILE_ASYM", 99.9)
+    for o in (minmax, pct):
+        o.update(x)
+    assert pct.qparams("PERCENTILE_ASYM", 8)[0] < minmax.qparams("MINMAX_ASYM", 8)[0] / 5
+
+
+def test_weight_methods():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 1000, generator=g)
+    w[0, 0] = 50.0
+    amax, _ = weight_qparams(w, "AMAX_SYM", "channel", 8)
+    pct, _ = weight_qparams(w, "PERCENTILE_SYM", "channel", 8, 99.0)
+    mse, _ = weight_qparams(w, "MSE_SYM", "channel", 8)
+    assert amax.shape == pct.shape == mse.shape == (8,)
+    assert torch.isclose(amax[0], torch.tensor(50.0 / 127))
+    assert pct[0] < amax[0] / 10 and torch.all(pct <= amax)
+    assert torch.all(mse <= amax) and torch.all(mse >= amax * 0.5 - 1e-9)
+    tensor_scale, zp = weight_qparams(w, "AMAX_SYM", "tensor", 8)
+    assert tensor_scale.shape == () and int(zp) == 0
