@@ -45,8 +45,25 @@ def tiny_config(name: str) -> Any:
     raise ExampleError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
 
 
+def tiny_tokenizer() -> Any:
+    """A 512-token byte-level BPE trained on the built-in text (deterministic, offline), so the
+    tiny examples take and give text like real models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mcq.data import builtin_text
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([builtin_text()], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
 def load_example(name: str) -> tuple[Any, Any]:
-    """(model, tokenizer or None). Tiny models get seeded random weights and no tokenizer."""
+    """(model, tokenizer). Tiny models get seeded random weights and a tiny trained BPE tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == "smollm2":
@@ -56,7 +73,7 @@ def load_example(name: str) -> tuple[Any, Any]:
         return model.eval(), tok
     cfg = tiny_config(name)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).eval(), None
+    return AutoModelForCausalLM.from_config(cfg).eval(), tiny_tokenizer()
 
 
 def load_model_dir(path: str | Path) -> tuple[Any, Any]:

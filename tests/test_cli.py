@@ -95,7 +95,13 @@ def test_quantize_inspect_validate_roundtrip(tmp_path):
     r = run("generate", out, "--ids", "--prompt", "5 6 7", "--max-new-tokens", "4")
     assert r.exit_code == 0, r.output
     assert r.output.startswith("5 6 7 -> ") and len(r.output.split("->")[1].split()) == 4
-    assert_one_line_error(run("generate", out, "--prompt", "hello"), "no tokenizer")
+    r = run("generate", out, "--prompt", "The capital of France is", "--max-new-tokens", "5")
+    assert r.exit_code == 0 and r.output.startswith("The capital of France is"), r.output
+
+
+def test_generate_text_needs_a_tokenizer(quantized):
+    _, _, path = quantized("gptj-tiny", "W8A8KV8")  # built by the API without a tokenizer
+    assert_one_line_error(run("generate", path, "--prompt", "hello"), "no tokenizer", "--ids")
 
 
 def test_help_teaches():

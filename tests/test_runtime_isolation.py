@@ -21,9 +21,15 @@ BLOCKER = textwrap.dedent(
 )
 
 
-def test_runtime_generates_without_transformers_or_mcq(quantized, tmp_path):
-    _, q, path = quantized("llama-tiny", "W8A8KV8")
-    expected = q.model(4).generate([5, 6, 7, 8], max_new_tokens=8, stop_at_eos=False)
+def test_runtime_generates_without_transformers_or_mcq(tiny_models, tmp_path):
+    import mcq
+    from mcq.examples import tiny_tokenizer
+
+    q = mcq.quantize(tiny_models("llama-tiny"), mcq.preset("W8A8KV8"), tokenizer=tiny_tokenizer(), progress=False)
+    path = tmp_path / "tiny-text.mcq"
+    q.save(path)
+    expected = (q.model(4).generate([5, 6, 7, 8], max_new_tokens=8, stop_at_eos=False),
+                q.model(4).generate("The capital of France is", max_new_tokens=8, stop_at_eos=False))
     script = BLOCKER + textwrap.dedent(
         f"""
         try:
@@ -40,7 +46,8 @@ def test_runtime_generates_without_transformers_or_mcq(quantized, tmp_path):
             raise SystemExit('mcq imported')
         import runtime
         m = runtime.load({str(path)!r}, qlevel=4)
-        print(m.generate([5, 6, 7, 8], max_new_tokens=8, stop_at_eos=False))
+        print((m.generate([5, 6, 7, 8], max_new_tokens=8, stop_at_eos=False),
+               m.generate("The capital of France is", max_new_tokens=8, stop_at_eos=False)))
         assert not any(k.split('.')[0] in ('transformers', 'mcq') for k in sys.modules)
         """
     )
