@@ -47,9 +47,19 @@ def present_output_name(layer: int, which: int) -> str:
     return f"present.{layer}.{'kv'[which]}"
 
 
+SUPPORTED_FORMATS = {("int8", 8)}
+SUPPORTED_GRANULARITIES = ("tensor", "channel", "head")
+
+
 def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
-    qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
+    if (spec.get("dtype"), spec.get("nbits")) not in SUPPORTED_FORMATS:
+        raise LoweringError(f"quant format {spec.get('dtype')!r} with {spec.get('nbits')} bits is not "
+                            f"implemented by this runtime (scale tensor {spec.get('scale')!r})")
     gran = spec["granularity"]
+    if gran not in SUPPORTED_GRANULARITIES:
+        raise LoweringError(f"granularity {gran!r} is not implemented by this runtime (scale tensor "
+                            f"{spec.get('scale')!r})")
+    qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
     return QuantParams(
         scale=tensor(spec["scale"]).to(torch.float32),
         zero_point=tensor(spec["zero_point"]).to(torch.int32),

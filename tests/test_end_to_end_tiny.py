@@ -175,3 +175,18 @@ def test_histogram_methods_with_smoothing_give_tighter_ranges(quantized, method)
     assert float(q.tensors[spec["scale"]]) < float(base.tensors[base_spec["scale"]])
     ids, mask = _batch()
     assert torch.equal(q.model(3).prefill(ids, mask)[0], q.model(4).prefill(ids, mask)[0])
+
+
+def test_unimplemented_quant_format_is_refused_not_approximated(quantized):
+    import copy
+
+    from runtime import lower
+
+    _, q, _ = quantized("gptj-tiny", "W8A8KV8")
+    sections = copy.deepcopy(q.sections)
+    spec = sections["qformat"]["nodes"]["lm_head/linear0"]["weight"]
+    spec["dtype"], spec["nbits"] = "int4", 4
+    from runtime.ir import Graph
+
+    with pytest.raises(lower.LoweringError, match="'int4' with 4 bits is not implemented"):
+        lower.build(Graph.decode(sections["graph/prefill"]), q.tensors.__getitem__, sections["qformat"], 4)
