@@ -74,35 +74,31 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     records {instruction, input, output}), else the built-in English text; models without a
     tokenizer calibrate on seeded random tokens.
     """
+    from mcq import channels
     from mcq.bundle import assemble, sections
-    from mcq.calibrate import batches_of, calibrate
-    from mcq.capture import capture_causal_lm
+    from mcq.calibrate import batches_of, calibrate, calibrate_transformed
+    from mcq.capture import Captured, capture_causal_lm
     from mcq.data import load_samples
     from mcq.plan import plan_qformat
-
-    from mcq.capture import Captured
 
     cfg = config or QuantConfig()
     # a Captured model (from `capture_model`) can be quantized with several configs without re-export
     captured = model if isinstance(model, Captured) else capture_causal_lm(model)
     model_config = captured.model_config
-    plan = plan_qformat(captured.graphs["prefill"], cfg)
+    graph = captured.graphs["prefill"]
+    plan = plan_qformat(graph, cfg)
     if samples is None:
         if tokenizer is not None:
             encode = tokenizer.backend_tokenizer.encode
             samples = load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
         else:
             samples = random_samples(int(model_config["vocab_size"]))
-    from mcq import channels
-    from mcq.calibrate import calibrate_transformed
-
     batches = batches_of(samples, batch_size)
     observers = calibrate(captured, plan, batches, progress)
-    alphas = _smoothquant_alphas(captured, plan, observers, cfg, batches, progress)
-    graph = captured.graphs["prefill"]
     names = channels.weight_names(graph)
-    chan = channels.plans(graph, plan, observers, lambda k: captured.tensors[names[k]], alphas,
-                          float(cfg.act_outlier_threshold))
+    weight = lambda k: captured.tensors[names[k]]  # noqa: E731 - the float weight of a linear
+    alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress)
+    chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
     heads = int(model_config.get("num_attention_heads") or model_config["n_head"])
     assembled = assemble(captured, plan, observers, heads, chan)
@@ -110,16 +106,13 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
 
 
 def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg: QuantConfig,
-                        batches: list[torch.Tensor], progress: bool) -> dict[str, float]:
+                        weight: Any, batches: list[torch.Tensor], progress: bool) -> dict[str, float]:
+    """SmoothQuant alpha per channel group (keyed by the group's first qkey)."""
     from mcq import channels
 
     graph = captured.graphs["prefill"]
-    if not cfg.smoothquant:
-        return {}
     groups = channels.groups(graph, plan)
     if cfg.smoothquant_alpha != "auto":
         return {g[0]: float(cfg.smoothquant_alpha) for g in groups}
-    names = channels.weight_names(graph)
-    return channels.search_alphas(graph, plan, observers, lambda k: captured.tensors[names[k]],
-                                  captured.tensors.__getitem__, batches, float(cfg.act_outlier_threshold),
-                                  progress)
+    return channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
+                                  float(cfg.act_outlier_threshold), progress)
