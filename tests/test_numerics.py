@@ -122,3 +122,39 @@ def test_qlinear_outlier_channels_take_the_float_path():
     ref = acc.astype(np.float32) * np.float32(np.float32(0.02) * np.float32(0.01)) + (x[:, 3:4] @ cols.t()).numpy()
     assert np.allclose(y.numpy(), ref, rtol=0, atol=1e-4)
     assert numerics.quantize(x, p)[:, 3].abs().max() == 0
+
+
+
+@pytest.mark.parametrize("weight_granularity", ["channel", "tensor"])
+@pytest.mark.parametrize("symmetric_input", [False, True])
+def test_qlinear_granularities_equal_int64_reference(weight_granularity, symmetric_input):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 40, generator=g) * 4  # a 3-D input: leading dims are flattened
+    wq = torch.randint(-127, 128, (10, 40), generator=g, dtype=torch.int8)
+    if weight_granularity == "channel":
+        ws = torch.rand(10, generator=g) * 0.02 + 1e-3
+        wqp = qp(ws, torch.zeros(10), symmetric=True, axis=0)
+        ws_np = ws.numpy()
+    else:
+        wqp = qp(0.004, 0, symmetric=True)
+        ws_np = np.full(10, 0.004, dtype=np.float32)
+    zp = 0 if symmetric_input else 17
+    lo, hi = numerics.qrange(8, symmetric_input)
+    y = numerics.qlinear(x, wq, wqp, None, qp(0.07, zp, symmetric=symmetric_input))
+    xq = _np_quantize(x.reshape(-1, 40).numpy(), 0.07, zp, lo, hi)
+    acc = (xq - zp) @ wq.numpy().astype(np.int64).T
+    ref = acc.astype(np.float32) * (np.float32(0.07) * ws_np.astype(np.float32)).astype(np.float32)
+    assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)).reshape(2, 3, 10))
+
+
+def test_emulated_and_integer_kernels_are_bit_identical():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(9, 1536, generator=g) * 6  # long rows: partial sums far above 2^24
+    wq = torch.randint(-127, 128, (64, 1536), generator=g, dtype=torch.int8)
+    wqp = qp(torch.rand(64, generator=g) * 0.01 + 1e-4, torch.zeros(64), symmetric=True, axis=0)
+    xqp = qp(0.05, -20)
+    assert torch.equal(numerics.qlinear(x, wq, wqp, None, xqp, emulate=True),
+                       numerics.qlinear(x, wq, wqp, None, xqp, emulate=False))
+    a, b = torch.randn(6, 5, 64, generator=g), torch.randn(6, 64, 7, generator=g)
+    pa, pb = qp(0.02, 3), qp(torch.tensor([0.03, 0.05, 0.04]), torch.tensor([1, -2, 0]), axis=0, per_head=True)
+    assert torch.equal(numerics.qbmm(a, pa, b, pb, emulate=True), numerics.qbmm(a, pa, b, pb))
