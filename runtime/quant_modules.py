@@ -10,31 +10,33 @@ from runtime import numerics
 from runtime.numerics import QuantParams
 
 
-class Quantize(nn.Module):
-    def __init__(self, qp: QuantParams) -> None:
+class TensorQuantOp(nn.Module):
+    """One per-tensor numerics function (quantize, dequantize or fake_quantize) with its params."""
+
+    FUNCTIONS = {
+        "quantize": numerics.quantize,
+        "dequantize": numerics.dequantize,
+        "fake_quantize": numerics.fake_quantize,
+    }
+
+    def __init__(self, function: str, qp: QuantParams) -> None:
         super().__init__()
-        self.qp = qp
+        self.function, self.qp = function, qp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return numerics.quantize(x, self.qp)
+        return self.FUNCTIONS[self.function](x, self.qp)
 
 
-class Dequantize(nn.Module):
-    def __init__(self, qp: QuantParams) -> None:
-        super().__init__()
-        self.qp = qp
-
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        return numerics.dequantize(q, self.qp)
+def Quantize(qp: QuantParams) -> TensorQuantOp:  # noqa: N802 - reads like the module it builds
+    return TensorQuantOp("quantize", qp)
 
 
-class FakeQuantize(nn.Module):
-    def __init__(self, qp: QuantParams) -> None:
-        super().__init__()
-        self.qp = qp
+def Dequantize(qp: QuantParams) -> TensorQuantOp:  # noqa: N802
+    return TensorQuantOp("dequantize", qp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return numerics.fake_quantize(x, self.qp)
+
+def FakeQuantize(qp: QuantParams) -> TensorQuantOp:  # noqa: N802
+    return TensorQuantOp("fake_quantize", qp)
 
 
 class QLinear(nn.Module):
