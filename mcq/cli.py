@@ -253,5 +253,21 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
                    + (", all tensor hashes verified)" if verify else ")"))
 
 
+@main.command("export-reference")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@_friendly_errors
+def export_reference(file: Path, output: Path) -> None:
+    """Write FILE's quantization in the reference flow's schema: qformat.yaml (quant_desc_input /
+    quant_desc_weight per node) and qparams.npz (scale, zero_point, amax or min/max, smoothing_scale;
+    numpy arrays, load with allow_pickle=False)."""
+    from mcq.interop import export_reference as export
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
+    yaml_path, npz_path = export(file, output)
+    click.echo(f"wrote {yaml_path} and {npz_path}")
+
+
 if __name__ == "__main__":
     main()

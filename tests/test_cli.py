@@ -121,3 +121,23 @@ def test_quantize_a_model_folder(tiny_models, tmp_path):
     report = json.loads(r.output)
     assert report["family"] == "gpt2" and report["quant"]["act_dtype"] == "float32"
     assert report["quantized_nodes"] == {"linear:int8": 9}  # 2 x (c_attn, c_proj, c_fc, c_proj) + lm_head
+
+
+def test_export_reference_schema(quantized, tmp_path):
+    import numpy as np
+    import yaml
+
+    _, _, path = quantized("llama-tiny", "W8A8KV8")
+    r = run("export-reference", path, "-o", tmp_path / "ref")
+    assert r.exit_code == 0, r.output
+    qformat = yaml.safe_load((tmp_path / "ref" / "qformat.yaml").read_text())
+    node = qformat["model.layers.0.mlp.down_proj/linear0"]
+    assert node["quant_desc_weight"] == {"do_quant": True, "dtype": "int8", "nbits": 8, "axis": 0, "per_ch": True,
+                                         "granularity": "channel", "asymmetric": False, "calibrator": "AMAX_SYM"}
+    assert node["quant_desc_input_x"]["asymmetric"] and not node["quant_desc_input_x"]["per_ch"]
+    with np.load(tmp_path / "ref" / "qparams.npz", allow_pickle=False) as z:
+        key = "model.layers.0.mlp.down_proj/linear0.input_x"
+        scale, lo, hi = z[f"{key}.scale"], z[f"{key}.min"], z[f"{key}.max"]
+        assert np.isclose((hi - lo) / 255, scale, rtol=1e-5)
+        assert f"{key}.smoothing_scale" in z.files
+        assert z["lm_head/linear0.weight.amax"].shape == (512,)
