@@ -253,6 +253,76 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
                    + (", all tensor hashes verified)" if verify else ")"))
 
 
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--example", type=click.Choice(["smollm2", "gptj-tiny", "llama-tiny", "gpt2-tiny"]),
+              help="Use a built-in model instead of MODEL_DIR.")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Report on the recipe recorded in this .mcq (its manifest's config).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
+@click.option("--preset", default=None, help="Preset (default W8A8KV8).")
+@click.option("--data", type=click.Path(path_type=Path), help="Calibration/report data (default: built-in text).")
+@click.option("--samples", default=16, show_default=True, help="Calibration samples.")
+@click.option("--report-samples", default=2, show_default=True, help="Samples the errors are measured on.")
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--top", default=10, show_default=True, help="How many worst nodes to list and suggest.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
+@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Plot SQNR per node (needs matplotlib).")
+@_friendly_errors
+def report(model_dir: Path | None, example: str | None, bundle: Path | None, config_path: Path | None,
+           preset: str | None, data: Path | None, samples: int, report_samples: int, seq_len: int, top: int,
+           json_path: Path | None, png_path: Path | None) -> None:
+    """Per-node error report: local and cumulative SQNR of every quant point, worst offenders,
+    and a suggested override list to paste under `overrides:` in a config.
+
+    \b
+    local      SQNR of the node's output with only its own quantization, from float inputs
+    cumulative SQNR of the node's output in the quantized (qlevel 2) model
+    """
+    import yaml
+
+    import mcq
+    from mcq.calibrate import batches_of
+    from mcq.config import QuantConfig
+    from mcq.data import load_samples
+    from mcq.examples import load_example, load_model_dir
+    from mcq.report import node_errors, plot, suggest_overrides, to_json
+
+    if (model_dir is None) == (example is None):
+        raise click.UsageError("give either MODEL_DIR or --example (the float model is the reference)")
+    if model_dir is not None and not model_dir.exists():
+        raise FileNotFoundError(f"{model_dir}: model path does not exist")
+    if bundle is not None:
+        import mcq_format
+
+        with mcq_format.read(bundle) as b:
+            recorded = dict(b.sections["manifest"]["quant"])
+        cfg = QuantConfig.from_dict(recorded, source=f"{bundle} manifest")
+    else:
+        cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
+    model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
+    captured = mcq.capture_model(model)
+    if tok is not None:
+        all_samples = load_samples(lambda t: tok.backend_tokenizer.encode(t).ids, data, seq_len, None)
+    else:
+        all_samples = mcq.random_samples(int(captured.model_config["vocab_size"]), samples + report_samples)
+    q = mcq.quantize(captured, cfg, tokenizer=tok, samples=all_samples[:samples])
+    held = all_samples[samples : samples + report_samples] or all_samples[:report_samples]
+    errors = node_errors(captured.graphs["prefill"], captured.tensors.__getitem__, q, batches_of(held, 1))
+    overrides = suggest_overrides(errors, top)
+    worst = sorted(errors, key=lambda e: e.local_sqnr_db)[:top]
+    width = max(len(e.qkey) for e in errors)
+    click.echo(f"{'qkey':<{width}}  {'kind':<8}  local dB  cumulative dB")
+    for e in worst:
+        click.echo(f"{e.qkey:<{width}}  {e.kind:<8}  {e.local_sqnr_db:8.2f}  {e.cumulative_sqnr_db:13.2f}")
+    click.echo(f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})")
+    click.echo("suggested overrides:\n" + yaml.safe_dump({"overrides": overrides}, sort_keys=False))
+    if json_path:
+        json_path.write_text(json.dumps(to_json(errors, overrides), indent=2))
+    if png_path:
+        plot(errors, str(png_path))
+
+
 @main.command("export-reference")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output folder.")

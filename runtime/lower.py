@@ -242,3 +242,11 @@ def build(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None 
           mode: int = FLOAT, observer: Observer | None = None) -> fx.GraphModule:
     """Rebuild `graph` as an fx.GraphModule at qlevel `mode` (FLOAT, OBSERVE, 2, 3, 4)."""
     return _Builder(graph, tensor, qformat, mode, observer).build()
+
+
+def build_with_names(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
+                     mode: int = FLOAT) -> tuple[fx.GraphModule, dict[str, str]]:
+    """`build`, plus the fx node name holding each graph node's value (for reports and debugging)."""
+    builder = _Builder(graph, tensor, qformat, mode, None)
+    gm = builder.build()
+    return gm, {name: node.name for name, node in builder.env.items()}

@@ -141,3 +141,17 @@ def test_export_reference_schema(quantized, tmp_path):
         assert np.isclose((hi - lo) / 255, scale, rtol=1e-5)
         assert f"{key}.smoothing_scale" in z.files
         assert z["lm_head/linear0.weight.amax"].shape == (512,)
+
+
+def test_report_names_worst_nodes_and_suggests_overrides(tmp_path):
+    r = run("report", "--example", "llama-tiny", "--samples", "4", "--report-samples", "1", "--top", "3",
+            "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["nodes"]) == 21  # 2 x (7 linears + 2 kv + 1 bmm) + lm_head
+    first = report["nodes"][0]
+    assert first["local_sqnr_db"] == pytest.approx(first["cumulative_sqnr_db"])  # nothing quantized before it
+    assert all(0 < n["local_sqnr_db"] < 80 for n in report["nodes"])
+    worst = sorted(report["nodes"], key=lambda n: n["local_sqnr_db"])[0]["qkey"]
+    assert report["suggested_overrides"][0]["match"] == worst
+    assert "suggested overrides:" in r.output and worst in r.output

@@ -1,0 +1,130 @@
+"""Per-node error report: which quant points hurt, and what to keep in higher precision.
+
+For every quant point, on calibration-style data:
+- local SQNR: its output with only its own inputs/weights quantized, from float inputs;
+- cumulative SQNR: its output in the qlevel-2 model (everything up to it quantized),
+both against the float model, in dB (10 log10 signal / noise).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import fx
+
+from runtime import lower, numerics
+from runtime.ir import Graph
+
+
+@dataclass
+class NodeError:
+    qkey: str
+    kind: str
+    local_sqnr_db: float
+    cumulative_sqnr_db: float
+
+
+def _db(signal: float, noise: float) -> float:
+    return float("inf") if noise <= 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+
+
+class _Tap(fx.Interpreter):
+    """Runs a GraphModule and hands the values of chosen fx nodes (and their args) to a callback."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: dict[str, str], callback: Any) -> None:
+        super().__init__(gm)
+        self.wanted, self.callback = wanted, callback
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            self.callback(self.wanted[n.name], out, args)
+        return out
+
+
+def _local_output(entry: dict[str, Any], out: torch.Tensor, args: tuple[Any, ...], tensors: Any) -> torch.Tensor:
+    """The node's output with only its own quantization applied to its float inputs."""
+    qp = lambda spec: lower.quant_params(spec, tensors)  # noqa: E731
+    if entry["kind"] == "kv_cache":
+        return numerics.fake_quantize(out, qp(entry["inputs"]["x"]))
+    if entry["kind"] == "bmm":
+        return torch.bmm(numerics.fake_quantize(args[0], qp(entry["inputs"]["a"])), args[1])
+    x, bias = args[0], (args[2] if len(args) > 2 else None)
+    xspec = entry["inputs"].get("x")
+    w = numerics.dequantize(tensors(f"{entry['qkey']}/weight"), qp(entry["weight"])) if entry.get("weight") \
+        else args[1]
+    xq = numerics.fake_quantize(x, qp(xspec)) if xspec else x
+    y = torch.nn.functional.linear(xq, w, bias)
+    if entry.get("outlier_weight"):
+        y = y + numerics.outlier_product(x, qp(xspec), tensors(entry["outlier_weight"]))
+    return y
+
+
+def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches: Iterable[torch.Tensor]) -> list[NodeError]:
+    """Local and cumulative SQNR of every quantized node of the prefill graph (graph order)."""
+    qformat = quantized.sections["qformat"]
+    qnodes = {k: {**v, "qkey": k} for k, v in qformat["nodes"].items()}
+    ir_of = {n.name: n.qkey for n in float_graph.nodes if n.qkey in qnodes}
+    order = list(dict.fromkeys(ir_of.values()))
+    fgm, fnames = lower.build_with_names(float_graph, float_tensors, None, lower.FLOAT)
+    qgraph = Graph.decode(quantized.sections["graph/prefill"])
+    qgm, qnames = lower.build_with_names(qgraph, quantized.tensors.__getitem__, qformat, 2)
+    stats = {k: [0.0, 0.0, 0.0] for k in order}  # signal, local noise, cumulative noise
+    tensors = quantized.tensors.__getitem__
+    for ids in batches:
+        mask = torch.ones_like(ids)
+        reference: dict[str, torch.Tensor] = {}
+
+        def on_float(qkey: str, out: torch.Tensor, args: tuple[Any, ...]) -> None:
+            out = out.detach().to(torch.float32)
+            reference[qkey] = out
+            local = _local_output(qnodes[qkey], out, args, tensors).to(torch.float32)
+            stats[qkey][0] += float(out.pow(2).sum())
+            stats[qkey][1] += float((local - out).pow(2).sum())
+
+        def on_quant(qkey: str, out: torch.Tensor, args: tuple[Any, ...]) -> None:
+            stats[qkey][2] += float((out.detach().to(torch.float32) - reference[qkey]).pow(2).sum())
+
+        with torch.no_grad():
+            _Tap(fgm, {fnames[ir]: k for ir, k in ir_of.items()}, on_float).run(ids, mask)
+            _Tap(qgm, {qnames[ir]: k for ir, k in ir_of.items()}, on_quant).run(ids, mask)
+    return [NodeError(k, qnodes[k]["kind"], _db(s, ln), _db(s, cn)) for k, (s, ln, cn) in stats.items()]
+
+
+def suggest_overrides(errors: list[NodeError], top: int) -> list[dict[str, Any]]:
+    """Overrides that keep the `top` worst nodes (lowest local SQNR) in higher precision."""
+    worst = sorted(errors, key=lambda e: e.local_sqnr_db)[:top]
+    out = []
+    for e in worst:
+        if e.kind == "kv_cache":
+            out.append({"match": e.qkey, "kind": "kv_cache", "kv_dtype": "float32"})
+        else:
+            out.append({"match": e.qkey, "kind": e.kind, "act_dtype": "float32"})
+    return out
+
+
+def to_json(errors: list[NodeError], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"nodes": [asdict(e) for e in errors], "suggested_overrides": overrides}
+
+
+def plot(errors: list[NodeError], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("the PNG plot needs matplotlib: pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(max(8, len(errors) * 0.05), 4))
+    x = range(len(errors))
+    ax.plot(x, [e.local_sqnr_db for e in errors], ".", label="local")
+    ax.plot(x, [e.cumulative_sqnr_db for e in errors], "-", label="cumulative")
+    ax.set_xlabel("quant point (execution order)")
+    ax.set_ylabel("SQNR (dB)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
