@@ -262,7 +262,7 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
 @click.option("--preset", default=None, help="Preset (default W8A8KV8).")
 @click.option("--data", type=click.Path(path_type=Path), help="Calibration/report data (default: built-in text).")
-@click.option("--samples", default=16, show_default=True, help="Calibration samples.")
+@click.option("--samples", default=12, show_default=True, help="Calibration samples (the next ones are the report's).")
 @click.option("--report-samples", default=2, show_default=True, help="Samples the errors are measured on.")
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--top", default=10, show_default=True, help="How many worst nodes to list and suggest.")
