@@ -26,6 +26,8 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors keep click's own message and exit code 2
         except (ConfigError, DataError, ExampleError, McqFormatError, OSError, ValueError) as e:
             if os.environ.get("MCQ_DEBUG"):
                 raise

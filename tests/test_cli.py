@@ -155,3 +155,8 @@ def test_report_names_worst_nodes_and_suggests_overrides(tmp_path):
     worst = sorted(report["nodes"], key=lambda n: n["local_sqnr_db"])[0]["qkey"]
     assert report["suggested_overrides"][0]["match"] == worst
     assert "suggested overrides:" in r.output and worst in r.output
+
+
+def test_usage_errors_keep_clicks_exit_code():
+    r = run("quantize", "-o", "x.mcq")  # neither MODEL_DIR nor --example
+    assert r.exit_code == 2 and "give either MODEL_DIR or --example" in r.output
