@@ -37,18 +37,10 @@ class Quantized:
 
     def model(self, qlevel: int | None = None):
         """A runtime model over the in-memory bundle (qlevel 2, 3 or 4), without writing a file."""
-        from runtime.ir import Graph
-        from runtime.model import Model
-        from runtime.tokenizer import Tokenizer
+        from runtime.model import from_sections
 
-        manifest = self.sections["manifest"]
-        graphs = {n: Graph.decode(self.sections[ep["graph"]]) for n, ep in manifest["entry_points"].items()}
-        tok = Tokenizer(self.sections["tokenizer"]) if self.sections.get("tokenizer") else None
-        qformat = self.sections["qformat"]
-        level = self.config.qlevel if qlevel is None else qlevel
-        if not qformat["nodes"]:
-            level = 0
-        return Model(graphs, self.tensors.__getitem__, qformat, manifest, tok, level)
+        return from_sections(self.sections, self.tensors.__getitem__,
+                             self.config.qlevel if qlevel is None else qlevel)
 
 
 def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> list[list[int]]:

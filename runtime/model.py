@@ -109,6 +109,23 @@ class Model:
         return out[0] if single else out
 
 
+def from_sections(sections: Mapping[str, Any], tensor: Callable[[str], torch.Tensor],
+                  qlevel: int | None = None) -> Model:
+    """A Model over decoded bundle sections (from a file or still in memory) and a tensor source.
+
+    qlevel None takes the bundle's own (manifest quant.qlevel); a bundle without quantized nodes
+    always runs its float graph."""
+    manifest = sections["manifest"]
+    graphs = {name: Graph.decode(sections[ep["graph"]]) for name, ep in manifest["entry_points"].items()}
+    qformat = sections.get("qformat")
+    tok = Tokenizer(sections["tokenizer"]) if sections.get("tokenizer") else None
+    if qlevel is None:
+        qlevel = int(manifest.get("quant", {}).get("qlevel", 0))
+    if not (qformat or {}).get("nodes"):
+        qlevel = 0  # nothing is quantized: every qlevel is the float graph
+    return Model(graphs, tensor, qformat, manifest, tok, qlevel)
+
+
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
           gen: torch.Generator) -> torch.Tensor:
     logits = logits.to(torch.float32)
