@@ -59,18 +59,20 @@ def capture_model(model: torch.nn.Module):
 def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = None,
              data: str | os.PathLike[str] | None = None, samples: Sequence[Sequence[int]] | None = None,
              seq_len: int = 256, max_samples: int | None = 64, batch_size: int = 4,
-             progress: bool = True) -> Quantized:
+             progress: bool = True, qparams: str | os.PathLike[str] | None = None) -> Quantized:
     """Capture `model` (an HF causal LM), calibrate it on `data` and return the quantized bundle.
 
     Calibration data: `samples` (token-id lists) if given, else `data` (a .txt file or .json/.jsonl
     records {instruction, input, output}), else the built-in English text; models without a
-    tokenizer calibrate on seeded random tokens.
+    tokenizer calibrate on seeded random tokens. `qparams`: an `.npz` of parameters calibrated
+    elsewhere (reference schema, see `mcq export-reference`) that replace the calibrated ones.
     """
     from mcq import channels
     from mcq.bundle import assemble, sections
     from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
     from mcq.capture import Captured, capture_causal_lm
     from mcq.data import load_samples
+    from mcq.interop import ImportedQParams
     from mcq.plan import plan_qformat
 
     cfg = config or QuantConfig()
@@ -84,7 +86,9 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
             encode = tokenizer.backend_tokenizer.encode
             samples = load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
         else:
-            samples = random_samples(int(model_config["vocab_size"]))
+            samples = random_samples(int(model_config["vocab_size"]), 8 + (cfg.auto_samples if cfg.searches else 0))
+    if cfg.searches:
+        return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
     batches = batches_of(samples, batch_size)
     hessians = shared_hessians(graph, plan)
     observers = calibrate(captured, plan, batches, progress, hessians)
@@ -94,7 +98,9 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
     heads = int(model_config.get("num_attention_heads") or model_config["n_head"])
-    assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()})
+    imported = ImportedQParams.load(qparams) if qparams is not None else None
+    assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()},
+                         imported)
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 
@@ -109,3 +115,45 @@ def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg
         return {g[0]: float(cfg.smoothquant_alpha) for g in groups}
     return channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
                                   float(cfg.act_outlier_threshold), progress)
+
+
+def _quantize_searched(captured: Any, cfg: QuantConfig, tokenizer: Any, samples: list[Any], batch_size: int,
+                       progress: bool, qparams: Any) -> Quantized:
+    """Automatic mixed precision (`mcq.search`): the last `cfg.auto_samples` samples are held out
+    to measure per-node sensitivity and perplexity; the rest calibrate every trial."""
+    import dataclasses
+
+    from mcq import search
+    from mcq.calibrate import batches_of
+    from mcq.evaluate import perplexity
+    from mcq.report import node_errors
+
+    if len(samples) <= cfg.auto_samples:
+        raise ConfigError(f"auto_samples: {cfg.auto_samples} held-out samples leave none of the {len(samples)} "
+                          "calibration samples to calibrate on")
+    calib, held = samples[: -cfg.auto_samples], samples[-cfg.auto_samples :]
+    held_ids = [t for s in held for t in s]
+    base = dataclasses.replace(cfg, auto_max_increase=None, auto_max_fraction=None)
+
+    done: dict[QuantConfig, Quantized] = {}
+
+    def run(c: QuantConfig) -> Quantized:
+        if c not in done:  # the chosen trial is not quantized twice
+            done[c] = quantize(captured, c, tokenizer=tokenizer, samples=calib, batch_size=batch_size,
+                               progress=progress, qparams=qparams)
+        return done[c]
+
+    uniform = run(base)
+    errors = node_errors(captured.graphs["prefill"], captured.tensors.__getitem__, uniform, batches_of(held, 1))
+    measure = lambda q: perplexity(q.model(2), held_ids, window=len(held[0]))  # noqa: E731
+    float_ppl = None
+    if cfg.auto_max_increase is not None:
+        float_ppl = measure(quantize(captured, preset("FLOAT"), tokenizer=tokenizer, samples=calib[:1],
+                                     progress=False))
+    result = search.search(run, base, errors, uniform.sections["qformat"], max_fraction=cfg.auto_max_fraction,
+                           max_increase=cfg.auto_max_increase, perplexity=measure, float_perplexity=float_ppl)
+    chosen = run(result.config)
+    budget = {k: v for k, v in (("max_increase", cfg.auto_max_increase), ("max_fraction", cfg.auto_max_fraction))
+              if v is not None}
+    chosen.sections["manifest"]["quant"]["search"] = result.record(budget)
+    return chosen
