@@ -111,10 +111,12 @@ def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg
 
     graph = captured.graphs["prefill"]
     groups = channels.groups(graph, plan)
-    if cfg.smoothquant_alpha != "auto":
-        return {g[0]: float(cfg.smoothquant_alpha) for g in groups}
-    return channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
-                                  float(cfg.act_outlier_threshold), progress)
+    fixed = {g[0]: cfg.for_node(g[0], "linear").smoothquant_alpha for g in groups}  # per-node overrides
+    if all(a != "auto" for a in fixed.values()):
+        return {k: float(a) for k, a in fixed.items()}
+    searched = channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
+                                      float(cfg.act_outlier_threshold), progress)
+    return {k: searched[k] if a == "auto" else float(a) for k, a in fixed.items()}
 
 
 def _quantize_searched(captured: Any, cfg: QuantConfig, tokenizer: Any, samples: list[Any], batch_size: int,

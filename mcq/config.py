@@ -45,7 +45,7 @@ NODE_KINDS = ("linear", "bmm", "kv_cache")
 # keys an override may set for the quant points it matches
 NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_group_size", "weight_nbits",
              "act_calib_method", "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype",
-             "smoothquant", "act_outlier_threshold", "gptq")
+             "smoothquant", "smoothquant_alpha", "act_outlier_threshold", "gptq")
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,24 @@ def test_format_presets():
     f8 = preset("W8fA8f")
     assert (f8.weight_dtype, f8.act_dtype, f8.kv_dtype) == ("fp8_e4m3fn",) * 3
     assert preset("W16A16").act_dtype == "bfloat16"
+
+
+def test_smoothquant_alpha_can_be_set_per_node(tiny_models):
+    import dataclasses
+
+    import mcq
+    from mcq import _smoothquant_alphas, channels
+    from mcq.calibrate import batches_of, calibrate
+    from mcq.config import Override
+    from mcq.plan import plan_qformat
+
+    captured = mcq.capture_model(tiny_models("llama-tiny"))
+    cfg = dataclasses.replace(preset("W8A8KV8"), overrides=(
+        Override("*.mlp.down_proj/*", "linear", (("smoothquant_alpha", 0.9),)),))
+    plan = plan_qformat(captured.graphs["prefill"], cfg)
+    batches = batches_of(mcq.random_samples(512, 2), 2)
+    observers = calibrate(captured, plan, batches, False)
+    alphas = _smoothquant_alphas(captured, plan, observers, cfg, None, batches, False)
+    assert alphas["model.layers.0.mlp.down_proj/linear0"] == 0.9
+    assert alphas["model.layers.0.mlp.gate_proj/linear0"] == 0.75
+    assert len(alphas) == len(channels.groups(captured.graphs["prefill"], plan))
