@@ -105,8 +105,8 @@ def tiny_wordpiece_tokenizer() -> Any:
 
 def load_example(name: str) -> tuple[Any, Any]:
     """(model, tokenizer). Tiny models get seeded random weights and a tiny trained tokenizer
-    (byte-level BPE for the causal LMs, WordPiece for BERT); encoders load as BertModel without
-    the pooler (sentence embeddings mean-pool the last hidden states)."""
+    (byte-level BPE for the causal LMs, WordPiece for BERT); encoders load as BertModel (sentence
+    embeddings mean-pool the last hidden states)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BertModel
 
     if name == "smollm2":
@@ -119,7 +119,8 @@ def load_example(name: str) -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(folder, model_max_length=MINILM_MAX_LEN)
         tok.backend_tokenizer.no_padding()  # tokenizer.json pads to 128; batches pad to their longest
         tok.backend_tokenizer.enable_truncation(MINILM_MAX_LEN)
-        model = BertModel.from_pretrained(folder, add_pooling_layer=False, dtype=torch.float32)
+        # the checkpoint's pooler (unused by sentence embeddings) stays: export drops it from the graph
+        model = BertModel.from_pretrained(folder, dtype=torch.float32)
         return model.eval(), tok
     cfg = tiny_config(name)
     torch.manual_seed(0)

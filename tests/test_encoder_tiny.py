@@ -242,3 +242,26 @@ def test_quantize_a_module_directly_with_keyword_samples():
                      samples=[(torch.randn(3, 8), (torch.randn(3, 8), None))], progress=False)
     with pytest.raises(mcq.capture.CaptureError, match="example_inputs"):
         mcq.capture_model(module)
+
+
+def test_cli_quantizes_inspects_and_refuses_generate_on_an_encoder(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mcq.cli import main
+
+    out = tmp_path / "bert.mcq"
+    r = CliRunner().invoke(main, ["quantize", "--example", "bert-tiny", "--preset", "W8A8", "--samples", "8",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["inspect", str(out), "--json"])
+    report = json.loads(r.output)
+    assert report["family"] == "bert" and report["kv_cache"] is None
+    assert report["entry_points"]["forward"]["outputs"] == ["last_hidden_state", "sentence_embedding"]
+    assert report["quantized_nodes"] == {"linear:int8": 12}
+    assert "entry point forward" in CliRunner().invoke(main, ["inspect", str(out)]).output
+    r = CliRunner().invoke(main, ["generate", str(out), "--prompt", "hello"])
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "'prefill'" in r.output
+    emb = runtime.load(out).embed(TEXTS)
+    assert emb.shape == (3, 64)
