@@ -85,7 +85,14 @@ def token_samples(captured: Any, tokenizer: Any, data: str | os.PathLike[str] | 
     if tokenizer is None:
         return random_samples(int(captured.model_config["vocab_size"]))
     if captured.kind == ENCODER:
-        return [tokenizer(t, truncation=True, max_length=seq_len)["input_ids"] for t in load_texts(data, max_samples)]
+        # a copy: calibration must not change the tokenizer the bundle embeds (padding, truncation)
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_padding()
+        if backend.truncation is None or backend.truncation["max_length"] > seq_len:
+            backend.enable_truncation(seq_len)
+        return [backend.encode(t).ids for t in load_texts(data, max_samples)]
     encode = tokenizer.backend_tokenizer.encode
     return load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
 

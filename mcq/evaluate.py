@@ -41,7 +41,7 @@ def reference_embeddings(model: Any, tokenizer: Any, texts: Sequence[str]) -> to
     """Sentence embeddings [n, dim] of the eager float HF encoder: mean pooling over the attention
     mask, then L2 normalization (sentence-transformers' Pooling + Normalize, written out here
     independently of the captured graph's)."""
-    batch = tokenizer(list(texts), padding=True, return_tensors="pt")
+    batch = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
