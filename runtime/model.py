@@ -86,8 +86,8 @@ class Model:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """`run` of the bundle's `forward` entry point (or of its only one)."""
-        only = next(iter(self._modules)) if len(self._modules) == 1 else "forward"
-        return self.run("forward" if "forward" in self._modules else only, *args, **kwargs)
+        single = len(self._modules) == 1 and "forward" not in self._modules
+        return self.run(self.entry_points[0] if single else "forward", *args, **kwargs)
 
     # -- encoders ------------------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -110,7 +110,7 @@ class Model:
             width = max(MIN_PREFILL_LEN, *(len(encoded[i]) for i in chunk))
             ids = torch.tensor([encoded[i] + [self.pad_token_id] * (width - len(encoded[i])) for i in chunk])
             mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk])
-            for i, row in zip(chunk, self.run(name, ids, mask)[index]):
+            for i, row in zip(chunk, self.run(name, input_ids=ids, attention_mask=mask)[index]):
                 rows[i] = row.to(torch.float32)
         return torch.stack(rows)
 
