@@ -112,7 +112,7 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     """
     from mcq import channels
     from mcq.bundle import assemble, sections
-    from mcq.calibrate import batches_of, calibrate, calibrate_transformed
+    from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
     from mcq.capture import MODULE, Captured
     from mcq.plan import plan_qformat
 
@@ -134,14 +134,15 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
         if samples is None:
             samples = token_samples(captured, tokenizer, data, seq_len, max_samples)
         batches = batches_of(samples, batch_size)
-    observers = calibrate(captured, plan, batches, progress)
+    hessians = shared_hessians(graph, plan)
+    observers = calibrate(captured, plan, batches, progress, hessians)
     names = channels.weight_names(graph)
     weight = lambda k: captured.tensors[names[k]]  # noqa: E731 - the float weight of a linear
     alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress)
     chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
     heads = int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
-    assembled = assemble(captured, plan, observers, heads, chan)
+    assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()})
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 

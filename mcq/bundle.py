@@ -10,11 +10,10 @@ import torch
 
 from mcq.capture import Captured
 from mcq.config import QuantConfig
-from mcq import channels
-from mcq.observers import Observer, weight_qparams
+from mcq import channels, gptq
+from mcq.observers import Observer, spec_to_qp, weight_qparams
 from runtime import numerics
 from runtime.ir import Graph, TensorRef
-from runtime.lower import quant_params
 
 
 @dataclass
@@ -26,9 +25,30 @@ class Assembled:
 
 def _store(tensors: dict[str, torch.Tensor], prefix: str, scale: torch.Tensor, zp: torch.Tensor,
            spec: dict[str, Any]) -> None:
+    if spec["dtype"] == "bfloat16":  # a cast: no parameters to store
+        spec.pop("scale", None), spec.pop("zero_point", None)
+        return
     tensors[f"{prefix}.scale"] = scale.to(torch.float32).contiguous()
     tensors[f"{prefix}.zero_point"] = zp.to(torch.int32).contiguous()
     spec["scale"], spec["zero_point"] = f"{prefix}.scale", f"{prefix}.zero_point"
+
+
+def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, torch.Tensor], name: str,
+                    hessian: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize a float weight for its spec: parameters stored in `tensors`, the stored form
+    returned (int4 packed two per byte, its unpacked shape in the spec). With a `hessian`
+    (GPTQ) the rounding compensates each column's error in the columns not yet quantized."""
+    if wspec["granularity"] == "group" and w.shape[-1] % int(wspec["group_size"]):
+        raise ValueError(f"{name}: {w.shape[-1]} input channels are not a multiple of weight_group_size "
+                         f"{wspec['group_size']}; override this node's weight_group_size or granularity")
+    scale, zp = weight_qparams(w, wspec)
+    _store(tensors, name, scale, zp, wspec)
+    qp = spec_to_qp(wspec, scale, zp)
+    q = numerics.quantize(gptq.gptq_weight(w, qp, hessian) if hessian is not None else w, qp)
+    if wspec["dtype"] == "int4":
+        wspec["shape"] = list(q.shape)
+        return numerics.pack_int4(q)
+    return q
 
 
 def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: channels.ChannelPlan,
@@ -44,10 +64,12 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
 
 
 def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
-             heads: int, chan: dict[str, channels.ChannelPlan] | None = None) -> Assembled:
+             heads: int, chan: dict[str, channels.ChannelPlan] | None = None,
+             hessians: dict[str, torch.Tensor] | None = None) -> Assembled:
     """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
 
-    `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one."""
+    `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one.
+    `hessians`: qkey -> input Hessian of the linears whose weights GPTQ rounds."""
     qformat = copy.deepcopy(plan)
     graphs = {k: copy.deepcopy(g) for k, g in captured.graphs.items()}
     tensors: dict[str, torch.Tensor] = {}
@@ -68,10 +90,10 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 if cols.numel():
                     tensors[f"{qkey}/weight.outlier_columns"] = cols
                     entry["outlier_weight"] = f"{qkey}/weight.outlier_columns"
-            scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"],
-                                       wspec.get("percentile", 99.99))
-            _store(tensors, f"{qkey}/weight", scale, zp, wspec)
-            tensors[f"{qkey}/weight"] = numerics.quantize(w, quant_params(wspec, tensors.__getitem__))
+            h = (hessians or {}).get(qkey)
+            if h is not None and qkey in chan:
+                h = gptq.transformed(h, chan[qkey].smooth, chan[qkey].outliers)
+            tensors[f"{qkey}/weight"] = quantize_weight(w, wspec, tensors, f"{qkey}/weight", h)
         for role, spec in entry["inputs"].items():
             if spec.get("source"):
                 continue
@@ -80,13 +102,15 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 scale, zp = chan[qkey].input_qparams(obs, spec)
                 _store_channel_plan(tensors, f"{qkey}/{role}", chan[qkey], spec)
             else:
-                scale, zp = obs.qparams(spec["method"], spec["nbits"])
+                scale, zp = obs.qparams(spec)
             _store(tensors, f"{qkey}/{role}", scale, zp, spec)
     for qkey, entry in qformat["nodes"].items():  # derived specs, after their sources exist
         for role, spec in entry["inputs"].items():
             src = spec.get("source")
             if src:
                 s = qformat["nodes"][src]["inputs"]["x"]
+                if s["dtype"] == "bfloat16":
+                    continue  # a cast: nothing to repeat per query head
                 kv_scale, kv_zp = tensors[s["scale"]], tensors[s["zero_point"]]
                 group = heads // kv_scale.numel()  # grouped-query attention: heads share a KV head
                 _store(tensors, f"{qkey}/{role}", kv_scale.repeat_interleave(group),
@@ -98,10 +122,19 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
     return Assembled(graphs, tensors, qformat)
 
 
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        raise TypeError("bf16 tensors are stored through RawTensor")
-    return t.detach().contiguous().numpy()
+_RAW_DTYPES = {torch.bfloat16: ("BF16", torch.int16), torch.float8_e4m3fn: ("F8_E4M3", torch.uint8)}
+
+
+def to_numpy(t: torch.Tensor) -> Any:
+    """A tensor as the container writer takes it: numpy, or raw bytes for dtypes numpy lacks."""
+    import mcq_format
+
+    t = t.detach().contiguous()
+    raw = _RAW_DTYPES.get(t.dtype)
+    if raw is not None:
+        bits = t.view(raw[1]).numpy()
+        return mcq_format.RawTensor(raw[0], tuple(t.shape), bits.reshape(-1).view(np.uint8))
+    return t.numpy()
 
 
 def _signature(g: Graph) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mcq.capture import Captured
+from mcq.gptq import Hessian
 from mcq.observers import Observer
 from runtime import lower
 
@@ -50,19 +51,32 @@ def batches_of(samples: Sequence[Sequence[int]], batch_size: int) -> list[torch.
 
 
 def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[Batch],
-              progress: bool = True) -> dict[tuple[str, str], Observer]:
-    """Observe every quant point of the main graph over `batches` (decode reuses prefill's keys)."""
+              progress: bool = True, hessians: dict[str, Hessian] | None = None
+              ) -> dict[tuple[str, str], Observer]:
+    """Observe every quant point of the main graph over `batches` (decode reuses prefill's keys).
+
+    `hessians` (qkey -> Hessian, for GPTQ) are filled in the same pass; linears reading the same
+    tensor share one Hessian object, updated once per batch."""
     observers = make_observers(qformat)
-    if not observers:
+    hessians = hessians or {}
+    if not observers and not hessians:
         return observers
+    seen: set[int] = set()
 
     def observe(qkey: str, role: str, x: torch.Tensor) -> None:
-        observers[(qkey, role)].update(x)
+        obs = observers.get((qkey, role))
+        if obs is not None:
+            obs.update(x)
+        h = hessians.get(qkey) if role == "x" else None
+        if h is not None and id(h) not in seen:
+            seen.add(id(h))
+            h.update(x)
 
     gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
     batches = list(batches)
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+            seen.clear()
             gm(*as_inputs(batch))
     missing = [f"{k}:{r}" for (k, r), o in observers.items() if o.min is None]
     if missing:
@@ -97,3 +111,14 @@ def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dic
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrating (2nd pass)", unit="batch", disable=not progress):
             gm(*as_inputs(batch))
+
+
+def shared_hessians(graph: Any, qformat: dict[str, Any]) -> dict[str, Hessian]:
+    """One Hessian per distinct input tensor, for every linear whose weight spec asks for GPTQ."""
+    by_input: dict[Any, Hessian] = {}
+    out = {}
+    for n in graph.nodes:
+        entry = qformat["nodes"].get(n.qkey) if n.qkey else None
+        if entry and (entry.get("weight") or {}).get("rounding") == "gptq":
+            out[n.qkey] = by_input.setdefault(n.args[0], Hessian())
+    return out

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from mcq.calibrators import histogram_range
-from mcq.observers import Observer, range_to_qparams, weight_qparams
+from mcq.observers import Observer, spec_qparams, spec_to_qp, weight_qparams
 from runtime import lower, numerics
 from runtime.ir import Graph, TensorRef
 from runtime.numerics import QuantParams
@@ -51,12 +51,12 @@ class ChannelPlan:
         assert obs.min is not None and obs.max is not None
         if obs.transformed is not None:  # histogram method: its range on the transformed tensor
             lo_h, hi_h = histogram_range(obs.transformed, spec["method"], spec["nbits"], obs.percentile)
-            return range_to_qparams(torch.tensor(lo_h), torch.tensor(hi_h), spec["method"], spec["nbits"])
+            return spec_qparams(torch.tensor(lo_h), torch.tensor(hi_h), spec)
         keep = torch.ones_like(obs.min, dtype=torch.bool)
         keep[self.outliers] = False
         s = self.smooth if self.smooth is not None else torch.ones_like(obs.min)
         lo, hi = (obs.min / s)[keep], (obs.max / s)[keep]
-        return range_to_qparams(lo.min(), hi.max(), spec["method"], spec["nbits"])
+        return spec_qparams(lo.min(), hi.max(), spec)
 
 
 def groups(graph: Graph, qformat: dict[str, Any]) -> list[list[str]]:
@@ -118,15 +118,9 @@ def plans(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str]
     return out
 
 
-def _qp(scale: torch.Tensor, zp: torch.Tensor, spec: dict[str, Any], axis: int | None) -> QuantParams:
-    qmin, qmax = numerics.qrange(spec["nbits"], spec["symmetric"])
-    return QuantParams(scale, zp, qmin, qmax, axis)
-
-
 def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tensor:
-    scale, zp = weight_qparams(w, wspec["method"], wspec["granularity"], wspec["nbits"],
-                               wspec.get("percentile", 99.99))
-    return numerics.fake_quantize(w, _qp(scale, zp, wspec, 0 if wspec["granularity"] == "channel" else None))
+    scale, zp = weight_qparams(w, wspec)
+    return numerics.fake_quantize(w, spec_to_qp(wspec, scale, zp))
 
 
 def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
@@ -148,7 +142,7 @@ def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[s
             split = [p.split_weight(w) for w in ws]
             wq = [_fake_quantized_weight(main, qformat["nodes"][k]["weight"]) for (main, _), k in zip(split, members)]
             scale, zp = p.input_qparams(obs, spec)
-            cands[key].append((p, _qp(scale, zp, spec, None), wq, [cols for _, cols in split]))
+            cands[key].append((p, spec_to_qp(spec, scale, zp), wq, [cols for _, cols in split]))
     errors = {key: torch.zeros(len(ALPHA_GRID), dtype=torch.float64) for key in first}
 
     def observe(qkey: str, role: str, x: torch.Tensor) -> None:

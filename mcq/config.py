@@ -21,28 +21,31 @@ class ConfigError(ValueError):
 WEIGHT_METHODS = ("AMAX_SYM", "PERCENTILE_SYM", "MSE_SYM")
 ACT_METHODS = ("MINMAX_ASYM", "AMAX_SYM", "PERCENTILE_SYM", "PERCENTILE_ASYM", "ENTROPY_SYM", "ENTROPY_ASYM",
                "MSE_SYM")
-QUANT_DTYPES = ("int8", "float32")  # float32: leave unquantized
-WEIGHT_GRANULARITIES = ("channel", "tensor")
+# quant format ids (spec Q.2a); float32 leaves a tensor unquantized
+WEIGHT_DTYPES = ("int8", "int4", "fp8_e4m3fn", "bfloat16", "float32")
+ACT_DTYPES = ("int8", "fp8_e4m3fn", "bfloat16", "float32")
+DTYPE_BITS = {"int8": 8, "int4": 4, "fp8_e4m3fn": 8, "bfloat16": 16, "float32": 32}
+WEIGHT_GRANULARITIES = ("channel", "tensor", "group")
 ACT_GRANULARITIES = ("tensor",)
 QLEVELS = (2, 3, 4)
 
 _ALLOWED: dict[str, tuple[Any, ...]] = {
     "weight_calib_method": WEIGHT_METHODS,
-    "weight_dtype": QUANT_DTYPES,
+    "weight_dtype": WEIGHT_DTYPES,
     "weight_granularity": WEIGHT_GRANULARITIES,
     "act_calib_method": ACT_METHODS,
-    "act_dtype": QUANT_DTYPES,
+    "act_dtype": ACT_DTYPES,
     "act_granularity": ACT_GRANULARITIES,
-    "kv_dtype": QUANT_DTYPES,
+    "kv_dtype": ACT_DTYPES,
     "qlevel": QLEVELS,
 }
 
 
 NODE_KINDS = ("linear", "bmm", "kv_cache")
 # keys an override may set for the quant points it matches
-NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_nbits", "act_calib_method",
-             "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype", "smoothquant",
-             "act_outlier_threshold")
+NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_group_size", "weight_nbits",
+             "act_calib_method", "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype",
+             "smoothquant", "act_outlier_threshold", "gptq")
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,12 @@ class QuantConfig:
     weight_calib_method: str = "AMAX_SYM"
     weight_dtype: str = "int8"
     weight_granularity: str = "channel"
-    weight_nbits: int = 8
+    weight_nbits: int | None = None  # None: the dtype's bits (a set value must agree with it)
+    weight_group_size: int = 128  # granularity "group": input channels per weight scale
     act_calib_method: str = "MINMAX_ASYM"
     act_dtype: str = "int8"
     act_granularity: str = "tensor"
-    act_nbits: int = 8
+    act_nbits: int | None = None
     percentile: float = 99.99
     kv_dtype: str = "int8"
     disable_inout: bool = False
@@ -103,6 +107,9 @@ class QuantConfig:
     # input channels whose calibrated abs-max exceeds this x the median channel's leave the integer
     # GEMM for a float side product (at most 1 % of channels); 0 turns it off
     act_outlier_threshold: float = 0.0
+    # GPTQ rounding of quantized weights (Hessians from the same calibration data); off: nearest
+    gptq: bool = False
+    gptq_damp: float = 0.01
     # mixed precision: later overrides win; see `Override`
     overrides: tuple[Override, ...] = ()
     qlevel: int = 4
@@ -113,11 +120,20 @@ class QuantConfig:
             allowed = _ALLOWED.get(f.name)
             if allowed is not None and value not in allowed:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
-        for key in ("weight_nbits", "act_nbits"):
+        for key, dtype in (("weight_nbits", self.weight_dtype), ("act_nbits", self.act_dtype)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value != 8:
-                raise ConfigError(f"{key}: {value!r} is not supported (allowed: 8)")
-        for key in ("disable_inout", "smoothquant"):
+            if value is not None and (isinstance(value, bool) or value != DTYPE_BITS[dtype]):
+                raise ConfigError(f"{key}: {value!r} does not match {dtype} ({DTYPE_BITS[dtype]} bits); "
+                                  "leave it out to take the dtype's bits")
+        g = self.weight_group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 2 or g % 2:
+            raise ConfigError(f"weight_group_size: {g!r} is not an even integer >= 2")
+        if self.gptq and self.weight_dtype not in ("int8", "int4", "fp8_e4m3fn"):
+            raise ConfigError(f"gptq: rounds int8, int4 or fp8 weights, not weight_dtype {self.weight_dtype!r}")
+        d = self.gptq_damp
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < float(d) <= 1.0:
+            raise ConfigError(f"gptq_damp: {d!r} is not a number in (0, 1]")
+        for key in ("disable_inout", "smoothquant", "gptq"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a boolean (true or false)")
         t = self.act_outlier_threshold
@@ -137,6 +153,14 @@ class QuantConfig:
             if o.applies(qkey, kind):
                 merged.update(o.settings)
         return dataclasses.replace(self, **merged) if merged else self
+
+    @property
+    def weight_bits(self) -> int:
+        return DTYPE_BITS[self.weight_dtype]
+
+    @property
+    def act_bits(self) -> int:
+        return DTYPE_BITS[self.act_dtype]
 
     @property
     def quantizes_weights(self) -> bool:
@@ -198,6 +222,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "W8A8": {"smoothquant": True, "smoothquant_alpha": 0.75, "act_outlier_threshold": 32.0,
              "kv_dtype": "float32"},
     "W8A16": {"act_dtype": "float32", "kv_dtype": "float32"},
+    # int4 weights in groups of 128 input channels, GPTQ-rounded, MSE-clipped group scales
+    "W4A16": {"weight_dtype": "int4", "weight_granularity": "group", "weight_group_size": 128,
+              "weight_calib_method": "MSE_SYM", "gptq": True, "act_dtype": "float32", "kv_dtype": "float32"},
+    # fp8 e4m3: per-channel weight scales, per-tensor activation scales, fp8 KV cache per head
+    "W8fA8f": {"weight_dtype": "fp8_e4m3fn", "act_dtype": "fp8_e4m3fn", "act_calib_method": "AMAX_SYM",
+               "kv_dtype": "fp8_e4m3fn"},
+    # bfloat16 weights, activations and KV cache: a cast, no calibration
+    "W16A16": {"weight_dtype": "bfloat16", "act_dtype": "bfloat16", "kv_dtype": "bfloat16"},
     "FLOAT": {"weight_dtype": "float32", "act_dtype": "float32", "kv_dtype": "float32"},
 }
 

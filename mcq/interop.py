@@ -18,14 +18,21 @@ def _desc(spec: dict[str, Any] | None) -> dict[str, Any]:
     return {"do_quant": True, "dtype": spec["dtype"], "nbits": int(spec["nbits"]),
             "axis": spec.get("axis"), "per_ch": spec["granularity"] != "tensor",
             "granularity": spec["granularity"], "asymmetric": not spec["symmetric"],
-            "calibrator": spec["method"]}
+            "calibrator": spec["method"],
+            **({"group_size": int(spec["group_size"])} if spec.get("group_size") else {}),
+            **({"rounding": spec["rounding"]} if spec.get("rounding") else {})}
 
 
 def _ranges(spec: dict[str, Any], tensor: Any) -> dict[str, np.ndarray]:
     """amax (symmetric) or min/max (asymmetric) that reproduce the stored scale and zero point."""
+    if spec["dtype"] == "bfloat16":
+        return {}  # a cast: no parameters
     scale = np.asarray(tensor(spec["scale"]), dtype=np.float32)
     zp = np.asarray(tensor(spec["zero_point"]), dtype=np.int64)
-    qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
+    if spec["dtype"] == "fp8_e4m3fn":
+        qmin, qmax = -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
+    else:
+        qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
     out = {"scale": scale, "zero_point": zp.astype(np.int32)}
     if spec["symmetric"]:
         out["amax"] = (scale * qmax).astype(np.float32)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from mcq.calibrators import HISTOGRAM_METHODS, Histogram, histogram_range
 from runtime import numerics
+from runtime.numerics import QuantParams
 
 
 class Observer:
@@ -38,14 +40,28 @@ class Observer:
         if self.histogram is not None:
             self.histogram.update(x)
 
-    def qparams(self, method: str, nbits: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(float32 scale, int32 zero point) from the observed range."""
+    def qparams(self, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 scale, int32 zero point) of a quant spec from the observed range."""
         if self.min is None or self.max is None:
             raise RuntimeError("observer saw no data: the calibration data never reached this quant point")
+        method, nbits = spec["method"], int(spec["nbits"])
         if self.histogram is not None and method in HISTOGRAM_METHODS:
             lo, hi = histogram_range(self.histogram, method, nbits, self.percentile)
-            return range_to_qparams(torch.tensor(lo), torch.tensor(hi), method, nbits)
-        return range_to_qparams(self.min, self.max, method, nbits)
+            return spec_qparams(torch.tensor(lo), torch.tensor(hi), spec)
+        return spec_qparams(self.min, self.max, spec)
+
+
+def spec_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameters of `spec`'s format for the range [lo, hi]: an integer grid (range_to_qparams),
+    fp8 scaled so the abs-max lands on 448, or the unit scale of a bf16 cast."""
+    if spec["dtype"] == "fp8_e4m3fn":
+        amax = torch.maximum(lo.abs(), hi.abs())
+        scale = (amax / numerics.FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny).to(torch.float32)
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+    if spec["dtype"] == "bfloat16":
+        return torch.ones_like(lo, dtype=torch.float32), torch.zeros_like(lo, dtype=torch.int32)
+    method = spec["method"] if not spec.get("symmetric") else "AMAX_SYM"
+    return range_to_qparams(lo, hi, method, int(spec["nbits"]))
 
 
 def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, method: str, nbits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,31 +78,73 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, method: str, nbits: int
     return scale, torch.clamp(zp, qmin, qmax).to(torch.int32)
 
 
-def weight_qparams(w: torch.Tensor, method: str, granularity: str, nbits: int,
-                   percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric parameters of a weight, per output channel (axis 0) or per tensor.
+def weight_rows(w: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """The weight as [units, elements]: one row per scale (output channel, group, or the tensor)."""
+    w = w.detach().to(torch.float32)
+    gran = spec["granularity"]
+    if gran == "channel":
+        return w.reshape(w.shape[0], -1)
+    if gran == "group":
+        return w.reshape(-1, int(spec["group_size"]))
+    return w.reshape(1, -1)
+
+
+def scale_shape(w: torch.Tensor, spec: dict[str, Any]) -> tuple[int, ...]:
+    gran = spec["granularity"]
+    if gran == "channel":
+        return (w.shape[0],)
+    if gran == "group":
+        return (w.shape[0], w.shape[1] // int(spec["group_size"]))
+    return ()
+
+
+def _rounding_error(rows: torch.Tensor, clip: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """Per row: squared error of quantizing `rows` with the scale that maps `clip` to the grid edge."""
+    scale, _ = spec_qparams(-clip, clip, {**spec, "symmetric": True})
+    qp = QuantParams(scale, torch.zeros_like(scale, dtype=torch.int32), *_grid(spec), axis=0,
+                     kind=numerics.FP8 if spec["dtype"] == "fp8_e4m3fn" else numerics.INT)
+    return ((numerics.fake_quantize(rows, qp) - rows) ** 2).sum(1)
+
+
+def _grid(spec: dict[str, Any]) -> tuple[int, int]:
+    if spec["dtype"] == "fp8_e4m3fn":
+        return -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
+    return numerics.qrange(int(spec["nbits"]), True)
+
+
+def weight_qparams(w: torch.Tensor, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric parameters of a weight for its spec (granularity tensor, channel or group).
 
     AMAX_SYM: abs-max; PERCENTILE_SYM: the `percentile` of |w| (exact, per row); MSE_SYM: the clip
     among 1.00, 0.99, ..., 0.50 x abs-max with the least squared rounding+clipping error.
     """
-    rows = w.detach().to(torch.float32).reshape(w.shape[0], -1) if granularity == "channel" \
-        else w.detach().to(torch.float32).reshape(1, -1)
+    method = spec["method"]
+    rows = weight_rows(w, spec)
     a = rows.abs()
     amax = a.amax(dim=1)
     if method == "PERCENTILE_SYM":
-        k = max(1, min(a.shape[1], math.ceil(percentile / 100.0 * a.shape[1])))
+        k = max(1, min(a.shape[1], math.ceil(float(spec.get("percentile", 99.99)) / 100.0 * a.shape[1])))
         amax = torch.kthvalue(a, k, dim=1).values
     elif method == "MSE_SYM":
-        qmax = 2 ** (nbits - 1) - 1
         best, best_err = amax.clone(), torch.full_like(amax, float("inf"))
         for f in torch.linspace(1.0, 0.5, 51):
             clip = (amax * f).clamp(min=torch.finfo(torch.float32).tiny)
-            scale = (clip / qmax)[:, None]
-            err = ((numerics.round_half_away_from_zero(rows / scale).clamp(-qmax, qmax) * scale - rows) ** 2).sum(1)
+            err = _rounding_error(rows, clip, spec)
             better = err < best_err
             best, best_err = torch.where(better, clip, best), torch.where(better, err, best_err)
         amax = best
     elif method != "AMAX_SYM":
         raise ValueError(f"weight calibration method {method} is not one of AMAX_SYM, PERCENTILE_SYM, MSE_SYM")
-    scale, zp = range_to_qparams(-amax, amax, "AMAX_SYM", nbits)
-    return (scale, zp) if granularity == "channel" else (scale.reshape(()), zp.reshape(()))
+    scale, zp = spec_qparams(-amax, amax, {**spec, "symmetric": True})
+    shape = scale_shape(w, spec)
+    return scale.reshape(shape), zp.reshape(shape)
+
+
+def spec_to_qp(spec: dict[str, Any], scale: torch.Tensor, zp: torch.Tensor) -> QuantParams:
+    """QuantParams of a spec with these parameters, parsed by the runtime's own reader (so the
+    toolkit's simulation and the runtime cannot read a spec differently); no per-channel treatment."""
+    from runtime.lower import quant_params
+
+    values = {"#scale": scale, "#zero_point": zp}
+    plain = {**spec, "scale": "#scale", "zero_point": "#zero_point", "smooth": None, "outliers": None}
+    return quant_params(plain, values.__getitem__)

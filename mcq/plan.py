@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcq.config import QuantConfig
+from mcq.config import DTYPE_BITS, QuantConfig
 from runtime.ir import Graph, Ref
 from runtime.ops import KV_POINT
 
@@ -16,17 +16,28 @@ def _with_percentile(spec: dict[str, Any], cfg: QuantConfig) -> dict[str, Any]:
     return spec
 
 
-def _act_spec(cfg: QuantConfig, granularity: str = "tensor", axis: int | None = None) -> dict[str, Any]:
-    return _with_percentile({"dtype": cfg.act_dtype, "nbits": cfg.act_nbits, "granularity": granularity,
-                             "axis": axis, "symmetric": cfg.act_calib_method.endswith("_SYM"),
+def _act_spec(cfg: QuantConfig, granularity: str = "tensor", axis: int | None = None,
+              dtype: str | None = None) -> dict[str, Any]:
+    dtype = dtype or cfg.act_dtype
+    integer = dtype == "int8"  # fp8 scales are symmetric; a bf16 cast has no scale at all
+    return _with_percentile({"dtype": dtype, "nbits": DTYPE_BITS[dtype], "granularity": granularity,
+                             "axis": axis, "symmetric": cfg.act_calib_method.endswith("_SYM") or not integer,
                              "method": cfg.act_calib_method}, cfg)
 
 
 def _kv_spec(cfg: QuantConfig) -> dict[str, Any]:
     # one scale per KV head: axis 1 of [batch, kv_heads, seq, head_dim]
-    spec = _act_spec(cfg, "channel", 1)
-    spec["dtype"] = cfg.kv_dtype
-    return spec
+    return _act_spec(cfg, "channel", 1, cfg.kv_dtype)
+
+
+def _weight_spec(cfg: QuantConfig) -> dict[str, Any]:
+    gran = cfg.weight_granularity
+    spec = {"dtype": cfg.weight_dtype, "nbits": cfg.weight_bits, "granularity": gran,
+            "axis": {"channel": 0, "group": 1}.get(gran), "symmetric": True, "method": cfg.weight_calib_method,
+            "rounding": "gptq" if cfg.gptq else "nearest"}
+    if gran == "group":
+        spec["group_size"] = int(cfg.weight_group_size)
+    return _with_percentile(spec, cfg)
 
 
 def _inout_keys(graph: Graph) -> set[str]:
@@ -53,16 +64,15 @@ def plan_qformat(graph: Graph, config: QuantConfig) -> dict[str, Any]:
         if n.op == LINEAR:
             entry: dict[str, Any] = {"kind": "linear", "inputs": {}, "weight": None}
             if cfg.quantizes_weights:
-                entry["weight"] = _with_percentile({"dtype": cfg.weight_dtype, "nbits": cfg.weight_nbits,
-                                                    "granularity": cfg.weight_granularity,
-                                                    "axis": 0 if cfg.weight_granularity == "channel" else None,
-                                                    "symmetric": True, "method": cfg.weight_calib_method}, cfg)
+                entry["weight"] = _weight_spec(cfg)
             if cfg.quantizes_acts:
                 entry["inputs"]["x"] = _act_spec(cfg)
                 # per-channel treatments are chosen at assembly from per-channel ranges
-                if cfg.smoothquant and cfg.quantizes_weights:
+                if cfg.act_dtype == "bfloat16":
+                    pass  # a cast has no range for smoothing or outlier channels to shrink
+                elif cfg.smoothquant and cfg.quantizes_weights:
                     entry["inputs"]["x"]["smooth"] = ""
-                if cfg.act_outlier_threshold > 0 and cfg.quantizes_weights:
+                if cfg.act_outlier_threshold > 0 and cfg.quantizes_weights and cfg.act_dtype != "bfloat16":
                     entry["inputs"]["x"]["outliers"] = ""
                     entry["inputs"]["x"]["outlier_threshold"] = float(cfg.act_outlier_threshold)
             if entry["weight"] or entry["inputs"]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 import mcq_format
 
 from runtime.lower import numpy_to_torch
@@ -15,10 +17,19 @@ from runtime.model import EntryPointError, KVCache, Model, from_sections
 
 __all__ = ["EntryPointError", "KVCache", "Model", "load"]
 
+_BIT_VIEWS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn}
+
 
 def load(path: str | os.PathLike[str], qlevel: int | None = None) -> Model:
     """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own)."""
     bundle = mcq_format.read(path)
-    model = from_sections(bundle.sections, lambda name: numpy_to_torch(bundle.tensor(name)), qlevel)
+
+    def tensor(name: str) -> torch.Tensor:
+        t = numpy_to_torch(bundle.tensor(name))
+        # dtypes numpy lacks come as same-size unsigned bits: reinterpret, no copy
+        viewed = _BIT_VIEWS.get(bundle.tensor_info(name).dtype)
+        return t.view(viewed) if viewed is not None else t
+
+    model = from_sections(bundle.sections, tensor, qlevel)
     model.bundle = bundle  # keeps the memory map open for the model's lifetime
     return model

@@ -47,29 +47,50 @@ def present_output_name(layer: int, which: int) -> str:
     return f"present.{layer}.{'kv'[which]}"
 
 
-SUPPORTED_FORMATS = {("int8", 8)}
-SUPPORTED_GRANULARITIES = ("tensor", "channel", "head")
+# quant format id (spec Q.2a) -> (numerics kind, bits)
+FORMATS = {"int8": (numerics.INT, 8), "int4": (numerics.INT, 4), "fp8_e4m3fn": (numerics.FP8, 8),
+           "bfloat16": (numerics.BF16, 16)}
+SUPPORTED_GRANULARITIES = ("tensor", "channel", "head", "group")
 
 
 def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
-    if (spec.get("dtype"), spec.get("nbits")) not in SUPPORTED_FORMATS:
+    fmt = FORMATS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    if fmt is None or fmt[1] != spec.get("nbits"):
         raise LoweringError(f"quant format {spec.get('dtype')!r} with {spec.get('nbits')} bits is not "
                             f"implemented by this runtime (scale tensor {spec.get('scale')!r})")
-    gran = spec["granularity"]
+    kind, bits = fmt
+    gran = spec.get("granularity", "tensor")
     if gran not in SUPPORTED_GRANULARITIES:
         raise LoweringError(f"granularity {gran!r} is not implemented by this runtime (scale tensor "
                             f"{spec.get('scale')!r})")
-    qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
+    if kind == numerics.INT:
+        qmin, qmax = numerics.qrange(bits, bool(spec["symmetric"]))
+    else:
+        qmin, qmax = -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
+    no_scale = kind == numerics.BF16  # a cast: the spec names no scale
     return QuantParams(
-        scale=tensor(spec["scale"]).to(torch.float32),
-        zero_point=tensor(spec["zero_point"]).to(torch.int32),
+        scale=torch.ones(()) if no_scale else tensor(spec["scale"]).to(torch.float32),
+        zero_point=torch.zeros((), dtype=torch.int32) if no_scale else tensor(spec["zero_point"]).to(torch.int32),
         qmin=qmin,
         qmax=qmax,
-        axis=None if gran == "tensor" else int(spec["axis"]),
+        axis=None if gran == "tensor" or no_scale else int(spec["axis"]),
         per_head=gran == "head",
         smooth=tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None,
         outliers=tensor(spec["outliers"]).to(torch.int64) if spec.get("outliers") else None,
+        group_size=int(spec["group_size"]) if gran == "group" else None,
+        kind=kind,
     )
+
+
+def stored_weight(name: str, spec: Mapping[str, Any], tensor: TensorSource) -> torch.Tensor:
+    """A quantized weight as numerics takes it: int4 unpacked from its two-per-byte file layout."""
+    w = tensor(name)
+    if spec.get("dtype") == "int4":
+        if not isinstance(spec.get("shape"), list):
+            raise LoweringError(f"int4 weight {name!r}: its spec has no unpacked 'shape' (spec Q.2a)")
+        shape = [int(d) for d in spec["shape"]]
+        return numerics.unpack_int4(w, shape[-1]).reshape(shape)
+    return w
 
 
 def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
@@ -196,18 +217,21 @@ class _Builder:
             w = self.value(w_ref)
         else:
             assert isinstance(w_ref, TensorRef)
-            wq, wqp = self.tensor(w_ref.name), self.qp(wspec)
-            if self.mode in (3, 4) and xspec is not None:
+            wq, wqp = stored_weight(w_ref.name, wspec, self.tensor), self.qp(wspec)
+            if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp, self.qp(xspec)):
                 outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
                 module = QLinear(wq, wqp, self.qp(xspec), outlier_w, emulate=self.mode == 3)
                 return self.call_module(module, (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
                 w = self.get_attr(w_ref.name + "#dequantized", numerics.dequantize(wq, wqp))
-            else:
-                w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name),), node.qkey or "")
+            else:  # weight-only (or no kernel for the pair): stored weight dequantized per call
+                w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name + "#stored", wq),),
+                                     node.qkey or "")
         raw = x
         if xspec is not None:
             x = self.quant_input(x, xspec, node.qkey or "", "x")
+        elif self.mode == OBSERVE:  # weight-only: the toolkit still sees the input (GPTQ Hessians)
+            x = self.quant_input(x, {}, node.qkey or "", "x")
         y = self.fx.call_function(OPS[LINEAR], (x, w, bias))
         if self.mode != OBSERVE and q.get("outlier_weight") and xspec is not None:
             side = OutlierProduct(self.qp(xspec), self.tensor(q["outlier_weight"]))
@@ -217,7 +241,8 @@ class _Builder:
     def lower_bmm(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
         a, b = self.value(node.args[0]), self.value(node.args[1])
         aspec, bspec = q["inputs"].get("a"), q["inputs"].get("b")
-        if self.mode in (3, 4) and aspec is not None and bspec is not None:
+        if self.mode in (3, 4) and aspec is not None and bspec is not None \
+                and self.qp(aspec).kind == self.qp(bspec).kind:
             module = QBmm(self.qp(aspec), self.qp(bspec), emulate=self.mode == 3)
             return self.call_module(module, (a, b), node.qkey or "")
         if aspec is not None:

@@ -16,7 +16,12 @@ Conventions:
   head, where index i along `axis` belongs to head i % H (a bmm batch axis flattened as batch*H);
 - integer products accumulate in int32 (qlevel 4) or exactly in float64 (qlevel 3, same
   integers); the result leaves the kernel as float32(acc) * float32(s_a * s_b) (+ bias), so
-  qlevels 3 and 4 are bit-identical.
+  qlevels 3 and 4 are bit-identical;
+- granularity "group": `group_size` consecutive elements along `axis` share one s/zp (scale has
+  the tensor's shape with that axis divided by group_size);
+- formats (QuantParams.kind): "int" (int8 / int4 values, int4 packed two per byte only in the
+  file), "fp8_e4m3fn" (q = fp8(clamp(x / s, -448, 448)), no zero point; products accumulate
+  exactly in float64) and "bfloat16" (a cast; products accumulate in float32).
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-STORAGE_DTYPES = {8: torch.int8, 16: torch.int16}
+INT, FP8, BF16 = "int", "fp8_e4m3fn", "bfloat16"
+FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 
 
 def qrange(nbits: int, symmetric: bool) -> tuple[int, int]:
@@ -52,9 +58,15 @@ class QuantParams:
     smooth: torch.Tensor | None = None
     # outlier channels (int64 indices, last axis) are zeroed here: they bypass the integer GEMM
     outliers: torch.Tensor | None = None
+    group_size: int | None = None  # granularity "group" along `axis`
+    kind: str = INT  # INT, FP8 or BF16
 
     @property
     def storage_dtype(self) -> torch.dtype:
+        if self.kind == FP8:
+            return torch.float8_e4m3fn
+        if self.kind == BF16:
+            return torch.bfloat16
         bits = max(self.qmax.bit_length(), (-self.qmin - 1).bit_length()) + 1
         return torch.int8 if bits <= 8 else torch.int16
 
@@ -64,6 +76,10 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, qp: QuantParams) -> tuple[torch
     if qp.axis is None:
         return p.reshape(()), tuple(x.shape)
     axis = qp.axis % x.dim()
+    if qp.group_size:
+        groups = x.shape[axis] // qp.group_size
+        shape = (*x.shape[:axis], groups, qp.group_size, *x.shape[axis + 1 :])
+        return p.reshape(*x.shape[:axis], groups, 1, *x.shape[axis + 1 :]), shape
     if qp.per_head:
         heads = p.numel()
         shape = (*x.shape[:axis], -1, heads, *x.shape[axis + 1 :])
@@ -76,24 +92,49 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, qp: QuantParams) -> tuple[torch
 
 
 def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
-    scale, view = _broadcast(qp.scale, x, qp)
-    zp, _ = _broadcast(qp.zero_point, x, qp)
     x = x.to(torch.float32)
     if qp.outliers is not None:
         x = x.index_fill(-1, qp.outliers, 0.0)
     if qp.smooth is not None:
         x = x / qp.smooth
+    if qp.kind == BF16:
+        return x.to(torch.bfloat16)
+    scale, view = _broadcast(qp.scale, x, qp)
     xv = x.reshape(view)
+    if qp.kind == FP8:
+        return torch.clamp(xv / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).reshape(x.shape)
+    zp, _ = _broadcast(qp.zero_point, x, qp)
     q = round_half_away_from_zero(xv / scale) + zp.to(torch.float32)
     q = torch.clamp(q, qp.qmin, qp.qmax).to(qp.storage_dtype)
     return q.reshape(x.shape)
 
 
 def dequantize(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
+    if qp.kind == BF16:
+        return q.to(torch.float32)
     scale, view = _broadcast(qp.scale, q, qp)
+    if qp.kind == FP8:
+        return (q.reshape(view).to(torch.float32) * scale).reshape(q.shape)
     zp, _ = _broadcast(qp.zero_point, q, qp)
     x = (q.reshape(view).to(torch.int32) - zp).to(torch.float32) * scale
     return x.reshape(q.shape)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int4 values (in int8 storage) -> uint8, two per byte along the last axis: element 2i in the
+    low nibble, 2i+1 in the high one; an odd last dimension gets a zero high nibble."""
+    if q.shape[-1] % 2:
+        q = torch.nn.functional.pad(q, (0, 1))
+    nibbles = q.to(torch.int16) & 0xF
+    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of pack_int4: int8 values with a last axis of `length`."""
+    p = packed.to(torch.int16)
+    low, high = p & 0xF, (p >> 4) & 0xF
+    both = torch.stack([low, high], dim=-1).reshape(*p.shape[:-1], -1)[..., :length]
+    return torch.where(both > 7, both - 16, both).to(torch.int8)
 
 
 def fake_quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
@@ -121,6 +162,14 @@ def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor
     return a.to(torch.int32) @ b.to(torch.int32)
 
 
+def has_kernel(weight_qp: QuantParams, input_qp: QuantParams) -> bool:
+    """Whether `qlinear` has a kernel for this pair (else lowering dequantizes the weight and runs
+    the linear in float): same format on both sides, a per-tensor input, no grouped fp8/bf16."""
+    if weight_qp.kind != input_qp.kind or input_qp.axis is not None:
+        return False
+    return weight_qp.kind == INT or weight_qp.group_size is None
+
+
 def qlinear(
     x: torch.Tensor,
     weight_q: torch.Tensor,
@@ -130,25 +179,57 @@ def qlinear(
     outlier_weight: torch.Tensor | None = None,
     emulate: bool = False,
 ) -> torch.Tensor:
-    """qlevel-4 linear: int8 input x int8 per-channel symmetric weight, int32 accumulation.
+    """qlevel-4 linear (spec Q.4) of a quantized input and a quantized weight of the same format.
 
-    acc[m, n] = sum_k q_x[m, k] * q_w[n, k] - zp_x * sum_k q_w[n, k]; y = acc * (s_x * s_w[n]) + b.
+    int: acc[m, n] = sum_k q_x[m, k] * q_w[n, k] - zp_x * sum_k q_w[n, k] in int32;
+         y = float32(acc) * float32(s_x * s_w[n]) + b. With group weights each group g has its own
+         acc_g and y = sum over g in order of float32(acc_g) * float32(s_x * s_w[n, g]), in float32.
+    fp8: the same product, accumulated exactly in float64 (every partial sum of fp8 x fp8
+         products is a multiple of 2^-18 below 2^36: exact), no zero points.
+    bf16: float32 linear of the bf16 operands (order of accumulation left to the BLAS).
     """
-    assert input_qp.axis is None, "qlinear takes a per-tensor input scale"
+    assert has_kernel(weight_qp, input_qp), "qlinear takes a per-tensor input of the weight's format"
     xq = quantize(x, input_qp)
     k = xq.shape[-1]
-    acc = _int_matmul(xq.reshape(-1, k), weight_q.t(), emulate)
-    if int(input_qp.zero_point) != 0:
-        row_sums = weight_q.to(acc.dtype).sum(dim=1)
-        acc = acc - input_qp.zero_point.to(acc.dtype) * row_sums
-    out_scale = (input_qp.scale * weight_qp.scale).to(torch.float32)
-    y = acc.to(torch.float32) * out_scale
+    xq2 = xq.reshape(-1, k)
+    if weight_qp.kind == BF16:
+        y = torch.nn.functional.linear(xq2.to(torch.float32), weight_q.to(torch.float32))
+    elif weight_qp.kind == FP8:
+        acc = xq2.to(torch.float64) @ weight_q.to(torch.float64).t()
+        y = acc.to(torch.float32) * (input_qp.scale * weight_qp.scale).to(torch.float32)
+    elif weight_qp.group_size:
+        y = _grouped_int_linear(xq2, weight_q, weight_qp, input_qp, emulate)
+    else:
+        acc = _int_matmul(xq2, weight_q.t(), emulate)
+        if int(input_qp.zero_point) != 0:
+            row_sums = weight_q.to(acc.dtype).sum(dim=1)
+            acc = acc - input_qp.zero_point.to(acc.dtype) * row_sums
+        y = acc.to(torch.float32) * (input_qp.scale * weight_qp.scale).to(torch.float32)
     if bias is not None:
         y = y + bias.to(torch.float32)
     y = y.reshape(*x.shape[:-1], weight_q.shape[0])
     if outlier_weight is not None:
         y = y + outlier_product(x, input_qp, outlier_weight)
     return y.to(x.dtype)
+
+
+def _grouped_int_linear(xq: torch.Tensor, weight_q: torch.Tensor, weight_qp: QuantParams,
+                        input_qp: QuantParams, emulate: bool) -> torch.Tensor:
+    g = int(weight_qp.group_size or 0)
+    n_groups = weight_q.shape[1] // g
+    xg = xq.reshape(xq.shape[0], n_groups, g).transpose(0, 1)  # [G, M, g]
+    wg = weight_q.reshape(weight_q.shape[0], n_groups, g).permute(1, 2, 0)  # [G, g, N]
+    if emulate:
+        acc = torch.bmm(xg.to(torch.float64), wg.to(torch.float64))
+    else:
+        acc = torch.bmm(xg.to(torch.int32), wg.to(torch.int32))
+    if int(input_qp.zero_point) != 0:
+        acc = acc - input_qp.zero_point.to(acc.dtype) * wg.to(acc.dtype).sum(dim=1, keepdim=True)
+    scales = (input_qp.scale * weight_qp.scale).to(torch.float32).t()  # [G, N]
+    y = acc[0].to(torch.float32) * scales[0]
+    for i in range(1, n_groups):  # a fixed order: the float32 sum is part of the kernel's definition
+        y = y + acc[i].to(torch.float32) * scales[i]
+    return y
 
 
 def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torch.Tensor) -> torch.Tensor:
@@ -159,14 +240,20 @@ def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torc
 
 def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
          emulate: bool = False) -> torch.Tensor:
-    """qlevel-4 batched matmul of two quantized operands with int32 accumulation.
+    """qlevel-4 batched matmul of two quantized operands (spec Q.4).
 
-    Operands are centered (q - zp) in int32 before the product; the result is
-    float32(acc) * float32(s_a * s_b), with per-head scales selected along the batch axis.
+    int: operands centered (q - zp) in int32, int32 accumulation; fp8: exact float64
+    accumulation; bf16: float32. The result is float32(acc) * float32(s_a * s_b), with per-head
+    scales selected along the batch axis.
     """
-    qa = _centered(quantize(a, a_qp), a_qp)
-    qb = _centered(quantize(b, b_qp), b_qp)
-    acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64)) if emulate else torch.bmm(qa, qb)
+    qa, qb = quantize(a, a_qp), quantize(b, b_qp)
+    if a_qp.kind == BF16:
+        return torch.bmm(qa.to(torch.float32), qb.to(torch.float32)).to(a.dtype)
+    if a_qp.kind == FP8:
+        acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
+    else:
+        qa, qb = _centered(qa, a_qp), _centered(qb, b_qp)
+        acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64)) if emulate else torch.bmm(qa, qb)
     sa, _ = _broadcast(a_qp.scale, acc, a_qp)
     sb, view = _broadcast(b_qp.scale, acc, b_qp)
     y = acc.reshape(view).to(torch.float32) * (sa * sb).to(torch.float32)

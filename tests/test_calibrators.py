@@ -66,19 +66,21 @@ def test_observer_uses_the_histogram_for_histogram_methods():
     pct = Observer(None, "PERCENTILE_ASYM", 99.9)
     for o in (minmax, pct):
         o.update(x)
-    assert pct.qparams("PERCENTILE_ASYM", 8)[0] < minmax.qparams("MINMAX_ASYM", 8)[0] / 5
+    spec = {"dtype": "int8", "nbits": 8, "symmetric": False}
+    assert pct.qparams({**spec, "method": "PERCENTILE_ASYM"})[0] < minmax.qparams({**spec, "method": "MINMAX_ASYM"})[0] / 5
 
 
 def test_weight_methods():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(8, 1000, generator=g)
     w[0, 0] = 50.0
-    amax, _ = weight_qparams(w, "AMAX_SYM", "channel", 8)
-    pct, _ = weight_qparams(w, "PERCENTILE_SYM", "channel", 8, 99.0)
-    mse, _ = weight_qparams(w, "MSE_SYM", "channel", 8)
+    spec = {"dtype": "int8", "nbits": 8, "granularity": "channel", "axis": 0, "symmetric": True}
+    amax, _ = weight_qparams(w, {**spec, "method": "AMAX_SYM"})
+    pct, _ = weight_qparams(w, {**spec, "method": "PERCENTILE_SYM", "percentile": 99.0})
+    mse, _ = weight_qparams(w, {**spec, "method": "MSE_SYM"})
     assert amax.shape == pct.shape == mse.shape == (8,)
     assert torch.isclose(amax[0], torch.tensor(50.0 / 127))
     assert pct[0] < amax[0] / 10 and torch.all(pct <= amax)
     assert torch.all(mse <= amax) and torch.all(mse >= amax * 0.5 - 1e-9)
-    tensor_scale, zp = weight_qparams(w, "AMAX_SYM", "tensor", 8)
+    tensor_scale, zp = weight_qparams(w, {**spec, "method": "AMAX_SYM", "granularity": "tensor", "axis": None})
     assert tensor_scale.shape == () and int(zp) == 0

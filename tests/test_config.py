@@ -36,7 +36,7 @@ def test_bad_types():
     with pytest.raises(ConfigError, match="percentile"):
         QuantConfig(percentile=120)
     with pytest.raises(ConfigError, match="weight_nbits"):
-        QuantConfig(weight_nbits=4)
+        QuantConfig(weight_nbits=4)  # int8 weights have 8 bits
 
 
 def test_yaml_with_preset_and_override(tmp_path):
@@ -111,3 +111,30 @@ def test_overrides_shape_the_qformat(tiny_models):
     assert "model.layers.1.self_attn/k_cache" not in nodes
     assert "model.layers.1.self_attn/bmm0" not in nodes  # its K operand is no longer quantized
     assert "model.layers.0.self_attn/bmm0" in nodes
+
+
+def test_nbits_follow_the_dtype_unless_set():
+    assert QuantConfig(weight_dtype="int4").weight_bits == 4
+    assert QuantConfig(weight_dtype="int4", weight_nbits=4).weight_bits == 4
+    with pytest.raises(ConfigError, match="weight_nbits: 8 does not match int4"):
+        QuantConfig(weight_dtype="int4", weight_nbits=8)
+    with pytest.raises(ConfigError, match="act_nbits"):
+        QuantConfig(act_dtype="bfloat16", act_nbits=8)
+
+
+def test_group_size_and_gptq_are_checked():
+    with pytest.raises(ConfigError, match="weight_group_size: 7"):
+        QuantConfig(weight_granularity="group", weight_group_size=7)
+    with pytest.raises(ConfigError, match="gptq: rounds int8, int4 or fp8 weights, not weight_dtype 'bfloat16'"):
+        QuantConfig(weight_dtype="bfloat16", gptq=True)
+    with pytest.raises(ConfigError, match="gptq_damp"):
+        QuantConfig(gptq_damp=0)
+
+
+def test_format_presets():
+    w4 = preset("W4A16")
+    assert (w4.weight_dtype, w4.weight_granularity, w4.weight_group_size, w4.gptq) == ("int4", "group", 128, True)
+    assert (w4.act_dtype, w4.kv_dtype) == ("float32", "float32")
+    f8 = preset("W8fA8f")
+    assert (f8.weight_dtype, f8.act_dtype, f8.kv_dtype) == ("fp8_e4m3fn",) * 3
+    assert preset("W16A16").act_dtype == "bfloat16"

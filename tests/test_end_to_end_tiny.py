@@ -185,8 +185,8 @@ def test_unimplemented_quant_format_is_refused_not_approximated(quantized):
     _, q, _ = quantized("gptj-tiny", "W8A8KV8")
     sections = copy.deepcopy(q.sections)
     spec = sections["qformat"]["nodes"]["lm_head/linear0"]["weight"]
-    spec["dtype"], spec["nbits"] = "int4", 4
+    spec["dtype"], spec["nbits"] = "nf4", 4  # a format id this runtime does not know
     from runtime.ir import Graph
 
-    with pytest.raises(lower.LoweringError, match="'int4' with 4 bits is not implemented"):
+    with pytest.raises(lower.LoweringError, match="'nf4' with 4 bits is not implemented"):
         lower.build(Graph.decode(sections["graph/prefill"]), q.tensors.__getitem__, sections["qformat"], 4)

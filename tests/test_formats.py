@@ -1,0 +1,259 @@
+"""Quant formats beyond int8 (spec Q.2a): int4 packing, group granularity, fp8 e4m3, bf16.
+
+Every kernel is checked against a reference computed independently (numpy int64 for integer
+products, float64 numpy for fp8 products, which are exact), and qlevel 3 against qlevel 4.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import numerics
+from runtime.numerics import BF16, FP8, INT, QuantParams
+
+
+def qp(scale, zp=0, nbits=8, symmetric=True, axis=None, group_size=None, kind=INT) -> QuantParams:
+    qmin, qmax = numerics.qrange(nbits, symmetric) if kind == INT else (-448, 448)
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    zp = torch.as_tensor(zp, dtype=torch.int32).expand(scale.shape) if scale.dim() else torch.as_tensor(zp)
+    return QuantParams(scale, zp.to(torch.int32), qmin, qmax, axis, group_size=group_size, kind=kind)
+
+
+# ------------------------------------------------------------------------------------- int4
+def test_int4_packing_puts_even_elements_in_the_low_nibble():
+    q = torch.tensor([[1, -2, 7, -8, 3]], dtype=torch.int8)
+    packed = numerics.pack_int4(q)
+    assert packed.dtype == torch.uint8
+    assert packed.tolist() == [[0xE1, 0x87, 0x03]]  # (-2 & 15) << 4 | 1, (-8 & 15) << 4 | 7, odd tail: 0 high nibble
+    assert torch.equal(numerics.unpack_int4(packed, 5), q)
+
+
+def test_int4_roundtrip_on_random_values():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-8, 8, (17, 64), generator=g, dtype=torch.int8)
+    assert torch.equal(numerics.unpack_int4(numerics.pack_int4(q), 64), q)
+
+
+def test_int4_quantize_clamps_to_the_symmetric_range():
+    q = numerics.quantize(torch.tensor([0.0, 0.49, 0.5, 6.6, 100.0, -100.0]), qp(1.0, nbits=4))
+    assert q.tolist() == [0, 0, 1, 7, 7, -7]
+
+
+# ------------------------------------------------------------------------------------ group
+def _np_quantize(x, scale, zp, qmin, qmax):
+    v = x.astype(np.float32) / np.asarray(scale, dtype=np.float32)
+    r = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+    return np.clip(r + zp, qmin, qmax).astype(np.int64)
+
+
+def test_group_quantize_uses_one_scale_per_group():
+    w = torch.tensor([[1.0, 2.0, 30.0, 40.0]])
+    p = qp([[1.0, 10.0]], axis=1, group_size=2)
+    assert numerics.quantize(w, p).tolist() == [[1, 2, 3, 4]]
+    assert numerics.dequantize(numerics.quantize(w, p), p).tolist() == [[1.0, 2.0, 30.0, 40.0]]
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+@pytest.mark.parametrize("zp", [0, 9])
+def test_grouped_qlinear_equals_int64_reference(nbits, zp):
+    g = torch.Generator().manual_seed(nbits + zp)
+    m, k, n, group = 7, 96, 10, 32
+    x = torch.randn(m, k, generator=g) * 2
+    top = 2 ** (nbits - 1) - 1
+    wq = torch.randint(-top, top + 1, (n, k), generator=g, dtype=torch.int8)
+    ws = torch.rand(n, k // group, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(n, generator=g)
+    xs = 0.04
+    wqp = qp(ws, nbits=nbits, axis=1, group_size=group)
+    y4 = numerics.qlinear(x, wq, wqp, bias, qp(xs, zp, symmetric=False))
+    y3 = numerics.qlinear(x, wq, wqp, bias, qp(xs, zp, symmetric=False), emulate=True)
+    xq = _np_quantize(x.numpy(), xs, zp, -128, 127) - zp
+    w64 = wq.numpy().astype(np.int64)
+    ref = np.zeros((m, n), dtype=np.float32)
+    for i in range(k // group):  # the kernel's fixed group order, float32 sums
+        acc = xq[:, i * group:(i + 1) * group] @ w64[:, i * group:(i + 1) * group].T
+        ref = ref + acc.astype(np.float32) * (np.float32(xs) * ws.numpy()[:, i]).astype(np.float32)
+    ref = ref + bias.numpy()
+    assert torch.equal(y4, torch.from_numpy(ref))
+    assert torch.equal(y3, y4)
+
+
+# -------------------------------------------------------------------------------------- fp8
+def test_fp8_quantize_rounds_to_nearest_even_and_clamps_at_448():
+    p = qp(1.0, kind=FP8)
+    q = numerics.quantize(torch.tensor([1.0625, 1.1875, 500.0, -1000.0, 0.0]), p)
+    assert q.dtype == torch.float8_e4m3fn
+    assert q.to(torch.float32).tolist() == [1.0, 1.25, 448.0, -448.0, 0.0]
+    assert numerics.dequantize(q, qp(0.5, kind=FP8)).tolist() == [0.5, 0.625, 224.0, -224.0, 0.0]
+
+
+def test_fp8_qlinear_accumulates_exactly():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 256, generator=g) * 3
+    w = torch.randn(12, 256, generator=g)
+    ws = w.abs().amax(1) / 448
+    wqp, xqp = qp(ws, axis=0, kind=FP8), qp(float(x.abs().max()) / 448, kind=FP8)
+    wq = numerics.quantize(w, wqp)
+    y = numerics.qlinear(x, wq, wqp, None, xqp)
+    xq = numerics.quantize(x, xqp).to(torch.float32).numpy().astype(np.float64)
+    acc = xq @ wq.to(torch.float32).numpy().astype(np.float64).T  # fp8 products are exact in float64
+    ref = acc.astype(np.float32) * (xqp.scale.numpy() * ws.numpy()).astype(np.float32)
+    assert torch.equal(y, torch.from_numpy(ref))
+    assert torch.equal(numerics.qlinear(x, wq, wqp, None, xqp, emulate=True), y)
+
+
+def test_fp8_qbmm_with_per_head_scales_equals_reference():
+    g = torch.Generator().manual_seed(3)
+    heads = 2
+    a, b = torch.randn(4, 3, 8, generator=g), torch.randn(4, 8, 5, generator=g)
+    pa = qp(0.01, kind=FP8)
+    pb = QuantParams(torch.tensor([0.01, 0.002]), torch.zeros(2, dtype=torch.int32), -448, 448, 0, True, kind=FP8)
+    y = numerics.qbmm(a, pa, b, pb)
+    qa = numerics.quantize(a, pa).to(torch.float64)
+    qb = numerics.quantize(b, pb).to(torch.float64)
+    sb = pb.scale[torch.arange(4) % heads]
+    ref = (qa @ qb).to(torch.float32) * (pa.scale * sb).to(torch.float32)[:, None, None]
+    assert torch.equal(y, ref)
+
+
+# ------------------------------------------------------------------------------------- bf16
+def test_bf16_is_a_cast_without_parameters():
+    p = qp(1.0, kind=BF16)
+    x = torch.tensor([1.0 + 2 ** -9, 3.14159, -2.5])
+    q = numerics.quantize(x, p)
+    assert q.dtype == torch.bfloat16
+    assert numerics.dequantize(q, p).tolist() == x.to(torch.bfloat16).to(torch.float32).tolist()
+
+
+def test_bf16_qlinear_is_the_float_linear_of_the_rounded_operands():
+    g = torch.Generator().manual_seed(4)
+    x, w, b = torch.randn(3, 40, generator=g), torch.randn(6, 40, generator=g), torch.randn(6, generator=g)
+    p = qp(1.0, kind=BF16)
+    y = numerics.qlinear(x, w.to(torch.bfloat16), p, b, p)
+    ref = torch.nn.functional.linear(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float(), b)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-5)
+
+
+def test_no_kernel_for_mixed_formats():
+    assert not numerics.has_kernel(qp(1.0, kind=FP8), qp(1.0))
+    assert numerics.has_kernel(qp([1.0], nbits=4, axis=0), qp(1.0))
+    assert not numerics.has_kernel(qp([[1.0]], axis=1, group_size=2, kind=FP8), qp(1.0, kind=FP8))
+
+
+# ------------------------------------------------------------------------------------- GPTQ
+def _correlated_inputs(n: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k ** 0.5
+    return torch.randn(n, k, generator=g) @ (torch.eye(k) + 2 * mix)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "group"])
+def test_gptq_lowers_output_error_below_round_to_nearest(granularity):
+    from mcq import gptq
+    from mcq.observers import spec_to_qp, weight_qparams
+
+    x = _correlated_inputs(2048, 64, 0)
+    w = torch.randn(24, 64, generator=torch.Generator().manual_seed(1))
+    spec = {"dtype": "int4", "nbits": 4, "granularity": granularity, "axis": 0 if granularity == "channel" else 1,
+            "symmetric": True, "method": "AMAX_SYM", "group_size": 16}
+    scale, zp = weight_qparams(w, spec)
+    p = spec_to_qp(spec, scale, zp)
+    h = gptq.Hessian()
+    for chunk in x.split(500):
+        h.update(chunk)
+    rtn = numerics.fake_quantize(w, p)
+    with_gptq = gptq.gptq_weight(w, p, h.value())
+    assert torch.equal(numerics.fake_quantize(with_gptq, p), with_gptq)  # already on the grid
+    err_rtn = (x @ (w - rtn).t()).pow(2).mean()
+    err_gptq = (x @ (w - with_gptq).t()).pow(2).mean()
+    assert err_gptq < 0.8 * err_rtn
+
+
+def test_gptq_leaves_dead_and_outlier_columns_at_zero():
+    from mcq import gptq
+
+    x = _correlated_inputs(512, 32, 2)
+    x[:, 5] = 0.0  # a dead input channel
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    w[:, 9] = 0.0  # an outlier column moved to the float side path
+    h = gptq.Hessian()
+    h.update(x)
+    hs = gptq.transformed(h.value(), None, torch.tensor([9]))
+    p = qp(w.abs().amax(1) / 7, nbits=4, axis=0)
+    out = gptq.gptq_weight(w, p, hs)
+    assert out[:, 5].abs().sum() == 0 and out[:, 9].abs().sum() == 0
+
+
+def test_gptq_hessian_is_shared_by_linears_reading_the_same_tensor(tiny_models):
+    import dataclasses
+
+    import mcq
+    from mcq.calibrate import shared_hessians
+    from mcq.plan import plan_qformat
+
+    captured = mcq.capture_model(tiny_models("llama-tiny"))
+    cfg = dataclasses.replace(mcq.preset("W4A16"), weight_group_size=32)
+    hs = shared_hessians(captured.graphs["prefill"], plan_qformat(captured.graphs["prefill"], cfg))
+    q, k, v = (hs[f"model.layers.0.self_attn.{n}_proj/linear0"] for n in "qkv")
+    assert q is k is v
+    assert hs["model.layers.0.mlp.down_proj/linear0"] is not q
+
+
+# ------------------------------------------------------------------------ through a bundle
+BUNDLE_CASES = {  # preset -> (file dtype of a linear weight, KV cache dtype, max |logit - eager|)
+    "W4A16": ("U8", torch.float32, 0.3),
+    "W8fA8f": ("F8_E4M3", torch.float8_e4m3fn, 0.15),
+    "W16A16": ("BF16", torch.bfloat16, 0.02),
+}
+
+
+@pytest.fixture(scope="module")
+def format_bundles(tiny_models, tmp_path_factory):
+    import dataclasses
+
+    import mcq
+
+    model = tiny_models("llama-tiny")
+    captured = mcq.capture_model(model)
+    folder = tmp_path_factory.mktemp("formats")
+    out = {}
+    for name in BUNDLE_CASES:
+        cfg = mcq.preset(name)
+        if name == "W4A16":
+            cfg = dataclasses.replace(cfg, weight_group_size=32)  # tiny layers have 64 / 128 inputs
+        q = mcq.quantize(captured, cfg, progress=False)
+        q.save(folder / f"{name}.mcq")
+        out[name] = folder / f"{name}.mcq"
+    return model, out
+
+
+@pytest.mark.parametrize("name", list(BUNDLE_CASES))
+def test_format_bundle_runs_bit_identical_at_qlevels_3_and_4(format_bundles, hf_reference, name):
+    import mcq_format
+    import runtime
+
+    model, paths = format_bundles
+    weight_dtype, kv_dtype, tolerance = BUNDLE_CASES[name]
+    with mcq_format.read(paths[name]) as b:
+        info = b.tensor_info("model.layers.0.mlp.down_proj/linear0/weight")
+        assert info.dtype == weight_dtype
+        if name == "W4A16":
+            assert info.shape == (64, 64)  # [out, in / 2]: two values per byte
+            spec = b.sections["qformat"]["nodes"]["model.layers.0.mlp.down_proj/linear0"]["weight"]
+            assert spec["shape"] == [64, 128] and spec["granularity"] == "group" and spec["rounding"] == "gptq"
+    ids = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    runs = {}
+    for level in (3, 4):
+        m = runtime.load(paths[name], level)
+        logits, cache = m.prefill(ids, mask)
+        step, _ = m.decode(logits[:, -1].argmax(-1), cache)
+        runs[level] = (logits, step, cache.tensors[0])
+    assert runs[4][2].dtype == kv_dtype
+    for a, b in zip(runs[3], runs[4]):
+        assert torch.equal(a, b)
+    eager = hf_reference(model, ids, mask)
+    diff = (runs[4][0] - eager)[mask.bool()].abs().max()
+    assert 0 < diff < tolerance
