@@ -76,14 +76,15 @@ def capture_model(model: torch.nn.Module, example_inputs: Any = None, dynamic_sh
 
 
 def token_samples(captured: Any, tokenizer: Any, data: str | os.PathLike[str] | None, seq_len: int,
-                  max_samples: int | None) -> list[list[int]]:
+                  max_samples: int | None, n_random: int = 8) -> list[list[int]]:
     """Calibration token ids: chunks of the token stream for a causal LM, one tokenized text
-    (with its special tokens) per sample for an encoder, seeded random tokens without a tokenizer."""
+    (with its special tokens) per sample for an encoder, `n_random` seeded random sequences
+    without a tokenizer."""
     from mcq.capture import ENCODER
     from mcq.data import load_samples, load_texts
 
     if tokenizer is None:
-        return random_samples(int(captured.model_config["vocab_size"]))
+        return random_samples(int(captured.model_config["vocab_size"]), n_random)
     if captured.kind == ENCODER:
         # a copy: calibration must not change the tokenizer the bundle embeds (padding, truncation)
         from tokenizers import Tokenizer
@@ -101,19 +102,22 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
              data: str | os.PathLike[str] | None = None, samples: Sequence[Any] | None = None,
              example_inputs: Any = None, dynamic_shapes: Any = None,
              seq_len: int = 256, max_samples: int | None = 64, batch_size: int = 4,
-             progress: bool = True) -> Quantized:
+             progress: bool = True, qparams: str | os.PathLike[str] | None = None) -> Quantized:
     """Capture `model` (see `capture_model`), calibrate it and return the quantized bundle.
 
     HF models calibrate on token ids: `samples` (token-id lists) if given, else `data` (a .txt
     file or .json/.jsonl records {instruction, input, output}), else the built-in English text;
     models without a tokenizer calibrate on seeded random tokens. A generic module (given with
     `example_inputs`) calibrates on `samples`, each one call's inputs (a tuple of tensors or a
-    dict of keyword arguments), else on `example_inputs` alone.
+    dict of keyword arguments), else on `example_inputs` alone. `qparams`: an `.npz` of
+    parameters calibrated elsewhere (reference schema, see `mcq export-reference`) that replace
+    the calibrated ones.
     """
     from mcq import channels
     from mcq.bundle import assemble, sections
     from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
-    from mcq.capture import MODULE, Captured
+    from mcq.capture import CAUSAL_LM, MODULE, Captured
+    from mcq.interop import ImportedQParams
     from mcq.plan import plan_qformat
 
     cfg = config or QuantConfig()
@@ -122,6 +126,9 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     model_config = captured.model_config
     graph = captured.main_graph
     plan = plan_qformat(graph, cfg)
+    if cfg.searches and captured.kind != CAUSAL_LM:
+        raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) measures perplexity: "
+                          "causal LMs only")
     batches: list[Any]
     if captured.kind == MODULE:
         if samples is None:
@@ -132,7 +139,10 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
         batches = [captured.graph_inputs(s) for s in samples]
     else:
         if samples is None:
-            samples = token_samples(captured, tokenizer, data, seq_len, max_samples)
+            samples = token_samples(captured, tokenizer, data, seq_len, max_samples,
+                                    8 + (cfg.auto_samples if cfg.searches else 0))
+        if cfg.searches:
+            return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
         batches = batches_of(samples, batch_size)
     hessians = shared_hessians(graph, plan)
     observers = calibrate(captured, plan, batches, progress, hessians)
@@ -142,7 +152,9 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
     heads = int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
-    assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()})
+    imported = ImportedQParams.load(qparams) if qparams is not None else None
+    assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()},
+                         imported)
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 
@@ -157,3 +169,45 @@ def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg
         return {g[0]: float(cfg.smoothquant_alpha) for g in groups}
     return channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
                                   float(cfg.act_outlier_threshold), progress)
+
+
+def _quantize_searched(captured: Any, cfg: QuantConfig, tokenizer: Any, samples: list[Any], batch_size: int,
+                       progress: bool, qparams: Any) -> Quantized:
+    """Automatic mixed precision (`mcq.search`): the last `cfg.auto_samples` samples are held out
+    to measure per-node sensitivity and perplexity; the rest calibrate every trial."""
+    import dataclasses
+
+    from mcq import search
+    from mcq.calibrate import batches_of
+    from mcq.evaluate import perplexity
+    from mcq.report import node_errors
+
+    if len(samples) <= cfg.auto_samples:
+        raise ConfigError(f"auto_samples: {cfg.auto_samples} held-out samples leave none of the {len(samples)} "
+                          "calibration samples to calibrate on")
+    calib, held = samples[: -cfg.auto_samples], samples[-cfg.auto_samples :]
+    held_ids = [t for s in held for t in s]
+    base = dataclasses.replace(cfg, auto_max_increase=None, auto_max_fraction=None)
+
+    done: dict[QuantConfig, Quantized] = {}
+
+    def run(c: QuantConfig) -> Quantized:
+        if c not in done:  # the chosen trial is not quantized twice
+            done[c] = quantize(captured, c, tokenizer=tokenizer, samples=calib, batch_size=batch_size,
+                               progress=progress, qparams=qparams)
+        return done[c]
+
+    uniform = run(base)
+    errors = node_errors(captured.graphs["prefill"], captured.tensors.__getitem__, uniform, batches_of(held, 1))
+    measure = lambda q: perplexity(q.model(2), held_ids, window=len(held[0]))  # noqa: E731
+    float_ppl = None
+    if cfg.auto_max_increase is not None:
+        float_ppl = measure(quantize(captured, preset("FLOAT"), tokenizer=tokenizer, samples=calib[:1],
+                                     progress=False))
+    result = search.search(run, base, errors, uniform.sections["qformat"], max_fraction=cfg.auto_max_fraction,
+                           max_increase=cfg.auto_max_increase, perplexity=measure, float_perplexity=float_ppl)
+    chosen = run(result.config)
+    budget = {k: v for k, v in (("max_increase", cfg.auto_max_increase), ("max_fraction", cfg.auto_max_fraction))
+              if v is not None}
+    chosen.sections["manifest"]["quant"]["search"] = result.record(budget)
+    return chosen

@@ -11,6 +11,7 @@ import torch
 from mcq.capture import Captured
 from mcq.config import QuantConfig
 from mcq import channels, gptq
+from mcq.interop import ImportedQParams, QParamsImportError
 from mcq.observers import Observer, spec_to_qp, weight_qparams
 from runtime import numerics
 from runtime.ir import Graph, TensorRef
@@ -34,7 +35,7 @@ def _store(tensors: dict[str, torch.Tensor], prefix: str, scale: torch.Tensor, z
 
 
 def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, torch.Tensor], name: str,
-                    hessian: torch.Tensor | None = None) -> torch.Tensor:
+                    hessian: torch.Tensor | None = None, imported: ImportedQParams | None = None) -> torch.Tensor:
     """Quantize a float weight for its spec: parameters stored in `tensors`, the stored form
     returned (int4 packed two per byte, its unpacked shape in the spec). With a `hessian`
     (GPTQ) the rounding compensates each column's error in the columns not yet quantized."""
@@ -42,6 +43,9 @@ def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, t
         raise ValueError(f"{name}: {w.shape[-1]} input channels are not a multiple of weight_group_size "
                          f"{wspec['group_size']}; override this node's weight_group_size or granularity")
     scale, zp = weight_qparams(w, wspec)
+    if imported is not None:
+        scale, zp = imported.params(name.removesuffix("/weight") + ".weight", wspec, tuple(scale.shape)) \
+            or (scale, zp)
     _store(tensors, name, scale, zp, wspec)
     qp = spec_to_qp(wspec, scale, zp)
     q = numerics.quantize(gptq.gptq_weight(w, qp, hessian) if hessian is not None else w, qp)
@@ -65,11 +69,13 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
 
 def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
              heads: int, chan: dict[str, channels.ChannelPlan] | None = None,
-             hessians: dict[str, torch.Tensor] | None = None) -> Assembled:
+             hessians: dict[str, torch.Tensor] | None = None, imported: ImportedQParams | None = None
+             ) -> Assembled:
     """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
 
     `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one.
-    `hessians`: qkey -> input Hessian of the linears whose weights GPTQ rounds."""
+    `hessians`: qkey -> input Hessian of the linears whose weights GPTQ rounds.
+    `imported`: parameters calibrated elsewhere; they replace the calibrated ones they name."""
     qformat = copy.deepcopy(plan)
     graphs = {k: copy.deepcopy(g) for k, g in captured.graphs.items()}
     tensors: dict[str, torch.Tensor] = {}
@@ -80,9 +86,15 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 assert isinstance(n.args[1], TensorRef)
                 weight_of.setdefault(n.qkey, n.args[1].name)
                 n.args[1] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
-    chan = chan or {}
+    chan = dict(chan or {})
     for qkey, entry in qformat["nodes"].items():
         wspec = entry.get("weight")
+        smooth = imported.smoothing(qkey) if imported is not None else None
+        if smooth is not None:
+            if qkey not in chan or chan[qkey].smooth is None:
+                raise QParamsImportError(f"{imported.source}: {qkey}: a smoothing_scale for a node the config "  # type: ignore[union-attr]
+                                         "does not smooth (set smoothquant: true)")
+            chan[qkey] = channels.ChannelPlan(chan[qkey].outliers, smooth)
         if wspec:
             w = captured.tensors[weight_of[qkey]].to(torch.float32)
             if qkey in chan:
@@ -93,7 +105,7 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
             h = (hessians or {}).get(qkey)
             if h is not None and qkey in chan:
                 h = gptq.transformed(h, chan[qkey].smooth, chan[qkey].outliers)
-            tensors[f"{qkey}/weight"] = quantize_weight(w, wspec, tensors, f"{qkey}/weight", h)
+            tensors[f"{qkey}/weight"] = quantize_weight(w, wspec, tensors, f"{qkey}/weight", h, imported)
         for role, spec in entry["inputs"].items():
             if spec.get("source"):
                 continue
@@ -103,10 +115,14 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 _store_channel_plan(tensors, f"{qkey}/{role}", chan[qkey], spec)
             else:
                 scale, zp = obs.qparams(spec)
+            if imported is not None:
+                scale, zp = imported.params(f"{qkey}.input_{role}", spec, tuple(scale.shape)) or (scale, zp)
             _store(tensors, f"{qkey}/{role}", scale, zp, spec)
     for qkey, entry in qformat["nodes"].items():  # derived specs, after their sources exist
         for role, spec in entry["inputs"].items():
             src = spec.get("source")
+            if src and imported is not None:
+                imported.skip(f"{qkey}.input_{role}")
             if src:
                 s = qformat["nodes"][src]["inputs"]["x"]
                 if s["dtype"] == "bfloat16":
@@ -115,6 +131,8 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 group = heads // kv_scale.numel()  # grouped-query attention: heads share a KV head
                 _store(tensors, f"{qkey}/{role}", kv_scale.repeat_interleave(group),
                        kv_zp.repeat_interleave(group), spec)
+    if imported is not None:
+        imported.check_all_used()
     used = set().union(*(g.tensor_names() for g in graphs.values()))
     for name in sorted(used):
         if name not in tensors:

@@ -74,10 +74,14 @@ def main() -> None:
 @click.option("--samples", default=64, show_default=True, help="Maximum calibration samples.")
 @click.option("--seq-len", default=256, show_default=True, help="Tokens per calibration sample.")
 @click.option("--batch-size", default=4, show_default=True, help="Calibration batch size.")
+@click.option("--qparams", "qparams_path", type=click.Path(path_type=Path),
+              help="Import parameters calibrated elsewhere: a qparams.npz in the reference schema "
+                   "(as `mcq export-reference` writes); they replace the calibrated ones they name.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output FILE.mcq.")
 @_friendly_errors
 def quantize(model_dir: Path | None, example: str | None, config_path: Path | None, preset: str | None,
-             data: Path | None, samples: int, seq_len: int, batch_size: int, output: Path) -> None:
+             data: Path | None, samples: int, seq_len: int, batch_size: int, qparams_path: Path | None,
+             output: Path) -> None:
     """Capture, calibrate and quantize a model into one .mcq file.
 
     MODEL_DIR is a Hugging Face model folder (config.json + weights, or a .gguf file): a causal LM,
@@ -96,11 +100,13 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
         raise FileNotFoundError(f"{model_dir}: model path does not exist")
     if data is not None and not data.is_file():
         raise FileNotFoundError(f"{data}: calibration data file not found")
+    if qparams_path is not None and not qparams_path.is_file():
+        raise FileNotFoundError(f"{qparams_path}: qparams file not found")
     click.echo(f"loading {example or model_dir} ...", err=True)
     model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
     click.echo("capturing graphs ...", err=True)
     q = mcq.quantize(model, cfg, tokenizer=tok, data=data, max_samples=samples, seq_len=seq_len,
-                     batch_size=batch_size)
+                     batch_size=batch_size, qparams=qparams_path)
     q.save(output)
     click.echo(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
 

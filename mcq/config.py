@@ -112,6 +112,11 @@ class QuantConfig:
     gptq_damp: float = 0.01
     # mixed precision: later overrides win; see `Override`
     overrides: tuple[Override, ...] = ()
+    # automatic mixed precision (mcq.search): raise the most sensitive quant points until the
+    # held-out perplexity is within auto_max_increase % of float, or raise auto_max_fraction of them
+    auto_max_increase: float | None = None
+    auto_max_fraction: float | None = None
+    auto_samples: int = 8  # calibration samples held out to measure sensitivity and perplexity
     qlevel: int = 4
 
     def __post_init__(self) -> None:
@@ -133,6 +138,15 @@ class QuantConfig:
         d = self.gptq_damp
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < float(d) <= 1.0:
             raise ConfigError(f"gptq_damp: {d!r} is not a number in (0, 1]")
+        if self.auto_max_increase is not None and self.auto_max_fraction is not None:
+            raise ConfigError("auto_max_increase and auto_max_fraction: give one budget, not both")
+        for key, top in (("auto_max_increase", 1000.0), ("auto_max_fraction", 1.0)):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= top):
+                raise ConfigError(f"{key}: {v!r} is not a number in [0, {top:g}]")
+        n = self.auto_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"auto_samples: {n!r} is not an integer >= 1")
         for key in ("disable_inout", "smoothquant", "gptq"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a boolean (true or false)")
@@ -161,6 +175,10 @@ class QuantConfig:
     @property
     def act_bits(self) -> int:
         return DTYPE_BITS[self.act_dtype]
+
+    @property
+    def searches(self) -> bool:
+        return self.auto_max_increase is not None or self.auto_max_fraction is not None
 
     @property
     def quantizes_weights(self) -> bool:

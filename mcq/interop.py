@@ -67,3 +67,71 @@ def export_reference(path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     yaml_path.write_text(yaml.safe_dump(qformat, sort_keys=True))
     np.savez(npz_path, **arrays)
     return yaml_path, npz_path
+
+
+class QParamsImportError(ValueError):
+    """A qparams file does not fit the model: the message names the file and the key."""
+
+
+class ImportedQParams:
+    """Quantization parameters calibrated elsewhere, in the reference schema of `export_reference`:
+    `<qkey>.input_<role>.{scale,zero_point | amax | min,max}`, `<qkey>.weight.{scale | amax}`,
+    `<qkey>.input_x.smoothing_scale`. They replace what calibration found; every key must be used."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], source: str) -> None:
+        self.arrays, self.source = arrays, source
+        self.used: set[str] = set()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ImportedQParams":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls({k: z[k] for k in z.files}, str(path))
+        except (OSError, ValueError) as e:
+            raise QParamsImportError(f"{path}: not a readable .npz of arrays ({e})") from None
+
+    def _take(self, key: str) -> Any:
+        self.used.add(key)
+        import torch
+
+        return torch.from_numpy(np.array(self.arrays[key]))
+
+    def smoothing(self, qkey: str) -> Any:
+        key = f"{qkey}.input_x.smoothing_scale"
+        return self._take(key).float() if key in self.arrays else None
+
+    def params(self, prefix: str, spec: dict[str, Any], shape: tuple[int, ...]) -> Any:
+        """(scale, zero_point) for `prefix` ('<qkey>.input_x', '<qkey>.weight'), or None."""
+        import torch
+
+        from mcq.observers import spec_qparams
+
+        a = self.arrays
+        if f"{prefix}.scale" in a:
+            scale = self._take(f"{prefix}.scale").to(torch.float32)
+            zp = self._take(f"{prefix}.zero_point").to(torch.int32) if f"{prefix}.zero_point" in a \
+                else torch.zeros_like(scale, dtype=torch.int32)
+        elif f"{prefix}.amax" in a:
+            amax = self._take(f"{prefix}.amax").to(torch.float32)
+            scale, zp = spec_qparams(-amax, amax, {**spec, "symmetric": True, "method": "AMAX_SYM"})
+        elif f"{prefix}.min" in a and f"{prefix}.max" in a:
+            scale, zp = spec_qparams(self._take(f"{prefix}.min").to(torch.float32),
+                                     self._take(f"{prefix}.max").to(torch.float32), spec)
+        else:
+            return None
+        self.skip(prefix)  # the other encodings of the same parameters (an export writes all of them)
+        if tuple(scale.shape) != tuple(shape) or tuple(zp.shape) != tuple(shape):
+            raise QParamsImportError(f"{self.source}: {prefix}: parameters of shape {list(scale.shape)}, "
+                               f"this node needs {list(shape)}")
+        return scale, zp
+
+    def skip(self, prefix: str) -> None:
+        """Count `prefix`'s parameters as used (also for derived ones, e.g. the Q.K^T key operand,
+        which always follows the imported KV-cache parameters)."""
+        self.used.update(f"{prefix}.{k}" for k in ("scale", "zero_point", "amax", "min", "max"))
+
+    def check_all_used(self) -> None:
+        unused = sorted(set(self.arrays) - self.used)
+        if unused:
+            raise QParamsImportError(f"{self.source}: {len(unused)} keys match no quant point of this model/config, "
+                               f"e.g. {', '.join(unused[:3])}")

@@ -161,3 +161,31 @@ def test_report_names_worst_nodes_and_suggests_overrides(tmp_path):
 def test_usage_errors_keep_clicks_exit_code():
     r = run("quantize", "-o", "x.mcq")  # neither MODEL_DIR nor --example
     assert r.exit_code == 2 and "give either MODEL_DIR or --example" in r.output
+
+
+def test_imported_qparams_replace_the_calibrated_ones(tmp_path, quantized):
+    """Export a bundle's parameters, scale one activation range, import: the new bundle carries it."""
+    import numpy as np
+    import torch
+
+    import mcq
+    from mcq.interop import QParamsImportError, export_reference
+
+    model, q, path = quantized("llama-tiny", "W8A8KV8")
+    _, npz = export_reference(path, tmp_path / "ref")
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    key = "model.layers.1.mlp.down_proj/linear0"
+    arrays[f"{key}.input_x.scale"] = arrays[f"{key}.input_x.scale"] * 2
+    edited = tmp_path / "edited.npz"
+    np.savez(edited, **arrays)
+    again = mcq.quantize(model, mcq.preset("W8A8KV8"), progress=False, qparams=edited)
+    for name, t in q.tensors.items():
+        if name == f"{key}/x.scale":
+            assert torch.equal(again.tensors[name], t * 2)
+        else:
+            assert torch.equal(again.tensors[name], t), name
+    arrays["not.a.node.input_x.scale"] = np.float32(1.0)
+    np.savez(edited, **arrays)
+    with pytest.raises(QParamsImportError, match="1 keys match no quant point.*not.a.node"):
+        mcq.quantize(model, mcq.preset("W8A8KV8"), progress=False, qparams=edited)

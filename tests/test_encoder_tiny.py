@@ -121,6 +121,9 @@ def test_encoder_without_tokenizer_calibrates_on_random_tokens(quantized):
         rt.embed("hello")
     ids, mask = _padded_batch()
     assert rt(ids, mask)[1].shape == (3, 64)
+    model = quantized("bert-tiny", "W8A8")[0]
+    with pytest.raises(mcq.ConfigError, match="causal LMs only"):  # the search measures perplexity
+        mcq.quantize(model, mcq.QuantConfig.from_dict({"preset": "W8A8", "auto_max_fraction": 0.1}), progress=False)
 
 
 # -- generic modules ------------------------------------------------------------------------------

@@ -257,3 +257,15 @@ def test_format_bundle_runs_bit_identical_at_qlevels_3_and_4(format_bundles, hf_
     eager = hf_reference(model, ids, mask)
     diff = (runs[4][0] - eager)[mask.bool()].abs().max()
     assert 0 < diff < tolerance
+
+
+@pytest.mark.parametrize("zp", [0, -5])
+def test_int4_per_channel_weights_with_int8_input_equal_int64_reference(zp):
+    g = torch.Generator().manual_seed(11 + zp)
+    x = torch.randn(6, 40, generator=g)
+    wq = torch.randint(-7, 8, (9, 40), generator=g, dtype=torch.int8)
+    ws = torch.rand(9, generator=g) * 0.1 + 1e-2
+    y = numerics.qlinear(x, wq, qp(ws, nbits=4, axis=0), None, qp(0.03, zp, symmetric=False))
+    acc = (_np_quantize(x.numpy(), 0.03, zp, -128, 127) - zp) @ wq.numpy().astype(np.int64).T
+    ref = acc.astype(np.float32) * (np.float32(0.03) * ws.numpy()).astype(np.float32)
+    assert torch.equal(y, torch.from_numpy(ref))
