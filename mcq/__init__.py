@@ -1,9 +1,16 @@
-"""mcq: quantize a PyTorch causal LM into one self-contained `.mcq` file.
+"""mcq: quantize a PyTorch model into one self-contained `.mcq` file.
 
     import mcq
     q = mcq.quantize(model, mcq.QuantConfig(), tokenizer=tok)   # capture + calibrate
     q.save("model.mcq")                                         # one file, no pickles
     runtime.load("model.mcq").generate("The capital of France is")
+
+Hugging Face causal LMs get prefill/decode entry points, Hugging Face encoders (BERT style) a
+`forward` entry point with sentence embeddings (`runtime.load(...).embed(texts)`), and any other
+nn.Module that torch.export can capture a `forward` entry point over its own inputs:
+
+    q = mcq.quantize(module, cfg, example_inputs=(x,), samples=[(x1,), (x2,)])
+    runtime.load("module.mcq")(x)
 """
 from __future__ import annotations
 
@@ -49,47 +56,94 @@ def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> 
     return torch.randint(0, vocab, (n, seq_len), generator=gen).tolist()
 
 
-def capture_model(model: torch.nn.Module):
-    """Export `model` (an HF causal LM) once; pass the result to `quantize` for each config."""
-    from mcq.capture import capture_causal_lm
+def capture_model(model: torch.nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None):
+    """Export `model` once; pass the result to `quantize` for each config.
 
+    An HF causal LM gives prefill + decode graphs and an HF encoder (a model that cannot
+    generate, e.g. BertModel) a `forward` graph, both without `example_inputs`. Any other module
+    needs `example_inputs` (a tuple of positional arguments, or a dict of keyword arguments) and,
+    for sizes that vary, torch.export's `dynamic_shapes`."""
+    from mcq.capture import CaptureError, capture_causal_lm, capture_encoder, capture_module, is_hf_encoder
+
+    if example_inputs is not None:
+        return capture_module(model, example_inputs, dynamic_shapes)
+    if is_hf_encoder(model):
+        return capture_encoder(model)
+    if not hasattr(model, "config"):
+        raise CaptureError(f"{type(model).__name__} is not a Hugging Face model: pass example_inputs=(...) "
+                           "(and dynamic_shapes) to capture it")
     return capture_causal_lm(model)
 
 
+def token_samples(captured: Any, tokenizer: Any, data: str | os.PathLike[str] | None, seq_len: int,
+                  max_samples: int | None, n_random: int = 8) -> list[list[int]]:
+    """Calibration token ids: chunks of the token stream for a causal LM, one tokenized text
+    (with its special tokens) per sample for an encoder, `n_random` seeded random sequences
+    without a tokenizer."""
+    from mcq.capture import ENCODER
+    from mcq.data import load_samples, load_texts
+
+    if tokenizer is None:
+        return random_samples(int(captured.model_config["vocab_size"]), n_random)
+    if captured.kind == ENCODER:
+        # a copy: calibration must not change the tokenizer the bundle embeds (padding, truncation)
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_padding()
+        if backend.truncation is None or backend.truncation["max_length"] > seq_len:
+            backend.enable_truncation(seq_len)
+        return [backend.encode(t).ids for t in load_texts(data, max_samples)]
+    encode = tokenizer.backend_tokenizer.encode
+    return load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
+
+
 def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = None,
-             data: str | os.PathLike[str] | None = None, samples: Sequence[Sequence[int]] | None = None,
+             data: str | os.PathLike[str] | None = None, samples: Sequence[Any] | None = None,
+             example_inputs: Any = None, dynamic_shapes: Any = None,
              seq_len: int = 256, max_samples: int | None = 64, batch_size: int = 4,
              progress: bool = True, qparams: str | os.PathLike[str] | None = None) -> Quantized:
-    """Capture `model` (an HF causal LM), calibrate it on `data` and return the quantized bundle.
+    """Capture `model` (see `capture_model`), calibrate it and return the quantized bundle.
 
-    Calibration data: `samples` (token-id lists) if given, else `data` (a .txt file or .json/.jsonl
-    records {instruction, input, output}), else the built-in English text; models without a
-    tokenizer calibrate on seeded random tokens. `qparams`: an `.npz` of parameters calibrated
-    elsewhere (reference schema, see `mcq export-reference`) that replace the calibrated ones.
+    HF models calibrate on token ids: `samples` (token-id lists) if given, else `data` (a .txt
+    file or .json/.jsonl records {instruction, input, output}), else the built-in English text;
+    models without a tokenizer calibrate on seeded random tokens. A generic module (given with
+    `example_inputs`) calibrates on `samples`, each one call's inputs (a tuple of tensors or a
+    dict of keyword arguments), else on `example_inputs` alone. `qparams`: an `.npz` of
+    parameters calibrated elsewhere (reference schema, see `mcq export-reference`) that replace
+    the calibrated ones.
     """
     from mcq import channels
     from mcq.bundle import assemble, sections
     from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
-    from mcq.capture import Captured, capture_causal_lm
-    from mcq.data import load_samples
+    from mcq.capture import CAUSAL_LM, MODULE, Captured
     from mcq.interop import ImportedQParams
     from mcq.plan import plan_qformat
 
     cfg = config or QuantConfig()
     # a Captured model (from `capture_model`) can be quantized with several configs without re-export
-    captured = model if isinstance(model, Captured) else capture_causal_lm(model)
+    captured = model if isinstance(model, Captured) else capture_model(model, example_inputs, dynamic_shapes)
     model_config = captured.model_config
-    graph = captured.graphs["prefill"]
+    graph = captured.main_graph
     plan = plan_qformat(graph, cfg)
-    if samples is None:
-        if tokenizer is not None:
-            encode = tokenizer.backend_tokenizer.encode
-            samples = load_samples(lambda t: encode(t).ids, data, seq_len, max_samples)
-        else:
-            samples = random_samples(int(model_config["vocab_size"]), 8 + (cfg.auto_samples if cfg.searches else 0))
-    if cfg.searches:
-        return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
-    batches = batches_of(samples, batch_size)
+    if cfg.searches and captured.kind != CAUSAL_LM:
+        raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) measures perplexity: "
+                          "causal LMs only")
+    batches: list[Any]
+    if captured.kind == MODULE:
+        if samples is None:
+            samples = [] if example_inputs is None else [example_inputs]
+        if not samples and any(e["inputs"] for e in plan["nodes"].values()):
+            raise ValueError("quantizing activations of a captured module needs samples=[...] "
+                             "(tuples of its inputs, or dicts of keyword arguments)")
+        batches = [captured.graph_inputs(s) for s in samples]
+    else:
+        if samples is None:
+            samples = token_samples(captured, tokenizer, data, seq_len, max_samples,
+                                    8 + (cfg.auto_samples if cfg.searches else 0))
+        if cfg.searches:
+            return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
+        batches = batches_of(samples, batch_size)
     hessians = shared_hessians(graph, plan)
     observers = calibrate(captured, plan, batches, progress, hessians)
     names = channels.weight_names(graph)
@@ -97,7 +151,7 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress)
     chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
-    heads = int(model_config.get("num_attention_heads") or model_config["n_head"])
+    heads = int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
     imported = ImportedQParams.load(qparams) if qparams is not None else None
     assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()},
                          imported)
@@ -105,11 +159,11 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
 
 
 def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg: QuantConfig,
-                        weight: Any, batches: list[torch.Tensor], progress: bool) -> dict[str, float]:
+                        weight: Any, batches: list[Any], progress: bool) -> dict[str, float]:
     """SmoothQuant alpha per channel group (keyed by the group's first qkey)."""
     from mcq import channels
 
-    graph = captured.graphs["prefill"]
+    graph = captured.main_graph
     groups = channels.groups(graph, plan)
     fixed = {g[0]: cfg.for_node(g[0], "linear").smoothquant_alpha for g in groups}  # per-node overrides
     if all(a != "auto" for a in fixed.values()):

@@ -167,7 +167,8 @@ def sections(assembled: Assembled, captured: Captured, cfg: QuantConfig, tokeniz
     graphs = assembled.graphs
     entry_points = {
         name: {"graph": f"graph/{name}", "inputs": _signature(g),
-               "outputs": [{"name": o, "dtype": "float32", "shape": []} for o, _ in g.outputs]}
+               "outputs": [o.encode() for o in captured.output_specs[name]] if name in captured.output_specs
+               else [{"name": o, "dtype": "float32", "shape": []} for o, _ in g.outputs]}
         for name, g in graphs.items()
     }
     tok_meta = None
@@ -191,7 +192,8 @@ def sections(assembled: Assembled, captured: Captured, cfg: QuantConfig, tokeniz
         "producer": {"name": "mcq", "version": producer_version},
         "model": {"family": captured.family, "config": captured.model_config},
         "entry_points": entry_points,
-        "kv_cache": {**captured.kv_shape, "dtype": kv_dtype},
+        # only bundles with a decode entry point have a KV cache to describe
+        **({"kv_cache": {**captured.kv_shape, "dtype": kv_dtype}} if captured.kv_shape else {}),
         "quant": {**cfg.to_dict()},
         "tokenizer": tok_meta,
     }

@@ -1,8 +1,11 @@
-"""qlevel-2 calibration: run the prefill graph with observers at every quant point."""
+"""qlevel-2 calibration: run the main graph (prefill, or forward) with observers at every quant point.
+
+A calibration batch is a tensor of token ids (run with an all-ones attention mask) or a tuple of
+the graph's inputs."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -11,6 +14,14 @@ from mcq.capture import Captured
 from mcq.gptq import Hessian
 from mcq.observers import Observer
 from runtime import lower
+
+
+Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def as_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The graph inputs of one calibration batch: token ids get an all-ones attention mask."""
+    return (batch, torch.ones_like(batch)) if isinstance(batch, torch.Tensor) else tuple(batch)
 
 
 def make_observers(qformat: dict[str, Any]) -> dict[tuple[str, str], Observer]:
@@ -39,10 +50,10 @@ def batches_of(samples: Sequence[Sequence[int]], batch_size: int) -> list[torch.
     return out
 
 
-def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[torch.Tensor],
+def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[Batch],
               progress: bool = True, hessians: dict[str, Hessian] | None = None
               ) -> dict[tuple[str, str], Observer]:
-    """Observe every quant point of the prefill graph over `batches`; decode reuses the same keys.
+    """Observe every quant point of the main graph over `batches` (decode reuses prefill's keys).
 
     `hessians` (qkey -> Hessian, for GPTQ) are filled in the same pass; linears reading the same
     tensor share one Hessian object, updated once per batch."""
@@ -61,12 +72,12 @@ def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[tor
             seen.add(id(h))
             h.update(x)
 
-    gm = lower.build(captured.graphs["prefill"], captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
+    gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
     batches = list(batches)
     with torch.no_grad():
-        for ids in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+        for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
             seen.clear()
-            gm(ids, torch.ones_like(ids))
+            gm(*as_inputs(batch))
     missing = [f"{k}:{r}" for (k, r), o in observers.items() if o.min is None]
     if missing:
         raise RuntimeError(f"calibration never reached quant points: {', '.join(missing[:5])}")
@@ -74,7 +85,7 @@ def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[tor
 
 
 def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dict[str, Any],
-                          observers: dict[tuple[str, str], Observer], batches: list[torch.Tensor],
+                          observers: dict[tuple[str, str], Observer], batches: list[Batch],
                           progress: bool = True) -> None:
     """Second pass for histogram methods on inputs with a per-channel treatment: stream the
     histogram of the transformed tensor (outlier channels removed, divided by the smoothing)."""
@@ -96,10 +107,10 @@ def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dic
                 x = x / p.smooth
             observers[(qkey, "x")].transformed.update(x[..., keep])  # type: ignore[union-attr]
 
-    gm = lower.build(captured.graphs["prefill"], captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
+    gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
     with torch.no_grad():
-        for ids in tqdm(batches, desc="calibrating (2nd pass)", unit="batch", disable=not progress):
-            gm(ids, torch.ones_like(ids))
+        for batch in tqdm(batches, desc="calibrating (2nd pass)", unit="batch", disable=not progress):
+            gm(*as_inputs(batch))
 
 
 def shared_hessians(graph: Any, qformat: dict[str, Any]) -> dict[str, Hessian]:

@@ -124,10 +124,12 @@ def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tens
 
 
 def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
-                  weight: Weights, tensors: Weights, batches: Iterable[torch.Tensor], threshold: float,
+                  weight: Weights, tensors: Weights, batches: Iterable[Any], threshold: float,
                   progress: bool = True) -> dict[str, float]:
     """Per group (keyed by its first qkey), the grid alpha with the least output error."""
     from tqdm.auto import tqdm
+
+    from mcq.calibrate import as_inputs
 
     first = {g[0]: g for g in groups(graph, qformat)}
     cands: dict[str, list[tuple[ChannelPlan, QuantParams, list[torch.Tensor], list[torch.Tensor]]]] = {}
@@ -157,6 +159,6 @@ def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[s
 
     gm = lower.build(graph, tensors, qformat, lower.OBSERVE, observe)
     with torch.no_grad():
-        for ids in tqdm(list(batches), desc="smoothquant search", unit="batch", disable=not progress):
-            gm(ids, torch.ones_like(ids))
+        for batch in tqdm(list(batches), desc="smoothquant search", unit="batch", disable=not progress):
+            gm(*as_inputs(batch))
     return {key: ALPHA_GRID[int(torch.argmin(errors[key]))] for key in first}

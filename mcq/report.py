@@ -63,19 +63,22 @@ def _local_output(entry: dict[str, Any], out: torch.Tensor, args: tuple[Any, ...
     return y
 
 
-def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches: Iterable[torch.Tensor]) -> list[NodeError]:
-    """Local and cumulative SQNR of every quantized node of the prefill graph (graph order)."""
+def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches: Iterable[Any]) -> list[NodeError]:
+    """Local and cumulative SQNR of every quantized node of the main graph (graph order);
+    `batches` as for calibration (token ids, or tuples of the graph's inputs)."""
+    from mcq.calibrate import as_inputs
+
     qformat = quantized.sections["qformat"]
     qnodes = {k: {**v, "qkey": k} for k, v in qformat["nodes"].items()}
     ir_of = {n.name: n.qkey for n in float_graph.nodes if n.qkey in qnodes}
     order = list(dict.fromkeys(ir_of.values()))
     fgm, fnames = lower.build_with_names(float_graph, float_tensors, None, lower.FLOAT)
-    qgraph = Graph.decode(quantized.sections["graph/prefill"])
+    qgraph = Graph.decode(quantized.sections[f"graph/{float_graph.name}"])
     qgm, qnames = lower.build_with_names(qgraph, quantized.tensors.__getitem__, qformat, 2)
     stats = {k: [0.0, 0.0, 0.0] for k in order}  # signal, local noise, cumulative noise
     tensors = quantized.tensors.__getitem__
-    for ids in batches:
-        mask = torch.ones_like(ids)
+    for batch in batches:
+        inputs = as_inputs(batch)
         reference: dict[str, torch.Tensor] = {}
 
         def on_float(qkey: str, out: torch.Tensor, args: tuple[Any, ...]) -> None:
@@ -89,8 +92,8 @@ def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches:
             stats[qkey][2] += float((out.detach().to(torch.float32) - reference[qkey]).pow(2).sum())
 
         with torch.no_grad():
-            _Tap(fgm, {fnames[ir]: k for ir, k in ir_of.items()}, on_float).run(ids, mask)
-            _Tap(qgm, {qnames[ir]: k for ir, k in ir_of.items()}, on_quant).run(ids, mask)
+            _Tap(fgm, {fnames[ir]: k for ir, k in ir_of.items()}, on_float).run(*inputs)
+            _Tap(qgm, {qnames[ir]: k for ir, k in ir_of.items()}, on_quant).run(*inputs)
     return [NodeError(k, qnodes[k]["kind"], _db(s, ln), _db(s, cn)) for k, (s, ln, cn) in stats.items()]
 
 

@@ -43,6 +43,8 @@ OPSET_V1: Final[frozenset[str]] = frozenset(
         "aten.exp.default",
         "aten.expand.default",
         "aten.full.default",
+        "aten.gather.default",
+        "aten.ge.Scalar",
         "aten.ge.Tensor",
         "aten.gelu.default",
         "aten.gt.Tensor",

@@ -1,4 +1,5 @@
-"""mcq runtime: load a `.mcq` bundle and run it (prefill, decode, generate).
+"""mcq runtime: load a `.mcq` bundle and run it (any entry point; prefill, decode, generate for
+causal LMs; embed for encoders).
 
 Imports torch, numpy, msgpack, safetensors-compatible `mcq_format` (and `tokenizers` for text);
 never the toolkit or transformers.
@@ -12,9 +13,9 @@ import torch
 import mcq_format
 
 from runtime.lower import numpy_to_torch
-from runtime.model import KVCache, Model, from_sections
+from runtime.model import EntryPointError, KVCache, Model, from_sections
 
-__all__ = ["KVCache", "Model", "load"]
+__all__ = ["EntryPointError", "KVCache", "Model", "load"]
 
 _BIT_VIEWS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn}
 

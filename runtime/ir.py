@@ -53,6 +53,10 @@ class TensorSpec:
     def encode(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
+    def accepts(self, shape: Any) -> bool:
+        """Same rank and every fixed size equal (a symbolic size takes any value)."""
+        return len(shape) == len(self.shape) and all(isinstance(d, str) or d == s for d, s in zip(self.shape, shape))
+
     @classmethod
     def decode(cls, d: dict[str, Any]) -> "TensorSpec":
         return cls(d["name"], d["dtype"], list(d["shape"]))

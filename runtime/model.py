@@ -1,4 +1,5 @@
-"""A loaded model: prefill, decode and generate over the rebuilt graphs."""
+"""A loaded model: any entry point by name (`run`), prefill/decode/generate for causal LMs and
+`embed` for encoders, over the rebuilt graphs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,9 +9,15 @@ import torch
 
 from runtime import lower
 from runtime.ir import Graph
+from runtime.ops import DTYPES
 from runtime.tokenizer import Tokenizer
 
 MIN_PREFILL_LEN = 2  # the prefill graph is exported for seq >= 2; shorter prompts are left-padded
+EMBEDDING_OUTPUT = "sentence_embedding"  # encoder bundles: mean-pooled, L2-normalized states
+
+
+class EntryPointError(ValueError):
+    """The bundle has no entry point of that name (or not the inputs/outputs a helper needs)."""
 
 
 @dataclass
@@ -33,13 +40,81 @@ class Model:
                  tokenizer: Tokenizer | None, qlevel: int) -> None:
         self.manifest, self.tokenizer, self.qlevel = manifest, tokenizer, qlevel
         self.qformat = qformat
-        self._prefill = lower.build(graphs["prefill"], tensor, qformat, qlevel)
-        self._decode = lower.build(graphs["decode"], tensor, qformat, qlevel)
+        self._graphs = dict(graphs)
+        self._modules = {name: lower.build(g, tensor, qformat, qlevel) for name, g in graphs.items()}
         special = manifest.get("tokenizer") or {}
         self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
 
-    # -- entry points --------------------------------------------------------------------------
+    # -- any entry point -----------------------------------------------------------------------
+    @property
+    def entry_points(self) -> list[str]:
+        return list(self._modules)
+
+    def _entry(self, name: str, purpose: str = "") -> Callable[..., Any]:
+        if name not in self._modules:
+            hint = f" ({purpose})" if purpose else ""
+            raise EntryPointError(f"this bundle has no {name!r} entry point{hint}; it has "
+                                  f"{', '.join(map(repr, self._modules))}: use model.run(name, ...)")
+        return self._modules[name]
+
+    def run(self, entry_point: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one entry point on its inputs (positional in graph order, or by input name).
+
+        Inputs are converted to the graph's dtypes; returns the output tensor, or a tuple of
+        them in the entry point's output order when it has several."""
+        module = self._entry(entry_point)
+        specs = self._graphs[entry_point].inputs
+        if len(args) > len(specs):
+            raise TypeError(f"{entry_point}: {len(args)} inputs given, the graph takes {len(specs)}")
+        values = dict(zip((s.name for s in specs), args))
+        for key, value in kwargs.items():
+            if key in values or key not in {s.name for s in specs}:
+                raise TypeError(f"{entry_point}: unexpected or repeated input {key!r}")
+            values[key] = value
+        missing = [s.name for s in specs if s.name not in values]
+        if missing:
+            raise TypeError(f"{entry_point}: missing input(s) {', '.join(missing)}")
+        inputs = [torch.as_tensor(values[s.name], dtype=DTYPES.get(s.dtype)) for s in specs]
+        for spec, x in zip(specs, inputs):
+            if not spec.accepts(x.shape):
+                raise ValueError(f"{entry_point}: input {spec.name!r} has shape {list(x.shape)}, "
+                                 f"the graph takes {spec.shape}")
+        with torch.no_grad():
+            out = module(*inputs)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`run` of the bundle's `forward` entry point (or of its only one)."""
+        single = len(self._modules) == 1 and "forward" not in self._modules
+        return self.run(self.entry_points[0] if single else "forward", *args, **kwargs)
+
+    # -- encoders ------------------------------------------------------------------------------
+    def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Sentence embeddings [n, dim] (float32) of texts with the bundle's tokenizer: the
+        `forward` entry point's `sentence_embedding` output (a str is one text, n = 1)."""
+        name = next((n for n, g in self._graphs.items() if EMBEDDING_OUTPUT in dict(g.outputs)), None)
+        if name is None:
+            raise EntryPointError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output "
+                                  f"(entry points: {', '.join(self._modules)}); embed needs an encoder bundle")
+        if self.tokenizer is None:
+            raise ValueError("this bundle has no tokenizer: run the entry point on token ids with model.run")
+        index = [o for o, _ in self._graphs[name].outputs].index(EMBEDDING_OUTPUT)
+        encoded = [self.tokenizer.encode(t) for t in ([texts] if isinstance(texts, str) else texts)]
+        if not encoded:
+            raise ValueError("embed: no texts")
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths pad less
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(MIN_PREFILL_LEN, *(len(encoded[i]) for i in chunk))
+            ids = torch.tensor([encoded[i] + [self.pad_token_id] * (width - len(encoded[i])) for i in chunk])
+            mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk])
+            for i, row in zip(chunk, self.run(name, input_ids=ids, attention_mask=mask)[index]):
+                rows[i] = row.to(torch.float32)
+        return torch.stack(rows)
+
+    # -- causal LM entry points ----------------------------------------------------------------
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, KVCache]:
         """Run the prompt: logits for every position [batch, seq, vocab] and the KV cache."""
@@ -53,16 +128,18 @@ class Model:
         if short > 0:
             input_ids = torch.nn.functional.pad(input_ids, (short, 0), value=self.pad_token_id)
             attention_mask = torch.nn.functional.pad(attention_mask, (short, 0), value=0)
+        prefill = self._entry("prefill", "a causal LM's prompt pass")
         with torch.no_grad():
-            logits, *kv = self._prefill(input_ids, attention_mask)
+            logits, *kv = prefill(input_ids, attention_mask)
         return logits, KVCache(list(kv), attention_mask)
 
     def decode(self, token_ids: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """One new token per sequence: logits [batch, vocab] and the grown cache."""
+        decode = self._entry("decode", "a causal LM's one-token step")
         token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1, 1)
         mask = torch.cat([cache.attention_mask, torch.ones_like(token_ids)], dim=1)
         with torch.no_grad():
-            logits, *new = self._decode(token_ids, mask, *cache.tensors)
+            logits, *new = decode(token_ids, mask, *cache.tensors)
         grown = [torch.cat([old, n], dim=2) for old, n in zip(cache.tensors, new)]
         return logits[:, -1], KVCache(grown, mask)
 
@@ -71,6 +148,8 @@ class Model:
                  max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True):
         """Greedy or sampled continuation. Text in gives text out; token ids in give ids out."""
+        self._entry("prefill", "generate needs a causal LM bundle")
+        self._entry("decode", "generate needs a causal LM bundle")
         texts = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], str))
         single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
         batch: list[list[int]]

