@@ -125,7 +125,8 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     captured = model if isinstance(model, Captured) else capture_model(model, example_inputs, dynamic_shapes)
     model_config = captured.model_config
     graph = captured.main_graph
-    plan = plan_qformat(graph, cfg)
+    heads = int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
+    plan = plan_qformat(graph, cfg, heads)
     if cfg.searches and captured.kind != CAUSAL_LM:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) measures perplexity: "
                           "causal LMs only")
@@ -151,7 +152,6 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress)
     chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
-    heads = int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
     imported = ImportedQParams.load(qparams) if qparams is not None else None
     assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()},
                          imported)

@@ -33,7 +33,10 @@ def make_observers(qformat: dict[str, Any]) -> dict[tuple[str, str], Observer]:
             axis = spec["axis"] if spec["granularity"] == "channel" else None
             if "smooth" in spec or "outliers" in spec:
                 axis = -1  # per-channel treatments need per-input-channel ranges
-            observers[(qkey, role)] = Observer(axis, spec["method"], spec.get("percentile", 99.99))
+            if spec["granularity"] == "head":
+                axis = 0
+            observers[(qkey, role)] = Observer(axis, spec["method"], spec.get("percentile", 99.99),
+                                               heads=spec.get("heads") if spec["granularity"] == "head" else None)
     return observers
 
 

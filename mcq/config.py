@@ -37,6 +37,7 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
     "act_dtype": ACT_DTYPES,
     "act_granularity": ACT_GRANULARITIES,
     "kv_dtype": ACT_DTYPES,
+    "attn_granularity": ("tensor", "head"),
     "qlevel": QLEVELS,
 }
 
@@ -45,7 +46,7 @@ NODE_KINDS = ("linear", "bmm", "kv_cache")
 # keys an override may set for the quant points it matches
 NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_group_size", "weight_nbits",
              "act_calib_method", "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype",
-             "smoothquant", "smoothquant_alpha", "act_outlier_threshold", "gptq")
+             "smoothquant", "smoothquant_alpha", "act_outlier_threshold", "gptq", "attn_granularity")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class QuantConfig:
     act_nbits: int | None = None
     percentile: float = 99.99
     kv_dtype: str = "int8"
+    # the query operand of Q.K^T: one scale per tensor, or per attention head (as the keys have)
+    attn_granularity: str = "tensor"
     disable_inout: bool = False
     smoothquant: bool = False
     smoothquant_alpha: float | str = 0.5  # or "auto": per-group search on the calibration data

@@ -19,8 +19,10 @@ class Observer:
     outlier channels), filled by a second calibration pass when one is needed.
     """
 
-    def __init__(self, axis: int | None = None, method: str = "MINMAX_ASYM", percentile: float = 99.99) -> None:
-        self.axis, self.method, self.percentile = axis, method, percentile
+    def __init__(self, axis: int | None = None, method: str = "MINMAX_ASYM", percentile: float = 99.99,
+                 heads: int | None = None) -> None:
+        # heads: `axis` is laid out as batch x heads (a bmm operand); statistics are kept per head
+        self.axis, self.method, self.percentile, self.heads = axis, method, percentile, heads
         self.min: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
         self.histogram = Histogram() if axis is None and method in HISTOGRAM_METHODS else None
@@ -30,6 +32,10 @@ class Observer:
         x = x.detach().to(torch.float32)
         if self.axis is None:
             return x.min(), x.max()
+        if self.heads:
+            x = x.movedim(self.axis, 0)
+            flat = x.reshape(-1, self.heads, *x.shape[1:]).transpose(0, 1).reshape(self.heads, -1)
+            return flat.min(dim=1).values, flat.max(dim=1).values
         flat = x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
         return flat.min(dim=1).values, flat.max(dim=1).values
 

@@ -53,8 +53,9 @@ def _inout_keys(graph: Graph) -> set[str]:
 _KIND = {LINEAR: "linear", BMM: "bmm", KV_POINT: "kv_cache"}
 
 
-def plan_qformat(graph: Graph, config: QuantConfig) -> dict[str, Any]:
-    """qformat nodes (specs without scales) for every quant point of `graph`."""
+def plan_qformat(graph: Graph, config: QuantConfig, heads: int = 1) -> dict[str, Any]:
+    """qformat nodes (specs without scales) for every quant point of `graph`; `heads`: attention
+    heads of the model (per-head query scales)."""
     nodes: dict[str, Any] = {}
     skipped = _inout_keys(graph) if config.disable_inout else set()
     for n in graph.nodes:
@@ -85,5 +86,9 @@ def plan_qformat(graph: Graph, config: QuantConfig) -> dict[str, Any]:
             if source.endswith("/k_cache") and source in nodes:
                 b = _kv_spec(cfg)
                 b.update({"granularity": "head", "axis": 0, "source": source})
-                nodes[n.qkey] = {"kind": "bmm", "inputs": {"a": _act_spec(cfg), "b": b}, "weight": None}
+                a = _act_spec(cfg)
+                if cfg.attn_granularity == "head" and heads > 1:
+                    # the query [batch * heads, seq, head_dim]: one scale per head, like the keys
+                    a.update({"granularity": "head", "axis": 0, "heads": heads})
+                nodes[n.qkey] = {"kind": "bmm", "inputs": {"a": a, "b": b}, "weight": None}
     return {"version": 1, "nodes": nodes}

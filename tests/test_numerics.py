@@ -63,22 +63,31 @@ def test_qlinear_equals_int64_reference(zp, m):
     assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
 
 
-def test_qbmm_equals_int64_reference():
+@pytest.mark.parametrize("query_per_head", [False, True])
+def test_qbmm_equals_int64_reference(query_per_head):
     g = torch.Generator().manual_seed(1)
     heads, batch = 3, 2
     a = torch.randn(batch * heads, 5, 16, generator=g)
     b = torch.randn(batch * heads, 16, 7, generator=g)
-    pa = qp(0.03, 5)
+    a_s, a_z = torch.tensor([0.03, 0.01, 0.02]), torch.tensor([5, -1, 0])
+    pa = qp(a_s, a_z, axis=0, per_head=True) if query_per_head else qp(0.03, 5)
     bs = torch.tensor([0.02, 0.05, 0.01])
     bz = torch.tensor([0, 3, -2])
     pb = qp(bs, bz, axis=0, per_head=True)
     y = numerics.qbmm(a, pa, b, pb)
-    qa = _np_quantize(a.numpy(), 0.03, 5, -128, 127) - 5
+    assert torch.equal(numerics.qbmm(a, pa, b, pb, emulate=True), y)
     head = np.arange(batch * heads) % heads
+    if query_per_head:
+        qa = np.stack([_np_quantize(a.numpy()[i], a_s[h].item(), a_z[h].item(), -128, 127) - a_z[h].item()
+                       for i, h in enumerate(head)])
+        sa = a_s.numpy()[head]
+    else:
+        qa = _np_quantize(a.numpy(), 0.03, 5, -128, 127) - 5
+        sa = np.float32(0.03)
     qb = np.stack([_np_quantize(b.numpy()[i], bs[h].item(), bz[h].item(), -128, 127) - bz[h].item()
                    for i, h in enumerate(head)])
     acc = np.einsum("bij,bjk->bik", qa, qb)
-    ref = acc.astype(np.float32) * (np.float32(0.03) * bs.numpy()[head]).astype(np.float32)[:, None, None]
+    ref = acc.astype(np.float32) * (sa * bs.numpy()[head]).astype(np.float32)[:, None, None]
     assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
 
 
