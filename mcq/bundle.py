@@ -39,9 +39,6 @@ def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, t
     """Quantize a float weight for its spec: parameters stored in `tensors`, the stored form
     returned (int4 packed two per byte, its unpacked shape in the spec). With a `hessian`
     (GPTQ) the rounding compensates each column's error in the columns not yet quantized."""
-    if wspec["granularity"] == "group" and w.shape[-1] % int(wspec["group_size"]):
-        raise ValueError(f"{name}: {w.shape[-1]} input channels are not a multiple of weight_group_size "
-                         f"{wspec['group_size']}; override this node's weight_group_size or granularity")
     scale, zp = weight_qparams(w, wspec)
     if imported is not None:
         scale, zp = imported.params(name.removesuffix("/weight") + ".weight", wspec, tuple(scale.shape)) \

@@ -90,8 +90,9 @@ def weight_rows(w: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
     gran = spec["granularity"]
     if gran == "channel":
         return w.reshape(w.shape[0], -1)
-    if gran == "group":
-        return w.reshape(-1, int(spec["group_size"]))
+    if gran == "group":  # a shorter last group is zero-padded (zeros never raise an abs-max)
+        g = int(spec["group_size"])
+        return torch.nn.functional.pad(w, (0, -w.shape[1] % g)).reshape(-1, g)
     return w.reshape(1, -1)
 
 
@@ -100,7 +101,7 @@ def scale_shape(w: torch.Tensor, spec: dict[str, Any]) -> tuple[int, ...]:
     if gran == "channel":
         return (w.shape[0],)
     if gran == "group":
-        return (w.shape[0], w.shape[1] // int(spec["group_size"]))
+        return (w.shape[0], -(-w.shape[1] // int(spec["group_size"])))
     return ()
 
 

@@ -18,7 +18,7 @@ Conventions:
   integers); the result leaves the kernel as float32(acc) * float32(s_a * s_b) (+ bias), so
   qlevels 3 and 4 are bit-identical;
 - granularity "group": `group_size` consecutive elements along `axis` share one s/zp (scale has
-  the tensor's shape with that axis divided by group_size);
+  the tensor's shape with that axis divided by group_size, rounded up: a shorter last group);
 - formats (QuantParams.kind): "int" (int8 / int4 values, int4 packed two per byte only in the
   file), "fp8_e4m3fn" (q = fp8(clamp(x / s, -448, 448)), no zero point; products accumulate
   exactly in float64) and "bfloat16" (a cast; products accumulate in float32).
@@ -91,7 +91,23 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, qp: QuantParams) -> tuple[torch
     return p.reshape(pshape), tuple(x.shape)
 
 
+def _ragged(x: torch.Tensor, qp: QuantParams) -> int:
+    """Zero elements to append along the group axis so that it splits into whole groups."""
+    if not qp.group_size or qp.axis is None:
+        return 0
+    return -x.shape[qp.axis % x.dim()] % qp.group_size
+
+
+def _pad_axis(x: torch.Tensor, axis: int, extra: int) -> torch.Tensor:
+    pad = [0, 0] * (x.dim() - 1 - axis % x.dim()) + [0, extra]
+    return torch.nn.functional.pad(x, pad)
+
+
 def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
+    extra = _ragged(x, qp)
+    if extra:  # a shorter last group: quantize as if zero-padded, drop the padding
+        assert qp.axis is not None
+        return quantize(_pad_axis(x, qp.axis, extra), qp).narrow(qp.axis, 0, x.shape[qp.axis])
     x = x.to(torch.float32)
     if qp.outliers is not None:
         x = x.index_fill(-1, qp.outliers, 0.0)
@@ -110,6 +126,10 @@ def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
 
 
 def dequantize(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
+    extra = _ragged(q, qp)
+    if extra:
+        assert qp.axis is not None
+        return dequantize(_pad_axis(q, qp.axis, extra), qp).narrow(qp.axis, 0, q.shape[qp.axis])
     if qp.kind == BF16:
         return q.to(torch.float32)
     scale, view = _broadcast(qp.scale, q, qp)
@@ -216,6 +236,9 @@ def qlinear(
 def _grouped_int_linear(xq: torch.Tensor, weight_q: torch.Tensor, weight_qp: QuantParams,
                         input_qp: QuantParams, emulate: bool) -> torch.Tensor:
     g = int(weight_qp.group_size or 0)
+    extra = -weight_q.shape[1] % g  # a shorter last group: zero columns add nothing to its sums
+    if extra:
+        xq, weight_q = _pad_axis(xq, 1, extra), _pad_axis(weight_q, 1, extra)
     n_groups = weight_q.shape[1] // g
     xg = xq.reshape(xq.shape[0], n_groups, g).transpose(0, 1)  # [G, M, g]
     wg = weight_q.reshape(weight_q.shape[0], n_groups, g).permute(1, 2, 0)  # [G, g, N]

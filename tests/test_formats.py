@@ -54,15 +54,30 @@ def test_group_quantize_uses_one_scale_per_group():
     assert numerics.dequantize(numerics.quantize(w, p), p).tolist() == [[1.0, 2.0, 30.0, 40.0]]
 
 
+def test_a_shorter_last_group_has_its_own_scale():
+    from mcq.observers import weight_qparams
+
+    w = torch.tensor([[1.0, 2.0, 30.0, 40.0, 500.0]])  # groups of 2: [1, 2] [30, 40] [500]
+    spec = {"dtype": "int8", "nbits": 8, "granularity": "group", "axis": 1, "group_size": 2,
+            "symmetric": True, "method": "AMAX_SYM"}
+    scale, _ = weight_qparams(w, spec)
+    assert scale.shape == (1, 3) and torch.allclose(scale, torch.tensor([[2.0, 40.0, 500.0]]) / 127)
+    p = qp(scale, axis=1, group_size=2)
+    q = numerics.quantize(w, p)
+    assert q.tolist() == [[64, 127, 95, 127, 127]]
+    assert numerics.dequantize(q, p).shape == (1, 5)
+
+
+@pytest.mark.parametrize("k", [96, 80])  # 80: a shorter last group (32, 32, 16)
 @pytest.mark.parametrize("nbits", [8, 4])
 @pytest.mark.parametrize("zp", [0, 9])
-def test_grouped_qlinear_equals_int64_reference(nbits, zp):
+def test_grouped_qlinear_equals_int64_reference(nbits, zp, k):
     g = torch.Generator().manual_seed(nbits + zp)
-    m, k, n, group = 7, 96, 10, 32
+    m, n, group = 7, 10, 32
     x = torch.randn(m, k, generator=g) * 2
     top = 2 ** (nbits - 1) - 1
     wq = torch.randint(-top, top + 1, (n, k), generator=g, dtype=torch.int8)
-    ws = torch.rand(n, k // group, generator=g) * 0.01 + 1e-3
+    ws = torch.rand(n, -(-k // group), generator=g) * 0.01 + 1e-3
     bias = torch.randn(n, generator=g)
     xs = 0.04
     wqp = qp(ws, nbits=nbits, axis=1, group_size=group)
@@ -71,7 +86,7 @@ def test_grouped_qlinear_equals_int64_reference(nbits, zp):
     xq = _np_quantize(x.numpy(), xs, zp, -128, 127) - zp
     w64 = wq.numpy().astype(np.int64)
     ref = np.zeros((m, n), dtype=np.float32)
-    for i in range(k // group):  # the kernel's fixed group order, float32 sums
+    for i in range(-(-k // group)):  # the kernel's fixed group order, float32 sums
         acc = xq[:, i * group:(i + 1) * group] @ w64[:, i * group:(i + 1) * group].T
         ref = ref + acc.astype(np.float32) * (np.float32(xs) * ws.numpy()[:, i]).astype(np.float32)
     ref = ref + bias.numpy()
