@@ -72,6 +72,10 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
     h[dead, dead] = 1.0
     weight[:, dead] = 0.0
     h += damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=torch.float64)
+    # activation order: columns with the largest input energy first, while the most columns are
+    # left to absorb their error; each column keeps its own (static) group scale
+    order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+    weight, h = weight[:, order], h[order][:, order]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
     quant = _column_quantizer(qp, rows)
     out = torch.zeros_like(weight)
@@ -81,10 +85,10 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
         errors = torch.zeros_like(block)
         hb = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            q = quant(block[:, i], i1 + i)
+            q = quant(block[:, i], int(order[i1 + i]))
             out[:, i1 + i] = q
             err = (block[:, i] - q) / hb[i, i]
             block[:, i:] -= err[:, None] * hb[i, i:][None, :]
             errors[:, i] = err
         weight[:, i2:] -= errors @ hinv[i1:i2, i2:]
-    return out
+    return out[:, torch.argsort(order)]
