@@ -18,7 +18,8 @@ class ConfigError(ValueError):
     """A config key or value is not accepted; the message names it and the allowed values."""
 
 
-WEIGHT_METHODS = ("AMAX_SYM", "PERCENTILE_SYM", "MSE_SYM")
+# *_ASYM weights carry zero points: weight-only linears (an int8 activation has no kernel with them)
+WEIGHT_METHODS = ("AMAX_SYM", "PERCENTILE_SYM", "MSE_SYM", "MINMAX_ASYM", "MSE_ASYM")
 ACT_METHODS = ("MINMAX_ASYM", "AMAX_SYM", "PERCENTILE_SYM", "PERCENTILE_ASYM", "ENTROPY_SYM", "ENTROPY_ASYM",
                "MSE_SYM")
 # quant format ids (spec Q.2a); float32 leaves a tensor unquantized
@@ -243,9 +244,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "W8A8": {"smoothquant": True, "smoothquant_alpha": 0.75, "act_outlier_threshold": 32.0,
              "kv_dtype": "float32"},
     "W8A16": {"act_dtype": "float32", "kv_dtype": "float32"},
-    # int4 weights in groups of 128 input channels, GPTQ-rounded, MSE-clipped group scales
+    # int4 weights in groups of 128 input channels with zero points (MSE-clipped), GPTQ-rounded;
+    # lm_head keeps int8 per-channel weights, as llama.cpp's 4-bit types keep the output layer wider
     "W4A16": {"weight_dtype": "int4", "weight_granularity": "group", "weight_group_size": 128,
-              "weight_calib_method": "MSE_SYM", "gptq": True, "act_dtype": "float32", "kv_dtype": "float32"},
+              "weight_calib_method": "MSE_ASYM", "gptq": True, "act_dtype": "float32", "kv_dtype": "float32",
+              "overrides": (Override("lm_head/*", "linear", (("weight_dtype", "int8"), ("weight_granularity", "channel"),
+                                                            ("weight_calib_method", "AMAX_SYM"))),)},
     # fp8 e4m3: per-channel weight scales, per-tensor activation scales, fp8 KV cache per head
     "W8fA8f": {"weight_dtype": "fp8_e4m3fn", "act_dtype": "fp8_e4m3fn", "act_calib_method": "AMAX_SYM",
                "kv_dtype": "fp8_e4m3fn"},

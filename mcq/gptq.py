@@ -50,14 +50,14 @@ def transformed(hessian: torch.Tensor, smooth: torch.Tensor | None, outliers: to
 
 def _column_quantizer(qp: QuantParams, rows: int):
     """f(column values [rows], column index) -> the values on the weight's grid."""
-    def params(col: int) -> QuantParams:
-        scale = qp.scale
+    def column(p: torch.Tensor, col: int) -> torch.Tensor:
         if qp.group_size:
-            scale = scale[:, col // qp.group_size]
-        elif qp.axis is None:
-            scale = scale.reshape(1).expand(rows)
-        zp = torch.zeros(rows, dtype=torch.int32)
-        return QuantParams(scale, zp, qp.qmin, qp.qmax, axis=0, kind=qp.kind)
+            return p[:, col // qp.group_size]
+        return p.reshape(1).expand(rows) if qp.axis is None else p
+
+    def params(col: int) -> QuantParams:
+        return QuantParams(column(qp.scale, col), column(qp.zero_point, col), qp.qmin, qp.qmax, axis=0,
+                           kind=qp.kind)
 
     return lambda values, col: numerics.fake_quantize(values, params(col))
 

@@ -105,10 +105,10 @@ def scale_shape(w: torch.Tensor, spec: dict[str, Any]) -> tuple[int, ...]:
     return ()
 
 
-def _rounding_error(rows: torch.Tensor, clip: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
-    """Per row: squared error of quantizing `rows` with the scale that maps `clip` to the grid edge."""
-    scale, _ = spec_qparams(-clip, clip, {**spec, "symmetric": True})
-    qp = QuantParams(scale, torch.zeros_like(scale, dtype=torch.int32), *_grid(spec), axis=0,
+def _rounding_error(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """Per row: squared error of quantizing `rows` with the parameters of the range [lo, hi]."""
+    scale, zp = spec_qparams(lo, hi, spec)
+    qp = QuantParams(scale, zp, *_grid(spec), axis=0,
                      kind=numerics.FP8 if spec["dtype"] == "fp8_e4m3fn" else numerics.INT)
     return ((numerics.fake_quantize(rows, qp) - rows) ** 2).sum(1)
 
@@ -116,33 +116,41 @@ def _rounding_error(rows: torch.Tensor, clip: torch.Tensor, spec: dict[str, Any]
 def _grid(spec: dict[str, Any]) -> tuple[int, int]:
     if spec["dtype"] == "fp8_e4m3fn":
         return -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
-    return numerics.qrange(int(spec["nbits"]), True)
+    return numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
 
 
 def weight_qparams(w: torch.Tensor, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric parameters of a weight for its spec (granularity tensor, channel or group).
+    """Parameters of a weight for its spec (granularity tensor, channel or group).
 
     AMAX_SYM: abs-max; PERCENTILE_SYM: the `percentile` of |w| (exact, per row); MSE_SYM: the clip
-    among 1.00, 0.99, ..., 0.50 x abs-max with the least squared rounding+clipping error.
+    among 1.00, 0.99, ..., 0.50 x abs-max with the least squared rounding+clipping error;
+    MINMAX_ASYM / MSE_ASYM: the same on [min, max] with a zero point (weight-only linears).
     """
     method = spec["method"]
+    symmetric = method.endswith("_SYM")
+    spec = {**spec, "symmetric": symmetric, "method": "AMAX_SYM" if symmetric else "MINMAX_ASYM"}
     rows = weight_rows(w, spec)
-    a = rows.abs()
-    amax = a.amax(dim=1)
-    if method == "PERCENTILE_SYM":
-        k = max(1, min(a.shape[1], math.ceil(float(spec.get("percentile", 99.99)) / 100.0 * a.shape[1])))
-        amax = torch.kthvalue(a, k, dim=1).values
-    elif method == "MSE_SYM":
-        best, best_err = amax.clone(), torch.full_like(amax, float("inf"))
+    if symmetric:
+        a = rows.abs()
+        hi = a.amax(dim=1)
+        if method == "PERCENTILE_SYM":
+            k = max(1, min(a.shape[1], math.ceil(float(spec.get("percentile", 99.99)) / 100.0 * a.shape[1])))
+            hi = torch.kthvalue(a, k, dim=1).values
+        lo = -hi
+    else:
+        lo, hi = rows.amin(dim=1).clamp(max=0.0), rows.amax(dim=1).clamp(min=0.0)
+    if method.startswith("MSE"):
+        tiny = torch.finfo(torch.float32).tiny
+        best, best_err = torch.ones_like(hi), torch.full_like(hi, float("inf"))
         for f in torch.linspace(1.0, 0.5, 51):
-            clip = (amax * f).clamp(min=torch.finfo(torch.float32).tiny)
-            err = _rounding_error(rows, clip, spec)
+            err = _rounding_error(rows, (lo * f).clamp(max=-tiny), (hi * f).clamp(min=tiny), spec)
             better = err < best_err
-            best, best_err = torch.where(better, clip, best), torch.where(better, err, best_err)
-        amax = best
-    elif method != "AMAX_SYM":
-        raise ValueError(f"weight calibration method {method} is not one of AMAX_SYM, PERCENTILE_SYM, MSE_SYM")
-    scale, zp = spec_qparams(-amax, amax, {**spec, "symmetric": True})
+            best, best_err = torch.where(better, f, best), torch.where(better, err, best_err)
+        lo, hi = lo * best, hi * best
+    elif method not in ("AMAX_SYM", "PERCENTILE_SYM", "MINMAX_ASYM"):
+        raise ValueError(f"weight calibration method {method} is not one of AMAX_SYM, PERCENTILE_SYM, MSE_SYM, "
+                         "MINMAX_ASYM, MSE_ASYM")
+    scale, zp = spec_qparams(lo, hi, spec)
     shape = scale_shape(w, spec)
     return scale.reshape(shape), zp.reshape(shape)
 

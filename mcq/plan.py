@@ -33,7 +33,8 @@ def _kv_spec(cfg: QuantConfig) -> dict[str, Any]:
 def _weight_spec(cfg: QuantConfig) -> dict[str, Any]:
     gran = cfg.weight_granularity
     spec = {"dtype": cfg.weight_dtype, "nbits": cfg.weight_bits, "granularity": gran,
-            "axis": {"channel": 0, "group": 1}.get(gran), "symmetric": True, "method": cfg.weight_calib_method,
+            "axis": {"channel": 0, "group": 1}.get(gran), "symmetric": cfg.weight_calib_method.endswith("_SYM"),
+            "method": cfg.weight_calib_method,
             "rounding": "gptq" if cfg.gptq else "nearest"}
     if gran == "group":
         spec["group_size"] = int(cfg.weight_group_size)

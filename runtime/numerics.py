@@ -184,9 +184,10 @@ def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor
 
 def has_kernel(weight_qp: QuantParams, input_qp: QuantParams) -> bool:
     """Whether `qlinear` has a kernel for this pair (else lowering dequantizes the weight and runs
-    the linear in float): same format on both sides, a per-tensor input, no grouped fp8/bf16."""
-    if weight_qp.kind != input_qp.kind or input_qp.axis is not None:
-        return False
+    the linear in float): same format on both sides, a per-tensor input, a symmetric weight, no
+    grouped fp8/bf16."""
+    if weight_qp.kind != input_qp.kind or input_qp.axis is not None or bool(weight_qp.zero_point.any()):
+        return False  # (weight zero points: asymmetric weight-only formats)
     return weight_qp.kind == INT or weight_qp.group_size is None
 
 

@@ -284,3 +284,19 @@ def test_int4_per_channel_weights_with_int8_input_equal_int64_reference(zp):
     acc = (_np_quantize(x.numpy(), 0.03, zp, -128, 127) - zp) @ wq.numpy().astype(np.int64).T
     ref = acc.astype(np.float32) * (np.float32(0.03) * ws.numpy()).astype(np.float32)
     assert torch.equal(y, torch.from_numpy(ref))
+
+
+def test_asymmetric_weights_have_zero_points_and_no_integer_kernel():
+    from mcq.observers import spec_to_qp, weight_qparams
+
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(8)) + 0.7  # skewed rows
+    spec = {"dtype": "int4", "nbits": 4, "granularity": "group", "axis": 1, "group_size": 32,
+            "symmetric": False, "method": "MSE_ASYM"}
+    scale, zp = weight_qparams(w, spec)
+    assert zp.shape == (4, 2) and bool(zp.any())
+    asym = spec_to_qp(spec, scale, zp)
+    sym_spec = {**spec, "symmetric": True, "method": "MSE_SYM"}
+    sym = spec_to_qp(sym_spec, *weight_qparams(w, sym_spec))
+    err = lambda p: float((numerics.fake_quantize(w, p) - w).pow(2).sum())  # noqa: E731
+    assert err(asym) < 0.8 * err(sym)
+    assert not numerics.has_kernel(asym, qp(1.0)) and numerics.has_kernel(sym, qp(1.0))
