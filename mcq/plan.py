@@ -35,7 +35,7 @@ def _weight_spec(cfg: QuantConfig) -> dict[str, Any]:
     spec = {"dtype": cfg.weight_dtype, "nbits": cfg.weight_bits, "granularity": gran,
             "axis": {"channel": 0, "group": 1}.get(gran), "symmetric": cfg.weight_calib_method.endswith("_SYM"),
             "method": cfg.weight_calib_method,
-            "rounding": "gptq" if cfg.gptq else "nearest"}
+            "rounding": "gptq" if cfg.gptq and cfg.weight_dtype in ("int8", "int4", "fp8_e4m3fn") else "nearest"}
     if gran == "group":
         spec["group_size"] = int(cfg.weight_group_size)
     return _with_percentile(spec, cfg)

@@ -134,7 +134,7 @@ def test_export_reference_schema(quantized, tmp_path):
     node = qformat["model.layers.0.mlp.down_proj/linear0"]
     assert node["quant_desc_weight"] == {"do_quant": True, "dtype": "int8", "nbits": 8, "axis": 0, "per_ch": True,
                                          "granularity": "channel", "asymmetric": False, "calibrator": "AMAX_SYM",
-                                         "rounding": "nearest"}
+                                         "rounding": "gptq"}
     assert node["quant_desc_input_x"]["asymmetric"] and not node["quant_desc_input_x"]["per_ch"]
     with np.load(tmp_path / "ref" / "qparams.npz", allow_pickle=False) as z:
         key = "model.layers.0.mlp.down_proj/linear0.input_x"

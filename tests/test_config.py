@@ -10,6 +10,7 @@ def test_defaults_are_the_reference_recipe():
     assert (c.weight_dtype, c.weight_granularity, c.weight_calib_method) == ("int8", "channel", "AMAX_SYM")
     assert (c.act_dtype, c.act_calib_method, c.kv_dtype) == ("int8", "MINMAX_ASYM", "int8")
     assert c.smoothquant and c.smoothquant_alpha == 0.75 and c.act_outlier_threshold == 32.0
+    assert c.gptq  # GPTQ rounding of the smoothed int8 weights
 
 
 def test_unknown_key_is_named():
@@ -125,8 +126,8 @@ def test_nbits_follow_the_dtype_unless_set():
 def test_group_size_and_gptq_are_checked():
     with pytest.raises(ConfigError, match="weight_group_size: 7"):
         QuantConfig(weight_granularity="group", weight_group_size=7)
-    with pytest.raises(ConfigError, match="gptq: rounds int8, int4 or fp8 weights, not weight_dtype 'bfloat16'"):
-        QuantConfig(weight_dtype="bfloat16", gptq=True)
+    with pytest.raises(ConfigError, match="gptq: 'yes' is not a boolean"):
+        QuantConfig(gptq="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="gptq_damp"):
         QuantConfig(gptq_damp=0)
 
