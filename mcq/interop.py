@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from runtime import numerics
+from runtime.lower import grid
 
 
 def _desc(spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -29,10 +29,7 @@ def _ranges(spec: dict[str, Any], tensor: Any) -> dict[str, np.ndarray]:
         return {}  # a cast: no parameters
     scale = np.asarray(tensor(spec["scale"]), dtype=np.float32)
     zp = np.asarray(tensor(spec["zero_point"]), dtype=np.int64)
-    if spec["dtype"] == "fp8_e4m3fn":
-        qmin, qmax = -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
-    else:
-        qmin, qmax = numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
+    qmin, qmax = grid(spec)
     out = {"scale": scale, "zero_point": zp.astype(np.int32)}
     if spec["symmetric"]:
         out["amax"] = (scale * qmax).astype(np.float32)

@@ -108,15 +108,8 @@ def scale_shape(w: torch.Tensor, spec: dict[str, Any]) -> tuple[int, ...]:
 def _rounding_error(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
     """Per row: squared error of quantizing `rows` with the parameters of the range [lo, hi]."""
     scale, zp = spec_qparams(lo, hi, spec)
-    qp = QuantParams(scale, zp, *_grid(spec), axis=0,
-                     kind=numerics.FP8 if spec["dtype"] == "fp8_e4m3fn" else numerics.INT)
+    qp = spec_to_qp({**spec, "granularity": "channel", "axis": 0}, scale, zp)  # one scale per row
     return ((numerics.fake_quantize(rows, qp) - rows) ** 2).sum(1)
-
-
-def _grid(spec: dict[str, Any]) -> tuple[int, int]:
-    if spec["dtype"] == "fp8_e4m3fn":
-        return -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
-    return numerics.qrange(int(spec["nbits"]), bool(spec["symmetric"]))
 
 
 def weight_qparams(w: torch.Tensor, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,20 +53,29 @@ FORMATS = {"int8": (numerics.INT, 8), "int4": (numerics.INT, 4), "fp8_e4m3fn": (
 SUPPORTED_GRANULARITIES = ("tensor", "channel", "head", "group")
 
 
-def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
+def _format(spec: Mapping[str, Any]) -> tuple[str, int]:
     fmt = FORMATS.get(spec.get("dtype"))  # type: ignore[arg-type]
     if fmt is None or fmt[1] != spec.get("nbits"):
         raise LoweringError(f"quant format {spec.get('dtype')!r} with {spec.get('nbits')} bits is not "
                             f"implemented by this runtime (scale tensor {spec.get('scale')!r})")
-    kind, bits = fmt
+    return fmt
+
+
+def grid(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(qmin, qmax) of a spec's format: the integer range, or +-448 for fp8."""
+    kind, bits = _format(spec)
+    if kind == numerics.INT:
+        return numerics.qrange(bits, bool(spec["symmetric"]))
+    return -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
+
+
+def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
+    kind, _ = _format(spec)
     gran = spec.get("granularity", "tensor")
     if gran not in SUPPORTED_GRANULARITIES:
         raise LoweringError(f"granularity {gran!r} is not implemented by this runtime (scale tensor "
                             f"{spec.get('scale')!r})")
-    if kind == numerics.INT:
-        qmin, qmax = numerics.qrange(bits, bool(spec["symmetric"]))
-    else:
-        qmin, qmax = -int(numerics.FP8_MAX), int(numerics.FP8_MAX)
+    qmin, qmax = grid(spec)
     no_scale = kind == numerics.BF16  # a cast: the spec names no scale
     return QuantParams(
         scale=torch.ones(()) if no_scale else tensor(spec["scale"]).to(torch.float32),
