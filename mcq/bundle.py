@@ -64,6 +64,39 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
         spec["outliers"] = f"{prefix}.outliers"
 
 
+WEIGHT_ARG = {"linear": 1, "embedding": 0}  # aten.linear(x, w, b), aten.embedding(w, ids, ...)
+
+
+def _shareable(linear: dict[str, Any]) -> bool:
+    """An lm_head whose stored int8 rows can serve as the tied embedding table (spec Q.3a)."""
+    w = linear.get("weight") or {}
+    return (linear["kind"] == "linear" and w.get("dtype") == "int8" and w.get("granularity") == "channel"
+            and w.get("axis") == 0 and w.get("symmetric") is True and not linear.get("outlier_weight"))
+
+
+def _embedding_weight(qkey: str, entry: dict[str, Any], table: torch.Tensor, weight_of: dict[str, str],
+                      qformat: dict[str, Any], tensors: dict[str, torch.Tensor], graphs: dict[str, Graph],
+                      imported: ImportedQParams | None) -> None:
+    """Quantize an embedding table per row, or point it at the int8 weight of the linear it is
+    tied to (same float tensor): the table is then stored once, with the linear's smoothing (if
+    any) divided back out of the rows at lookup."""
+    tied = next((k for k, e in qformat["nodes"].items() if k != qkey and weight_of.get(k) == weight_of[qkey]
+                 and _shareable(e)), None)
+    if tied is None:
+        tensors[f"{qkey}/weight"] = quantize_weight(table.to(torch.float32), entry["weight"], tensors,
+                                                    f"{qkey}/weight", None, imported)
+        return
+    lin = qformat["nodes"][tied]
+    entry["weight"] = {**lin["weight"], "shared_with": tied}
+    smooth = (lin["inputs"].get("x") or {}).get("smooth")
+    if smooth:
+        entry["weight"]["smooth"] = smooth
+    for g in graphs.values():
+        for n in g.nodes:
+            if n.qkey == qkey:
+                n.args[WEIGHT_ARG["embedding"]] = TensorRef(f"{tied}/weight")
+
+
 def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
              heads: int, chan: dict[str, channels.ChannelPlan] | None = None,
              hessians: dict[str, torch.Tensor] | None = None, imported: ImportedQParams | None = None
@@ -80,12 +113,15 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
     for g in graphs.values():
         for n in g.nodes:
             if n.qkey in qformat["nodes"] and qformat["nodes"][n.qkey].get("weight"):
-                assert isinstance(n.args[1], TensorRef)
-                weight_of.setdefault(n.qkey, n.args[1].name)
-                n.args[1] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
+                arg = WEIGHT_ARG[qformat["nodes"][n.qkey]["kind"]]
+                assert isinstance(n.args[arg], TensorRef)
+                weight_of.setdefault(n.qkey, n.args[arg].name)
+                n.args[arg] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
     chan = dict(chan or {})
     for qkey, entry in qformat["nodes"].items():
         wspec = entry.get("weight")
+        if entry["kind"] == "embedding":
+            continue  # after the linears: a tied table may reuse an lm_head's stored weight
         smooth = imported.smoothing(qkey) if imported is not None else None
         if smooth is not None:
             if qkey not in chan or chan[qkey].smooth is None:
@@ -115,6 +151,10 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
             if imported is not None:
                 scale, zp = imported.params(f"{qkey}.input_{role}", spec, tuple(scale.shape)) or (scale, zp)
             _store(tensors, f"{qkey}/{role}", scale, zp, spec)
+    for qkey, entry in qformat["nodes"].items():
+        if entry["kind"] == "embedding":
+            _embedding_weight(qkey, entry, captured.tensors[weight_of[qkey]], weight_of, qformat, tensors, graphs,
+                              imported)
     for qkey, entry in qformat["nodes"].items():  # derived specs, after their sources exist
         for role, spec in entry["inputs"].items():
             src = spec.get("source")

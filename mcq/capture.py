@@ -258,6 +258,9 @@ def _to_graph(ep: torch.export.ExportedProgram, name: str, input_names: list[str
                 occurrences[(path, "bmm")] += 1
             elif op == KV_POINT:
                 node.qkey = f"{path}/{'kv'[int(n.args[2])]}_cache"
+            elif op == "aten.embedding.default":
+                node.qkey = f"{path}/embedding{occurrences[(path, 'embedding')]}"
+                occurrences[(path, "embedding")] += 1
             nodes.append(node)
         elif n.op == "output":
             values = n.args[0]

@@ -39,15 +39,17 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
     "act_granularity": ACT_GRANULARITIES,
     "kv_dtype": ACT_DTYPES,
     "attn_granularity": ("tensor", "head"),
+    "embedding_dtype": (None, "int8", "float32"),
     "qlevel": QLEVELS,
 }
 
 
-NODE_KINDS = ("linear", "bmm", "kv_cache")
+NODE_KINDS = ("linear", "bmm", "kv_cache", "embedding")
 # keys an override may set for the quant points it matches
 NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_group_size", "weight_nbits",
              "act_calib_method", "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype",
-             "smoothquant", "smoothquant_alpha", "act_outlier_threshold", "gptq", "attn_granularity")
+             "smoothquant", "smoothquant_alpha", "act_outlier_threshold", "gptq", "attn_granularity",
+             "embedding_dtype")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class QuantConfig:
     kv_dtype: str = "int8"
     # the query operand of Q.K^T: one scale per tensor, or per attention head (as the keys have)
     attn_granularity: str = "tensor"
+    # token embedding tables: int8 rows (one scale per token), or float32; None follows the
+    # weights (int8 when they are int8 / int4). A table tied to an int8 lm_head is stored once.
+    embedding_dtype: str | None = None
     disable_inout: bool = False
     smoothquant: bool = False
     smoothquant_alpha: float | str = 0.5  # or "auto": per-group search on the calibration data
@@ -186,6 +191,12 @@ class QuantConfig:
     @property
     def quantizes_weights(self) -> bool:
         return self.weight_dtype != "float32"
+
+    @property
+    def quantizes_embedding(self) -> bool:
+        if self.embedding_dtype is None:
+            return self.weight_dtype in ("int8", "int4")
+        return self.embedding_dtype == "int8"
 
     @property
     def quantizes_acts(self) -> bool:

@@ -56,7 +56,7 @@ def export_reference(path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 node[f"quant_desc_input_{role}"] = _desc(spec)
                 for k, v in _ranges(spec, b.tensor).items():
                     arrays[f"{qkey}.input_{role}.{k}"] = v
-            if entry.get("weight"):
+            if entry.get("weight") and not entry["weight"].get("shared_with"):  # a tied table: its linear's
                 for k, v in _ranges(entry["weight"], b.tensor).items():
                     arrays[f"{qkey}.weight.{k}"] = v
             qformat[qkey] = node

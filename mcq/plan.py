@@ -7,7 +7,7 @@ from mcq.config import DTYPE_BITS, QuantConfig
 from runtime.ir import Graph, Ref
 from runtime.ops import KV_POINT
 
-LINEAR, BMM = "aten.linear.default", "aten.bmm.default"
+LINEAR, BMM, EMBEDDING = "aten.linear.default", "aten.bmm.default", "aten.embedding.default"
 
 
 def _with_percentile(spec: dict[str, Any], cfg: QuantConfig) -> dict[str, Any]:
@@ -41,6 +41,10 @@ def _weight_spec(cfg: QuantConfig) -> dict[str, Any]:
     return _with_percentile(spec, cfg)
 
 
+EMBEDDING_SPEC = {"dtype": "int8", "nbits": 8, "granularity": "channel", "axis": 0, "symmetric": True,
+                  "method": "AMAX_SYM", "rounding": "nearest"}
+
+
 def _inout_keys(graph: Graph) -> set[str]:
     """Linears reading the model's first quantized input, and the last linear (disable_inout)."""
     linears = [n for n in graph.nodes if n.op == LINEAR and n.qkey]
@@ -51,7 +55,7 @@ def _inout_keys(graph: Graph) -> set[str]:
     return {*first, linears[-1].qkey}  # type: ignore[misc]
 
 
-_KIND = {LINEAR: "linear", BMM: "bmm", KV_POINT: "kv_cache"}
+_KIND = {LINEAR: "linear", BMM: "bmm", KV_POINT: "kv_cache", EMBEDDING: "embedding"}
 
 
 def plan_qformat(graph: Graph, config: QuantConfig, heads: int = 1) -> dict[str, Any]:
@@ -79,6 +83,9 @@ def plan_qformat(graph: Graph, config: QuantConfig, heads: int = 1) -> dict[str,
                     entry["inputs"]["x"]["outlier_threshold"] = float(cfg.act_outlier_threshold)
             if entry["weight"] or entry["inputs"]:
                 nodes[n.qkey] = entry
+        elif n.op == EMBEDDING and cfg.quantizes_embedding:
+            # int8 rows, one scale per token; a tied int8 lm_head may share them (mcq.bundle)
+            nodes[n.qkey] = {"kind": "embedding", "inputs": {}, "weight": EMBEDDING_SPEC.copy()}
         elif n.op == KV_POINT and cfg.quantizes_kv:
             nodes[n.qkey] = {"kind": "kv_cache", "inputs": {"x": _kv_spec(cfg)}, "weight": None}
         elif n.op == BMM and cfg.quantizes_acts and cfg.quantizes_kv:

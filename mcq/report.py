@@ -45,11 +45,20 @@ class _Tap(fx.Interpreter):
         return out
 
 
+def _table_name(entry: dict[str, Any]) -> str:
+    return f"{entry['weight'].get('shared_with') or entry['qkey']}/weight"
+
+
 def _local_output(entry: dict[str, Any], out: torch.Tensor, args: tuple[Any, ...], tensors: Any) -> torch.Tensor:
     """The node's output with only its own quantization applied to its float inputs."""
     qp = lambda spec: lower.quant_params(spec, tensors)  # noqa: E731
     if entry["kind"] == "kv_cache":
         return numerics.fake_quantize(out, qp(entry["inputs"]["x"]))
+    if entry["kind"] == "embedding":
+        spec = entry["weight"]
+        table = lower.stored_weight(_table_name(entry), spec, tensors)
+        qp_ = qp({k: v for k, v in spec.items() if k != "smooth"})
+        return numerics.embedding_rows(table, qp_, args[1], tensors(spec["smooth"]) if spec.get("smooth") else None)
     if entry["kind"] == "bmm":
         return torch.bmm(numerics.fake_quantize(args[0], qp(entry["inputs"]["a"])), args[1])
     x, bias = args[0], (args[2] if len(args) > 2 else None)
@@ -104,6 +113,8 @@ def suggest_overrides(errors: list[NodeError], top: int) -> list[dict[str, Any]]
     for e in worst:
         if e.kind == "kv_cache":
             out.append({"match": e.qkey, "kind": "kv_cache", "kv_dtype": "float32"})
+        elif e.kind == "embedding":
+            out.append({"match": e.qkey, "kind": "embedding", "embedding_dtype": "float32"})
         else:
             out.append({"match": e.qkey, "kind": e.kind, "act_dtype": "float32"})
     return out

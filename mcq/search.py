@@ -35,10 +35,12 @@ class SearchResult:
 
 def raise_precision(qkey: str, entry: dict[str, Any]) -> Override:
     """The override that lifts one quant point one step: int4 weights -> int8 per channel; a
-    quantized activation, Q.K^T operand or KV cache -> float32."""
+    quantized activation, Q.K^T operand, KV cache or embedding table -> float32."""
     kind = entry["kind"]
     if kind == "kv_cache":
         return Override(qkey, kind, (("kv_dtype", "float32"),))
+    if kind == "embedding":
+        return Override(qkey, kind, (("embedding_dtype", "float32"),))
     if kind == "linear" and not entry["inputs"] and (entry.get("weight") or {}).get("dtype") == "int4":
         return Override(qkey, kind, (("weight_dtype", "int8"), ("weight_granularity", "channel"), ("gptq", False)))
     return Override(qkey, kind, (("act_dtype", "float32"),))

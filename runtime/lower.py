@@ -22,8 +22,8 @@ from runtime import numerics
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
-from runtime.quant_modules import (Dequantize, FakeQuantize, Observe, Observer, OutlierProduct, QBmm, QLinear,
-                                    Quantize)
+from runtime.quant_modules import (Dequantize, FakeQuantize, Observe, Observer, OutlierProduct, QBmm,
+                                    QEmbedding, QLinear, Quantize)
 
 FLOAT = 0
 OBSERVE = -1
@@ -31,6 +31,7 @@ QLEVELS = (FLOAT, 2, 3, 4)
 
 LINEAR = "aten.linear.default"
 BMM = "aten.bmm.default"
+EMBEDDING = "aten.embedding.default"
 
 TensorSource = Callable[[str], torch.Tensor]
 
@@ -204,6 +205,8 @@ class _Builder:
             return self.lower_bmm(node, q)
         if node.op == KV_POINT:
             return self.lower_kv(node, q)
+        if node.op == EMBEDDING:
+            return self.lower_embedding(node, q)
         raise LoweringError(f"graph {self.graph.name}: node {node.name}: no quantized form of {node.op}")
 
     def quant_input(self, x: fx.Node, spec: Mapping[str, Any], qkey: str, role: str) -> fx.Node:
@@ -260,6 +263,24 @@ class _Builder:
         if bspec is not None and not bspec.get("source"):
             b = self.quant_input(b, bspec, node.qkey or "", "b")
         return self.fx.call_function(OPS[BMM], (a, b))
+
+    def lower_embedding(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
+        table_ref, ids = node.args[0], self.value(node.args[1])
+        spec = q.get("weight")
+        if self.mode == OBSERVE or not spec:
+            return self.fx.call_function(OPS[EMBEDDING], tuple(self.value(a) for a in node.args))
+        assert isinstance(table_ref, TensorRef)
+        if spec.get("dtype") != "int8" or spec.get("granularity") != "channel" or spec.get("axis") != 0:
+            raise LoweringError(f"embedding {node.qkey!r}: only int8 tables with one scale per row "
+                                f"(granularity channel, axis 0) are defined (spec Q.3a)")
+        qp = self.qp({k: v for k, v in spec.items() if k != "smooth"})
+        smooth = self.tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None
+        table_q = self.tensor(table_ref.name)
+        if self.mode == 2:  # the whole table dequantized once, then a float lookup (same values)
+            table = numerics.dequantize(table_q, qp)
+            table = self.get_attr(table_ref.name + "#rows", table / smooth if smooth is not None else table)
+            return self.fx.call_function(OPS[EMBEDDING], (table, ids))
+        return self.call_module(QEmbedding(table_q, qp, smooth), (ids,), node.qkey or "")
 
     def lower_kv(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
         x = self.value(node.args[0])

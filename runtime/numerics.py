@@ -140,6 +140,21 @@ def dequantize(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     return x.reshape(q.shape)
 
 
+def embedding_rows(table_q: torch.Tensor, qp: QuantParams, ids: torch.Tensor,
+                   smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows `ids` of a per-row (axis 0) quantized table, dequantized as Q.2 (then divided by
+    `smooth`, for a table shared with a smoothed lm_head): only the looked-up rows are touched.
+    Element for element the same float ops as dequantizing the whole table, so equal to it."""
+    flat = ids.reshape(-1)
+    q = table_q.index_select(0, flat).to(torch.int32)
+    zp = qp.zero_point.reshape(-1).index_select(0, flat)[:, None] if qp.zero_point.numel() > 1 else qp.zero_point
+    scale = qp.scale.reshape(-1).index_select(0, flat)[:, None] if qp.scale.numel() > 1 else qp.scale
+    rows = (q - zp).to(torch.float32) * scale
+    if smooth is not None:
+        rows = rows / smooth
+    return rows.reshape(*ids.shape, table_q.shape[-1])
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """int4 values (in int8 storage) -> uint8, two per byte along the last axis: element 2i in the
     low nibble, 2i+1 in the high one; an odd last dimension gets a zero high nibble."""

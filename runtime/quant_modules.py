@@ -53,6 +53,17 @@ class QLinear(nn.Module):
                                 self.emulate)
 
 
+class QEmbedding(nn.Module):
+    """Embedding lookup in a stored int8 table: gathers rows, then dequantizes only those."""
+
+    def __init__(self, table_q: torch.Tensor, qp: QuantParams, smooth: torch.Tensor | None) -> None:
+        super().__init__()
+        self.table_q, self.qp, self.smooth = table_q, qp, smooth
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return numerics.embedding_rows(self.table_q, self.qp, ids, self.smooth)
+
+
 class OutlierProduct(nn.Module):
     """Float side product of a linear's outlier input channels (qlevels 2 and 3)."""
 

@@ -120,7 +120,8 @@ def test_quantize_a_model_folder(tiny_models, tmp_path):
     r = run("inspect", out, "--json")
     report = json.loads(r.output)
     assert report["family"] == "gpt2" and report["quant"]["act_dtype"] == "float32"
-    assert report["quantized_nodes"] == {"linear:int8": 9}  # 2 x (c_attn, c_proj, c_fc, c_proj) + lm_head
+    # 2 x (c_attn, c_proj, c_fc, c_proj) + lm_head; token and position tables
+    assert report["quantized_nodes"] == {"linear:int8": 9, "embedding:int8": 2}
 
 
 def test_export_reference_schema(quantized, tmp_path):
@@ -149,7 +150,7 @@ def test_report_names_worst_nodes_and_suggests_overrides(tmp_path):
             "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert len(report["nodes"]) == 21  # 2 x (7 linears + 2 kv + 1 bmm) + lm_head
+    assert len(report["nodes"]) == 22  # the token table + 2 x (7 linears + 2 kv + 1 bmm) + lm_head
     first = report["nodes"][0]
     assert first["local_sqnr_db"] == pytest.approx(first["cumulative_sqnr_db"])  # nothing quantized before it
     assert all(0 < n["local_sqnr_db"] < 80 for n in report["nodes"])

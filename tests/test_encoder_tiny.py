@@ -77,7 +77,12 @@ def test_embed_tokenizes_with_the_bundled_tokenizer(bert):
 def test_w8a8_qlevel3_and_4_bit_identical_and_close_to_qlevel2(bert):
     _, _, _, q, path = bert
     nodes = q.sections["qformat"]["nodes"]
-    assert len(nodes) == 12 and all(e["kind"] == "linear" and e["inputs"]["x"] for e in nodes.values())
+    linears = [e for e in nodes.values() if e["kind"] == "linear"]
+    assert len(linears) == 12 and all(e["inputs"]["x"] for e in linears)
+    # word, position and token-type tables: int8 rows
+    assert sorted(k for k, e in nodes.items() if e["kind"] == "embedding") == [
+        "embeddings.position_embeddings/embedding0", "embeddings.token_type_embeddings/embedding0",
+        "embeddings.word_embeddings/embedding0"]
     ids, mask = _padded_batch()
     h2, e2 = runtime.load(path, qlevel=2)(ids, mask)
     h3, e3 = runtime.load(path, qlevel=3)(ids, mask)
@@ -116,7 +121,7 @@ def test_encoder_bundle_manifest_and_clear_errors(bert, quantized):
 def test_encoder_without_tokenizer_calibrates_on_random_tokens(quantized):
     _, q, path = quantized("bert-tiny", "W8A8")
     rt = runtime.load(path)
-    assert rt.tokenizer is None and len(q.sections["qformat"]["nodes"]) == 12
+    assert rt.tokenizer is None and len(q.sections["qformat"]["nodes"]) == 12 + 3  # linears, tables
     with pytest.raises(ValueError, match="no tokenizer"):
         rt.embed("hello")
     ids, mask = _padded_batch()
@@ -262,7 +267,7 @@ def test_cli_quantizes_inspects_and_refuses_generate_on_an_encoder(tmp_path):
     report = json.loads(r.output)
     assert report["family"] == "bert" and report["kv_cache"] is None
     assert report["entry_points"]["forward"]["outputs"] == ["last_hidden_state", "sentence_embedding"]
-    assert report["quantized_nodes"] == {"linear:int8": 12}
+    assert report["quantized_nodes"] == {"linear:int8": 12, "embedding:int8": 3}
     assert "entry point forward" in CliRunner().invoke(main, ["inspect", str(out)]).output
     r = CliRunner().invoke(main, ["generate", str(out), "--prompt", "hello"])
     assert r.exit_code == 1 and r.output.startswith("error: ") and "'prefill'" in r.output
