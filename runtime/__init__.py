@@ -20,8 +20,12 @@ __all__ = ["EntryPointError", "KVCache", "Model", "load"]
 _BIT_VIEWS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn}
 
 
-def load(path: str | os.PathLike[str], qlevel: int | None = None) -> Model:
-    """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own)."""
+def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool = False) -> Model:
+    """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own).
+
+    compile=True runs each entry point through torch.compile from its first call (fused float
+    glue, several times faster decode; the interpreted graph is the fallback, see
+    `runtime.compiled`). Weights stay memory-mapped from the file either way."""
     bundle = mcq_format.read(path)
 
     def tensor(name: str) -> torch.Tensor:
@@ -30,6 +34,6 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None) -> Model:
         viewed = _BIT_VIEWS.get(bundle.tensor_info(name).dtype)
         return t.view(viewed) if viewed is not None else t
 
-    model = from_sections(bundle.sections, tensor, qlevel)
+    model = from_sections(bundle.sections, tensor, qlevel, compile)
     model.bundle = bundle  # keeps the memory map open for the model's lifetime
     return model

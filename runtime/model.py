@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from runtime import lower
+from runtime.compiled import CompiledEntryPoint
 from runtime.ir import Graph
 from runtime.ops import DTYPES
 from runtime.tokenizer import Tokenizer
@@ -37,11 +38,14 @@ class Model:
 
     def __init__(self, graphs: Mapping[str, Graph], tensor: Callable[[str], torch.Tensor],
                  qformat: Mapping[str, Any] | None, manifest: Mapping[str, Any],
-                 tokenizer: Tokenizer | None, qlevel: int) -> None:
+                 tokenizer: Tokenizer | None, qlevel: int, compile: bool = False) -> None:
         self.manifest, self.tokenizer, self.qlevel = manifest, tokenizer, qlevel
         self.qformat = qformat
         self._graphs = dict(graphs)
-        self._modules = {name: lower.build(g, tensor, qformat, qlevel) for name, g in graphs.items()}
+        self._modules: dict[str, Callable[..., Any]] = {
+            name: lower.build(g, tensor, qformat, qlevel) for name, g in graphs.items()}
+        if compile:
+            self._modules = {name: CompiledEntryPoint(name, m) for name, m in self._modules.items()}  # type: ignore[arg-type]
         special = manifest.get("tokenizer") or {}
         self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
@@ -189,7 +193,7 @@ class Model:
 
 
 def from_sections(sections: Mapping[str, Any], tensor: Callable[[str], torch.Tensor],
-                  qlevel: int | None = None) -> Model:
+                  qlevel: int | None = None, compile: bool = False) -> Model:
     """A Model over decoded bundle sections (from a file or still in memory) and a tensor source.
 
     qlevel None takes the bundle's own (manifest quant.qlevel); a bundle without quantized nodes
@@ -202,7 +206,7 @@ def from_sections(sections: Mapping[str, Any], tensor: Callable[[str], torch.Ten
         qlevel = int(manifest.get("quant", {}).get("qlevel", 0))
     if not (qformat or {}).get("nodes"):
         qlevel = 0  # nothing is quantized: every qlevel is the float graph
-    return Model(graphs, tensor, qformat, manifest, tok, qlevel)
+    return Model(graphs, tensor, qformat, manifest, tok, qlevel, compile)
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,

@@ -183,6 +183,18 @@ def _centered(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     return (q.reshape(view).to(torch.int32) - zp).reshape(q.shape)
 
 
+@torch.library.custom_op("mcq::int8_mm", mutates_args=())
+def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch._int_mm behind an opaque op: torch.compile (Inductor) rewrites a one-row _int_mm into
+    an int8 multiply-and-sum that overflows; as a custom op it always runs the int32 kernel."""
+    return torch._int_mm(a, b)
+
+
+@_int8_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.int32)
+
+
 def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor:
     """Exact integer matrix product of 2-D integer operands.
 
@@ -193,7 +205,7 @@ def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor
     if emulate:
         return a.to(torch.float64) @ b.to(torch.float64)
     if a.dtype == torch.int8 and b.dtype == torch.int8 and a.shape[0] > 0:
-        return torch._int_mm(a, b)
+        return _int8_mm(a, b)
     return a.to(torch.int32) @ b.to(torch.int32)
 
 
@@ -206,6 +218,45 @@ def has_kernel(weight_qp: QuantParams, input_qp: QuantParams) -> bool:
     return weight_qp.kind == INT or weight_qp.group_size is None
 
 
+@dataclass(frozen=True)
+class PreparedLinear:
+    """What `qlinear` derives from the weight and the two specs, computed once per linear (at
+    load) instead of per call: it changes no value, only when the work is done."""
+
+    weight_q: torch.Tensor  # as stored ([N, K], int4 unpacked to int8)
+    weight_qp: QuantParams
+    input_qp: QuantParams
+    out_scale: torch.Tensor  # float32(s_x * s_w): [N] (or [N, G] for groups)
+    zp_correction: torch.Tensor | None  # zp_x * sum_k q_w[n, k] in int32 (per tensor / channel int)
+    per_tensor_input: bool  # the input quantizes with python scalars (no outliers, no smoothing)
+    x_scale: float
+    x_zp: float
+
+
+def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: QuantParams) -> PreparedLinear:
+    assert has_kernel(weight_qp, input_qp), "qlinear takes a per-tensor input of the weight's format"
+    out_scale = (input_qp.scale * weight_qp.scale).to(torch.float32)
+    correction = None
+    if weight_qp.kind == INT and not weight_qp.group_size and int(input_qp.zero_point) != 0:
+        correction = input_qp.zero_point.to(torch.int32) * weight_q.to(torch.int32).sum(dim=1)
+    plain = input_qp.kind == INT and input_qp.outliers is None and input_qp.smooth is None
+    return PreparedLinear(weight_q, weight_qp, input_qp, out_scale, correction, plain,
+                          float(input_qp.scale), float(input_qp.zero_point))
+
+
+_HALF = torch.tensor(0.5)
+
+
+def _quantize_per_tensor(x: torch.Tensor, p: PreparedLinear) -> torch.Tensor:
+    """`quantize` for a per-tensor int spec with python scalars: the same float32 operations
+    (x / s, round half away from zero as trunc(v + copysign(0.5, v)), + zp, clamp), fewer ops."""
+    v = x.to(torch.float32) / p.x_scale
+    q = torch.trunc(v + torch.copysign(_HALF, v))
+    if p.x_zp:
+        q = q + p.x_zp
+    return torch.clamp(q, p.input_qp.qmin, p.input_qp.qmax).to(torch.int8)
+
+
 def qlinear(
     x: torch.Tensor,
     weight_q: torch.Tensor,
@@ -214,6 +265,7 @@ def qlinear(
     input_qp: QuantParams,
     outlier_weight: torch.Tensor | None = None,
     emulate: bool = False,
+    prepared: PreparedLinear | None = None,
 ) -> torch.Tensor:
     """qlevel-4 linear (spec Q.4) of a quantized input and a quantized weight of the same format.
 
@@ -224,23 +276,23 @@ def qlinear(
          products is a multiple of 2^-18 below 2^36: exact), no zero points.
     bf16: float32 linear of the bf16 operands (order of accumulation left to the BLAS).
     """
-    assert has_kernel(weight_qp, input_qp), "qlinear takes a per-tensor input of the weight's format"
-    xq = quantize(x, input_qp)
+    p = prepared or prepare_qlinear(weight_q, weight_qp, input_qp)
+    xq = _quantize_per_tensor(x, p) if p.per_tensor_input and input_qp.storage_dtype == torch.int8 \
+        else quantize(x, input_qp)
     k = xq.shape[-1]
     xq2 = xq.reshape(-1, k)
     if weight_qp.kind == BF16:
         y = torch.nn.functional.linear(xq2.to(torch.float32), weight_q.to(torch.float32))
     elif weight_qp.kind == FP8:
         acc = xq2.to(torch.float64) @ weight_q.to(torch.float64).t()
-        y = acc.to(torch.float32) * (input_qp.scale * weight_qp.scale).to(torch.float32)
+        y = acc.to(torch.float32) * p.out_scale
     elif weight_qp.group_size:
         y = _grouped_int_linear(xq2, weight_q, weight_qp, input_qp, emulate)
     else:
-        acc = _int_matmul(xq2, weight_q.t(), emulate)
-        if int(input_qp.zero_point) != 0:
-            row_sums = weight_q.to(acc.dtype).sum(dim=1)
-            acc = acc - input_qp.zero_point.to(acc.dtype) * row_sums
-        y = acc.to(torch.float32) * (input_qp.scale * weight_qp.scale).to(torch.float32)
+        acc = _int_matmul(xq2, weight_q.t(), emulate)  # the stored [N, K] layout: fastest for _int_mm
+        if p.zp_correction is not None:
+            acc = acc - p.zp_correction.to(acc.dtype)
+        y = acc.to(torch.float32) * p.out_scale
     if bias is not None:
         y = y + bias.to(torch.float32)
     y = y.reshape(*x.shape[:-1], weight_q.shape[0])

@@ -47,10 +47,11 @@ class QLinear(nn.Module):
         super().__init__()
         self.weight_q, self.weight_qp, self.input_qp = weight_q, weight_qp, input_qp
         self.outlier_weight, self.emulate = outlier_weight, emulate
+        self.prepared = numerics.prepare_qlinear(weight_q, weight_qp, input_qp)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp, self.outlier_weight,
-                                self.emulate)
+                                self.emulate, self.prepared)
 
 
 class QEmbedding(nn.Module):

@@ -167,3 +167,30 @@ def test_emulated_and_integer_kernels_are_bit_identical():
     a, b = torch.randn(6, 5, 64, generator=g), torch.randn(6, 64, 7, generator=g)
     pa, pb = qp(0.02, 3), qp(torch.tensor([0.03, 0.05, 0.04]), torch.tensor([1, -2, 0]), axis=0, per_head=True)
     assert torch.equal(numerics.qbmm(a, pa, b, pb, emulate=True), numerics.qbmm(a, pa, b, pb))
+
+
+def test_prepared_per_tensor_quantize_equals_quantize_at_ties_and_edges():
+    """qlinear's per-tensor input path (trunc(v + copysign(0.5, v)), python scalars) is the spec's
+    round-half-away-from-zero, bit for bit, including exact .5 ties, -0.0 and values clamped."""
+    from runtime.numerics import _quantize_per_tensor, prepare_qlinear
+
+    scale = 0.25
+    ties = torch.tensor([-2.625, -0.375, -0.125, -0.0, 0.0, 0.125, 0.375, 2.625, 1e9, -1e9, 31.875, -32.125])
+    x = torch.cat([ties, torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 20])
+    for zp in (0, 5, -7):
+        xqp = QuantParams(torch.tensor(scale), torch.tensor(zp, dtype=torch.int32), -128, 127)
+        wqp = QuantParams(torch.ones(3), torch.zeros(3, dtype=torch.int32), -127, 127, axis=0)
+        p = prepare_qlinear(torch.ones(3, x.numel(), dtype=torch.int8), wqp, xqp)
+        assert p.per_tensor_input
+        assert torch.equal(_quantize_per_tensor(x, p), numerics.quantize(x, xqp))
+
+
+def test_prepared_linear_precomputes_the_zero_point_correction():
+    from runtime.numerics import prepare_qlinear
+
+    w = torch.tensor([[1, -2, 3], [127, 127, -127]], dtype=torch.int8)
+    wqp = QuantParams(torch.tensor([0.5, 0.25]), torch.zeros(2, dtype=torch.int32), -127, 127, axis=0)
+    xqp = QuantParams(torch.tensor(0.1), torch.tensor(-3, dtype=torch.int32), -128, 127)
+    p = prepare_qlinear(w, wqp, xqp)
+    assert p.zp_correction.tolist() == [-3 * 2, -3 * 127]
+    assert torch.equal(p.out_scale, (torch.tensor(0.1) * torch.tensor([0.5, 0.25])).to(torch.float32))
