@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +30,23 @@ def _store(tensors: dict[str, torch.Tensor], prefix: str, scale: torch.Tensor, z
     if spec["dtype"] == "bfloat16":  # a cast: no parameters to store
         spec.pop("scale", None), spec.pop("zero_point", None)
         return
-    tensors[f"{prefix}.scale"] = scale.to(torch.float32).contiguous()
-    tensors[f"{prefix}.zero_point"] = zp.to(torch.int32).contiguous()
+    # zero points always fit the 8-bit grids (spec Q.2: I8); group scales are float16 (4x the
+    # count of a channel's: half their bytes keep int4 g128 bundles small), already on that grid
+    tensors[f"{prefix}.scale"] = scale.to(scale_dtype(spec)).contiguous()
+    tensors[f"{prefix}.zero_point"] = zp.to(torch.int8).contiguous()
     spec["scale"], spec["zero_point"] = f"{prefix}.scale", f"{prefix}.zero_point"
+
+
+def scale_dtype(spec: dict[str, Any]) -> torch.dtype:
+    return torch.float16 if spec.get("granularity") == "group" else torch.float32
+
+
+def on_scale_grid(scale: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """The scale as stored (float32 values; for group specs rounded to float16, kept above its
+    smallest subnormal), so that quantizing uses exactly the value a reader will load."""
+    if scale_dtype(spec) == torch.float32:
+        return scale.to(torch.float32)
+    return scale.to(torch.float32).clamp(min=2.0 ** -24, max=65504.0).to(torch.float16).to(torch.float32)
 
 
 def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, torch.Tensor], name: str,
@@ -43,6 +58,7 @@ def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, t
     if imported is not None:
         scale, zp = imported.params(name.removesuffix("/weight") + ".weight", wspec, tuple(scale.shape)) \
             or (scale, zp)
+    scale = on_scale_grid(scale, wspec)
     _store(tensors, name, scale, zp, wspec)
     qp = spec_to_qp(wspec, scale, zp)
     q = numerics.quantize(gptq.gptq_weight(w, qp, hessian) if hessian is not None else w, qp)
@@ -215,7 +231,9 @@ def sections(assembled: Assembled, captured: Captured, cfg: QuantConfig, tokeniz
         tok_meta = {"bos_token_id": tokenizer.bos_token_id,
                     "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or []),
                     "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos}
-        out["tokenizer"] = {"kind": "hf-tokenizers-json", "json": tokenizer.backend_tokenizer.to_str()}
+        # zlib level 9 is deterministic: the same tokenizer gives the same bytes
+        out["tokenizer"] = {"kind": "hf-tokenizers-json-zlib",
+                            "zlib": zlib.compress(tokenizer.backend_tokenizer.to_str().encode("utf-8"), 9)}
     elif captured.model_config.get("eos_token_id") is not None:
         eos = captured.model_config["eos_token_id"]
         tok_meta = {"bos_token_id": captured.model_config.get("bos_token_id"), "eos_token_ids": [eos],

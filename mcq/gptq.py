@@ -72,9 +72,12 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
     h[dead, dead] = 1.0
     weight[:, dead] = 0.0
     h += damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=torch.float64)
-    # activation order: columns with the largest input energy first, while the most columns are
-    # left to absorb their error; each column keeps its own (static) group scale
-    order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+    # activation order for group scales: columns with the largest input energy first, while the
+    # most columns are left to absorb their error; each column keeps its own (static) group scale.
+    # Per-channel int8 keeps the natural order: on SmolLM2 W8A8KV8 act order measured worse
+    # (+3.86 % perplexity vs +3.10 %, docs/benchmarks.md).
+    order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if qp.group_size \
+        else torch.arange(cols)
     weight, h = weight[:, order], h[order][:, order]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
     quant = _column_quantizer(qp, rows)

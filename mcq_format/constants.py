@@ -42,6 +42,9 @@ SECTION_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*(?:/[A-Za-z0-9_.\-]+)?")
 GRAPH_SCHEMA_VERSION: Final = 1
 QFORMAT_SCHEMA_VERSION: Final = 1
 TOKENIZER_KIND_HF: Final = "hf-tokenizers-json"
+# the same document zlib-compressed (a tokenizer.json is mostly repetitive text: ~4x smaller)
+TOKENIZER_KIND_HF_ZLIB: Final = "hf-tokenizers-json-zlib"
+TOKENIZER_MAX_JSON_BYTES: Final = 64 * 1024 * 1024  # decompression limit (no zlib bombs)
 
 # ------------------------------------------------------------------------ dtypes
 

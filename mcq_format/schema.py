@@ -8,6 +8,8 @@ ignored (forward compatibility within a major version).
 
 from __future__ import annotations
 
+import zlib
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -307,8 +309,39 @@ def check_tokenizer(tokenizer: object, ctx: Context) -> None:
     at = _At(C.SECTION_TOKENIZER)
     t = _map(tokenizer, at)
     kind, kat = _field(t, "kind", at)
-    if _str(kind, kat) == C.TOKENIZER_KIND_HF:
+    kind = _str(kind, kat)
+    if kind == C.TOKENIZER_KIND_HF:
         _str(_field(t, "json", at)[0], at.key("json"))
+    elif kind == C.TOKENIZER_KIND_HF_ZLIB:
+        _, dat = _field(t, "zlib", at)
+        try:
+            tokenizer_json(t)
+        except ValueError as e:
+            dat.fail(str(e))
+
+
+def tokenizer_json(section: dict[str, Any]) -> str:
+    """The tokenizer.json text of a tokenizer section of either kind (zlib: decompressed under
+    TOKENIZER_MAX_JSON_BYTES). ValueError names what is wrong."""
+    if section.get("kind") == C.TOKENIZER_KIND_HF:
+        return str(section["json"])
+    if section.get("kind") != C.TOKENIZER_KIND_HF_ZLIB:
+        raise ValueError(f"tokenizer kind {section.get('kind')!r} is not one of "
+                         f"{C.TOKENIZER_KIND_HF!r}, {C.TOKENIZER_KIND_HF_ZLIB!r}")
+    data = section.get("zlib")
+    if not isinstance(data, bytes):
+        raise ValueError(f"expected bin (zlib data), got {type(data).__name__}")
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, C.TOKENIZER_MAX_JSON_BYTES)
+    except zlib.error as e:
+        raise ValueError(f"not valid zlib data ({e})") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(f"decompresses to more than {C.TOKENIZER_MAX_JSON_BYTES} bytes, or is truncated")
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("decompressed tokenizer document is not UTF-8") from None
 
 
 # ----------------------------------------------------------- tensor_sha256

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from mcq_format.schema import tokenizer_json
+
 
 class Tokenizer:
     def __init__(self, section: Mapping[str, Any]) -> None:
-        if section.get("kind") != "hf-tokenizers-json":
-            raise ValueError(f"tokenizer section: unsupported kind {section.get('kind')!r}")
         from tokenizers import Tokenizer as _HF  # only needed where text goes in or out
 
-        self._tok = _HF.from_str(section["json"])
+        try:
+            text = tokenizer_json(dict(section))
+        except ValueError as e:
+            raise ValueError(f"tokenizer section: {e}") from None
+        self._tok = _HF.from_str(text)
         self._tok.no_padding()  # batches are padded by the model (a fixed padding would hide lengths)
 
     def encode(self, text: str) -> list[int]:

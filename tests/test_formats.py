@@ -300,3 +300,25 @@ def test_asymmetric_weights_have_zero_points_and_no_integer_kernel():
     err = lambda p: float((numerics.fake_quantize(w, p) - w).pow(2).sum())  # noqa: E731
     assert err(asym) < 0.8 * err(sym)
     assert not numerics.has_kernel(asym, qp(1.0)) and numerics.has_kernel(sym, qp(1.0))
+
+
+def test_group_scales_are_float16_and_the_weights_were_quantized_with_them(tiny_models):
+    """Stored qparams are compact (F16 group scales, I8 zero points) and the stored int4 values
+    are exactly what quantizing with the stored (float16) scales gives."""
+    import dataclasses
+
+    import mcq
+    from runtime import lower
+
+    cfg = dataclasses.replace(mcq.preset("W4A16"), gptq=False)
+    model = tiny_models("llama-tiny")
+    q = mcq.quantize(model, cfg, progress=False)
+    spec = q.sections["qformat"]["nodes"]["model.layers.0.mlp.up_proj/linear0"]["weight"]
+    scale, zp = q.tensors[spec["scale"]], q.tensors[spec["zero_point"]]
+    assert spec["granularity"] == "group" and scale.dtype == torch.float16 and zp.dtype == torch.int8
+    lm = q.sections["qformat"]["nodes"]["lm_head/linear0"]["weight"]
+    assert q.tensors[lm["scale"]].dtype == torch.float32 and q.tensors[lm["zero_point"]].dtype == torch.int8
+    qp = lower.quant_params(spec, q.tensors.__getitem__)
+    stored = lower.stored_weight("model.layers.0.mlp.up_proj/linear0/weight", spec, q.tensors.__getitem__)
+    w = model.model.layers[0].mlp.up_proj.weight.detach()
+    assert torch.equal(stored, numerics.quantize(w, qp))

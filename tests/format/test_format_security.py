@@ -109,3 +109,30 @@ def test_fifo_is_rejected_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.mcq"
     os.mkfifo(fifo)
     _fast(lambda: pytest.raises(m.FileUnreadableError, m.read, fifo))
+
+
+def test_zlib_tokenizer_bomb_stops_at_the_limit(tmp_path):
+    """A tokenizer section inflating past 64 MiB is rejected without inflating it all."""
+    import zlib
+
+    from mcq_format import constants as C
+
+    bomb = zlib.compress(b" " * (C.TOKENIZER_MAX_JSON_BYTES + 1024), 9)
+    assert len(bomb) < 200_000
+    p = tmp_path / "bomb.mcq"
+    build(p, sections_=with_section("tokenizer", {"kind": C.TOKENIZER_KIND_HF_ZLIB, "zlib": bomb}))
+    with pytest.raises(m.SectionSchemaError, match="decompresses to more than"):
+        m.validate(p)
+
+
+def test_zlib_tokenizer_reads_back_the_document(tmp_path):
+    import zlib
+
+    from mcq_format.schema import tokenizer_json
+
+    doc = '{"model": {"vocab": {"a": 0}}}'
+    p = tmp_path / "z.mcq"
+    build(p, sections_=with_section("tokenizer", {"kind": "hf-tokenizers-json-zlib", "zlib": zlib.compress(doc.encode())}))
+    m.validate(p, verify=True)
+    with m.read(p) as bundle:
+        assert tokenizer_json(bundle.sections["tokenizer"]) == doc
