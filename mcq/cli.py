@@ -66,8 +66,8 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config (keys: weight_calib_method, act_dtype, kv_dtype, ...; 'preset: NAME' "
                    "starts from a preset).")
-@click.option("--preset", default=None, help="Preset: W8A8KV8 (default), W8A8, W8A16, W4A16 (int4 g128 GPTQ), "
-                                              "W8fA8f (fp8), W16A16 (bf16), FLOAT.")
+@click.option("--preset", default=None, help="Preset: W8A8KV8 (default), W8A8, W8A16, W4A16 (int4 g128 GPTQ), W4A16M (W4A16 with "
+                                              "k/v and early down projections int8), W8fA8f (fp8), W16A16 (bf16), FLOAT.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="Calibration data: .txt, or .json/.jsonl records {instruction, input, output}. "
                    "Default: built-in English text.")

@@ -160,3 +160,15 @@ def test_smoothquant_alpha_can_be_set_per_node(tiny_models):
     assert alphas["model.layers.0.mlp.down_proj/linear0"] == 0.9
     assert alphas["model.layers.0.mlp.gate_proj/linear0"] == 0.75
     assert len(alphas) == len(channels.groups(captured.graphs["prefill"], plan))
+
+
+def test_w4a16m_keeps_the_sensitive_projections_int8():
+    import mcq
+
+    cfg = mcq.preset("W4A16M")
+    dtype = lambda k: cfg.for_node(k, "linear").weight_dtype  # noqa: E731
+    assert dtype("model.layers.3.mlp.down_proj/linear0") == "int8"
+    assert dtype("model.layers.13.mlp.down_proj/linear0") == "int4"
+    assert dtype("model.layers.13.self_attn.v_proj/linear0") == dtype("model.layers.0.self_attn.k_proj/linear0") == "int8"
+    assert dtype("model.layers.13.self_attn.q_proj/linear0") == dtype("model.layers.2.mlp.up_proj/linear0") == "int4"
+    assert dtype("lm_head/linear0") == "int8" and cfg.for_node("lm_head/linear0", "linear").weight_granularity == "channel"

@@ -1,0 +1,290 @@
+"""Speed, load time, size and memory of SmolLM2-135M-Instruct: mcq bundles against the runtimes
+users would otherwise pick, all measured in one run.
+
+    PYTHONPATH=. python benchmarks/speed_smollm2.py --workdir /tmp/mcq-speed [--passes 2]
+
+Contenders (each measured in its own subprocess, so load time and peak RSS are its own; the
+passes interleave contenders because the machine is noisy; the table keeps each figure's best
+pass):
+- mcq W8A8KV8, W8A16, W4A16 at qlevel 4: interpreted (`runtime.load(path)`) and compiled
+  (`runtime.load(path, compile=True)`; its first-call compile time is reported apart);
+- Hugging Face transformers fp32 and bf16 (eager, from an fp32 safetensors folder);
+- onnxruntime-genai fp32 / int8 / int4 and llama.cpp Q8_0 (`benchmarks/external_contenders.py`),
+  when those packages are installed.
+
+Figures: load s (open file to first prefill ready; for mcq also `safetensors.torch.load_file`
+of the same file, since a .mcq is a safetensors file), prefill tokens/s at 512 tokens, decode
+tokens/s at batch 1 and 8 (128 new tokens, greedy), file size, peak RSS of the whole worker.
+mcq workers also check that the compiled path's greedy tokens equal the interpreted qlevel-4
+path's. `--write-docs` rewrites the speed section of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
+MCQ_PRESETS = ("W8A8KV8", "W8A16", "W4A16")
+THREADS = 2  # the machine's cores; every contender gets the same
+PREFILL_LEN = 512
+
+
+def make_prompts(tokenize, prefill_len: int) -> dict[str, list]:
+    """Token ids every contender gets: 8 different 32-token prompts (decode) and one prompt of
+    `prefill_len` tokens, from the held-out text (never calibration text)."""
+    ids = tokenize(HELDOUT.read_text())
+    return {"short": [ids[i * 32 : (i + 1) * 32] for i in range(8)], "long": ids[1000 : 1000 + prefill_len]}
+
+
+# -- artifacts (made once, cached in the workdir) -------------------------------------------
+def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    from mcq.examples import load_example
+
+    model, tok = load_example("smollm2")
+    captured = None
+    (workdir / "prompts.json").write_text(json.dumps(make_prompts(lambda s: tok(s)["input_ids"], PREFILL_LEN)))
+    hf_dir = workdir / "hf-fp32"
+    if any(n.startswith("hf-") for n in names) and not (hf_dir / "config.json").exists():
+        model.save_pretrained(hf_dir)
+        tok.save_pretrained(hf_dir)
+    for preset in MCQ_PRESETS:
+        path = workdir / f"smollm2-{preset}.mcq"
+        if any(n.startswith(f"mcq-{preset}-") for n in names):
+            if not path.exists():
+                import mcq
+
+                if captured is None:
+                    captured = mcq.capture_model(model)
+                print(f"quantizing {preset} ...", flush=True)
+                mcq.quantize(captured, mcq.preset(preset), tokenizer=tok).save(path)
+            for mode in ("interp", "compiled"):
+                out[f"mcq-{preset}-{mode}"] = path
+    for n in ("hf-fp32", "hf-bf16"):
+        out[n] = hf_dir
+    try:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import external_contenders as ext  # noqa: PLC0415 - optional contenders
+
+        for precision in ("fp32", "int8", "int4"):
+            if f"ortgenai-{precision}" in names:
+                try:
+                    out[f"ortgenai-{precision}"] = ext.prepare_ort_genai(workdir, precision)
+                except Exception as e:  # noqa: BLE001 - report and go on without it
+                    print(f"ortgenai-{precision}: unavailable ({e})", flush=True)
+        if "llamacpp-Q8_0" in names:
+            try:
+                out["llamacpp-Q8_0"] = ext.prepare_llama_cpp_q8(workdir)
+            except Exception as e:  # noqa: BLE001
+                print(f"llamacpp-Q8_0: unavailable ({e})", flush=True)
+    except ImportError as e:
+        print(f"external contenders unavailable ({e})", flush=True)
+    return {n: p for n, p in out.items() if n in names}
+
+
+# -- workers (one subprocess per contender and pass) ----------------------------------------
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    import runtime
+
+    torch.set_num_threads(THREADS)
+    t_file = _timed(lambda: load_file(str(path)))
+    t = time.perf_counter()
+    m = runtime.load(path, compile=compiled)
+    load_s = time.perf_counter() - t
+    long_prompt, short = prompts["long"], prompts["short"]
+    prefill_len = len(long_prompt)
+    res = {"load_s": load_s, "safetensors_load_file_s": t_file, "file_mib": path.stat().st_size / 2**20}
+    # first calls compile (compiled path): timed apart, then every shape used below is warm
+    first = time.perf_counter()
+    for batch in (short[:1], short):
+        logits, cache = m.prefill(torch.tensor(batch))
+        for _ in range(3):
+            logits, cache = m.decode(logits[:, -1].argmax(-1), cache)
+    m.prefill(torch.tensor([long_prompt]))
+    res["first_calls_s"] = time.perf_counter() - first
+    res["prefill_tok_s"] = prefill_len / min(_timed(lambda: m.prefill(torch.tensor([long_prompt]))) for _ in range(2))
+    for batch_size in (1, 8):
+        ids = torch.tensor(short[:batch_size])
+        logits, cache = m.prefill(ids)
+        tok = logits[:, -1].argmax(-1)
+        t = time.perf_counter()
+        for _ in range(new_tokens):
+            logits, cache = m.decode(tok, cache)
+            tok = logits.argmax(-1)
+        res[f"decode_b{batch_size}_tok_s"] = batch_size * new_tokens / (time.perf_counter() - t)
+    res["peak_rss_mib"] = _peak_rss_mib()
+    res["weights_mib"] = sum(v.nbytes for v in load_file(str(path)).values()) / 2**20
+    if compiled:  # greedy tokens of the fast path against the reference qlevel-4 interpreter
+        ref = runtime.load(path)
+        a = m.generate(short[:2], max_new_tokens=48, stop_at_eos=False)
+        b = ref.generate(short[:2], max_new_tokens=48, stop_at_eos=False)
+        res["greedy_equal_to_interpreted"] = a == b
+    return res
+
+
+def worker_hf(path: Path, dtype_name: str, new_tokens: int, prompts: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(THREADS)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    load_s = time.perf_counter() - t
+    long_prompt, short = torch.tensor([prompts["long"]]), prompts["short"]
+    prefill_len = long_prompt.shape[1]
+    res = {"load_s": load_s, "file_mib": sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**20}
+    with torch.no_grad():
+        model(long_prompt)
+        res["prefill_tok_s"] = prefill_len / min(_timed(lambda: model(long_prompt)) for _ in range(2))
+        for batch_size in (1, 8):
+            ids = torch.tensor(short[:batch_size])
+            out = model(ids, use_cache=True)
+            past, tok_ = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            t = time.perf_counter()
+            for _ in range(new_tokens):
+                out = model(tok_, past_key_values=past, use_cache=True)
+                past, tok_ = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            res[f"decode_b{batch_size}_tok_s"] = batch_size * new_tokens / (time.perf_counter() - t)
+    res["peak_rss_mib"] = _peak_rss_mib()
+    return res
+
+
+def worker(name: str, path: Path, new_tokens: int, prompts: dict) -> dict:
+    if name.startswith("mcq-"):
+        return worker_mcq(path, name.endswith("-compiled"), new_tokens, prompts)
+    if name.startswith("hf-"):
+        return worker_hf(path, name.split("-")[1], new_tokens, prompts)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import external_contenders as ext
+
+    measure = ext.measure_llama_cpp if name.startswith("llamacpp") else ext.measure_ort_genai
+    res = {}
+    for batch in (1, 8):
+        r = measure(path, prompts["short"][:batch] if batch > 1 else prompts["short"][0], new_tokens, batch,
+                    len(prompts["long"]))
+        res.update({k: v for k, v in r.items() if k != "decode_tok_s"})
+        res[f"decode_b{batch}_tok_s"] = r.get("decode_tok_s")
+    res["file_mib"] = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20 \
+        if Path(path).is_dir() else Path(path).stat().st_size / 2**20
+    res["peak_rss_mib"] = _peak_rss_mib()
+    return res
+
+
+# -- driver ---------------------------------------------------------------------------------
+def run_worker(name: str, path: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--artifact", str(path),
+           "--new-tokens", str(args.new_tokens), "--prompts", str(args.workdir / "prompts.json")]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": str(THREADS)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def best(results: list[dict]) -> dict:
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[-1]
+    out = dict(ok[0])
+    for r in ok[1:]:
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                lower_is_better = k.endswith("_s") and not k.endswith("tok_s")
+                out[k] = min(out[k], v) if lower_is_better or k == "peak_rss_mib" else max(out[k], v)
+    out["first_calls_s"] = ok[0].get("first_calls_s")  # the first pass pays any cold compile
+    return out
+
+
+def table(rows: dict[str, dict]) -> str:
+    cols = [("load_s", "load s", "{:.2f}"), ("safetensors_load_file_s", "load_file s", "{:.3f}"),
+            ("first_calls_s", "first calls s", "{:.1f}"), ("prefill_tok_s", "prefill tok/s @512", "{:.0f}"),
+            ("decode_b1_tok_s", "decode tok/s b1", "{:.1f}"), ("decode_b8_tok_s", "decode tok/s b8", "{:.1f}"),
+            ("file_mib", "file MiB", "{:.1f}"), ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+            ("greedy_equal_to_interpreted", "tokens = qlevel 4", "{}")]
+    lines = ["| contender | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} |")
+            continue
+        cells = [fmt.format(r[k]) if r.get(k) is not None else "" for k, _, fmt in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(rows: dict[str, dict]) -> list[str]:
+    def val(name: str, key: str) -> float | None:
+        r = rows.get(name) or {}
+        return r.get(key) if "error" not in r else None
+
+    out = []
+    for ours, theirs, key in (("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "decode_b1_tok_s"),
+                              ("mcq-W8A8KV8-compiled", "ortgenai-int8", "decode_b1_tok_s"),
+                              ("mcq-W4A16-compiled", "ortgenai-int4", "decode_b1_tok_s"),
+                              ("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "prefill_tok_s"),
+                              ("mcq-W8A8KV8-interp", "llamacpp-Q8_0", "prefill_tok_s")):
+        a, b = val(ours, key), val(theirs, key)
+        if a and b:
+            out.append(f"- {ours} / {theirs}, {key}: {a / b:.2f}x")
+    for name, r in rows.items():
+        if name.startswith("mcq-") and "error" not in r and r.get("safetensors_load_file_s"):
+            out.append(f"- {name}: load / safetensors load_file = {r['load_s'] / r['safetensors_load_file_s']:.1f}x; "
+                       f"peak RSS / weights = {r['peak_rss_mib'] / r['weights_mib']:.2f}x")
+    return out
+
+
+ALL = [f"mcq-{p}-{m}" for p in MCQ_PRESETS for m in ("interp", "compiled")] + \
+      ["hf-fp32", "hf-bf16", "ortgenai-fp32", "ortgenai-int8", "ortgenai-int4", "llamacpp-Q8_0"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/mcq-speed"))
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--contenders", default=",".join(ALL))
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompts", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--artifact", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        prompts = json.loads(args.prompts.read_text())
+        print("RESULT " + json.dumps(worker(args.worker, args.artifact, args.new_tokens, prompts)))
+        return
+    artifacts = prepare(args.workdir, args.contenders.split(","))
+    results: dict[str, list[dict]] = {n: [] for n in artifacts}
+    for p in range(args.passes):
+        for name, path in artifacts.items():
+            r = run_worker(name, path, args)
+            results[name].append(r)
+            print(f"pass {p + 1} {name}: {json.dumps(r)}", flush=True)
+    rows = {n: best(rs) for n, rs in results.items()}
+    print(table(rows))
+    print("\n".join(ratios(rows)))
+
+
+if __name__ == "__main__":
+    main()
