@@ -44,6 +44,22 @@ def make_prompts(tokenize, prefill_len: int) -> dict[str, list]:
 
 
 # -- artifacts (made once, cached in the workdir) -------------------------------------------
+def save_fp32_folder(model, tok, folder: Path) -> None:
+    """An fp32 safetensors folder of the model (save_pretrained refuses GGUF-loaded models): the
+    baseline file size, and what transformers loads."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    tok.save_pretrained(folder)
+
+
 def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -53,9 +69,8 @@ def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
     captured = None
     (workdir / "prompts.json").write_text(json.dumps(make_prompts(lambda s: tok(s)["input_ids"], PREFILL_LEN)))
     hf_dir = workdir / "hf-fp32"
-    if any(n.startswith("hf-") for n in names) and not (hf_dir / "config.json").exists():
-        model.save_pretrained(hf_dir)
-        tok.save_pretrained(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        save_fp32_folder(model, tok, hf_dir)
     for preset in MCQ_PRESETS:
         path = workdir / f"smollm2-{preset}.mcq"
         if any(n.startswith(f"mcq-{preset}-") for n in names):
@@ -119,8 +134,10 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
     first = time.perf_counter()
     for batch in (short[:1], short):
         logits, cache = m.prefill(torch.tensor(batch))
+        tok = logits[:, -1].argmax(-1)
         for _ in range(3):
-            logits, cache = m.decode(logits[:, -1].argmax(-1), cache)
+            step, cache = m.decode(tok, cache)
+            tok = step.argmax(-1)
     m.prefill(torch.tensor([long_prompt]))
     res["first_calls_s"] = time.perf_counter() - first
     res["prefill_tok_s"] = prefill_len / min(_timed(lambda: m.prefill(torch.tensor([long_prompt]))) for _ in range(2))
