@@ -507,7 +507,8 @@ def _conv1d_as_linear(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Conv1D):
-                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None)
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None,
+                                   device=child.weight.device)  # meta stays meta (streaming capture)
                 with torch.no_grad():
                     linear.weight.copy_(child.weight.t())
                     if child.bias is not None:

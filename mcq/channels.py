@@ -140,8 +140,10 @@ def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tens
 
 def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
                   weight: Weights, tensors: Weights, batches: Iterable[Any], threshold: float,
-                  progress: bool = True) -> dict[str, float]:
-    """Per group (keyed by its first qkey), the grid alpha with the least output error."""
+                  progress: bool = True, reduce: Callable[[list[torch.Tensor]], None] | None = None
+                  ) -> dict[str, float]:
+    """Per group (keyed by its first qkey), the grid alpha with the least output error.
+    `reduce` sums the errors over the processes of a distributed calibration."""
     from tqdm.auto import tqdm
 
     from mcq.calibrate import as_inputs
@@ -176,4 +178,6 @@ def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[s
     with torch.no_grad():
         for batch in tqdm(list(batches), desc="smoothquant search", unit="batch", disable=not progress):
             gm(*as_inputs(batch))
+    if reduce is not None:
+        reduce(list(errors.values()))
     return {key: ALPHA_GRID[int(torch.argmin(errors[key]))] for key in first}
