@@ -151,6 +151,20 @@ class Resident:
         self.tensors.pop(name, None)
 
 
+def observed_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes that lead to an Observe module: all that calibration needs to run (not the
+    logits, nor the cache outputs)."""
+    modules = dict(gm.named_modules())
+    needed: set[fx.Node] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], Observe)]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+    return needed
+
+
 def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Callable[[Any], Any],
                 release: Callable[[Any], None], before: Callable[[int], None],
                 after: Callable[[fx.Node, list[Any]], None], progress: bool = True) -> None:
@@ -158,18 +172,11 @@ def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Ca
 
     A get_attr node's value is `fetch(its stand-in tensor)`, one for all batches, and
     `release(stand-in)` follows its last use; every other value is dropped after its last use. Only
-    nodes that lead to an Observe module run (logits and cache outputs are not needed to
-    calibrate). `before(b)` runs before each batch's call of a node, `after(node, values)` once a
-    node has run on every batch."""
+    `observed_nodes` run. `before(b)` runs before each batch's call of a node, `after(node,
+    values)` once a node has run on every batch."""
     nodes = list(gm.graph.nodes)
     modules = dict(gm.named_modules())
-    needed: set[fx.Node] = set()
-    stack = [n for n in nodes if n.op == "call_module" and isinstance(modules[n.target], Observe)]
-    while stack:
-        n = stack.pop()
-        if n not in needed:
-            needed.add(n)
-            stack.extend(n.all_input_nodes)
+    needed = observed_nodes(gm)
     last: dict[fx.Node, int] = {}
     for i, n in enumerate(nodes):
         if n in needed:
@@ -261,6 +268,7 @@ class _Streaming:
         self.node_chan: dict[str, Any] = {}
         self.users = Counter(id(h) for h in self.hessians.values())  # qkeys left to quantize per Hessian
         self.synced: set[int] = set()
+        self.fetched: set[str] = set()
 
     def run(self, batches: list[Any], progress: bool) -> None:
         if not self.observers and not self.hessians:
@@ -268,6 +276,9 @@ class _Streaming:
         names = {id(t): name for name, t in self.captured.tensors.items()}
         gm = lower.build(self.captured.main_graph, self.captured.tensors.__getitem__, self.plan, lower.OBSERVE,
                          self.recorder)
+        # weights the pass fetches and releases itself; the others (lm_head's: its logits are not
+        # needed) are dropped as soon as they are quantized
+        self.fetched = {names[id(getattr(gm, str(n.target)))] for n in observed_nodes(gm) if n.op == "get_attr"}
 
         def fetch(stand_in: torch.Tensor) -> torch.Tensor:
             return self.weights.get(names[id(stand_in)])
@@ -319,6 +330,8 @@ class _Streaming:
             self.node_chan[qkey] = node_plan(qkey, self.chan, self.imported)
             store_weight(self.sink, qkey, self.qformat["nodes"][qkey], self.weights.get(self.weight_of[qkey]),
                          self.node_chan[qkey], h.value() if h is not None else None, self.imported)
+        if self.weight_of[qkey] not in self.fetched:
+            self.weights.release(self.weight_of[qkey])
         if h is not None:
             self.users[id(h)] -= 1
             if not self.users[id(h)]:
@@ -369,6 +382,8 @@ def quantize_streaming(model_dir: str | os.PathLike[str], output: str | os.PathL
     folder, out = Path(model_dir), Path(output)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a model folder")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: the output folder does not exist")
     checkpoint = Checkpoint(folder)
     model, buffers, aliases, transposed = meta_model(folder)
     captured = capture_causal_lm(model)
