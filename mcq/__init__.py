@@ -11,6 +11,11 @@ nn.Module that torch.export can capture a `forward` entry point over its own inp
 
     q = mcq.quantize(module, cfg, example_inputs=(x,), samples=[(x1,), (x2,)])
     runtime.load("module.mcq")(x)
+
+A causal LM larger than memory streams from its safetensors checkpoint, one weight at a time,
+straight into the file (optionally one shard of the calibration data per torch.distributed rank):
+
+    mcq.quantize_streaming("gpt-j-6b/", "gptj.mcq", mcq.preset("W8A8KV8"))
 """
 from __future__ import annotations
 
@@ -23,7 +28,17 @@ import torch
 from mcq.config import ConfigError, QuantConfig, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "QuantConfig", "Quantized", "capture_model", "preset", "quantize", "__version__"]
+__all__ = ["ConfigError", "QuantConfig", "Quantized", "capture_model", "preset", "quantize", "quantize_streaming",
+           "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # mcq.quantize_streaming (mcq.stream) is imported on first use: `import mcq` stays light
+    if name == "quantize_streaming":
+        from mcq.stream import quantize_streaming
+
+        return quantize_streaming
+    raise AttributeError(f"module 'mcq' has no attribute {name!r}")
 
 
 @dataclass
@@ -54,6 +69,11 @@ def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> 
     """Seeded random token sequences, for models without a tokenizer (tests, tiny examples)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n, seq_len), generator=gen).tolist()
+
+
+def attention_heads(model_config: dict[str, Any]) -> int:
+    """Attention heads of a captured HF model (per-head query scales; KV heads repeat over them)."""
+    return int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
 
 
 def capture_model(model: torch.nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None):
@@ -102,7 +122,8 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
              data: str | os.PathLike[str] | None = None, samples: Sequence[Any] | None = None,
              example_inputs: Any = None, dynamic_shapes: Any = None,
              seq_len: int = 256, max_samples: int | None = 64, batch_size: int = 4,
-             progress: bool = True, qparams: str | os.PathLike[str] | None = None) -> Quantized:
+             progress: bool = True, qparams: str | os.PathLike[str] | None = None,
+             distributed: bool = False) -> Quantized:
     """Capture `model` (see `capture_model`), calibrate it and return the quantized bundle.
 
     HF models calibrate on token ids: `samples` (token-id lists) if given, else `data` (a .txt
@@ -111,9 +132,13 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     `example_inputs`) calibrates on `samples`, each one call's inputs (a tuple of tensors or a
     dict of keyword arguments), else on `example_inputs` alone. `qparams`: an `.npz` of
     parameters calibrated elsewhere (reference schema, see `mcq export-reference`) that replace
-    the calibrated ones.
+    the calibrated ones. `distributed=True`: this process is one rank of an initialized
+    torch.distributed group; each rank calibrates its shard of the batches and the statistics
+    are all-reduced (`mcq.distributed`), so every rank returns the same bundle (save it on one).
+    A model larger than memory: `quantize_streaming`.
     """
     from mcq import channels
+    from mcq import distributed as dist
     from mcq.bundle import assemble, sections
     from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
     from mcq.capture import CAUSAL_LM, MODULE, Captured
@@ -121,11 +146,14 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     from mcq.plan import plan_qformat
 
     cfg = config or QuantConfig()
+    rank, size = dist.world(distributed)
+    if cfg.searches and size > 1:
+        raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) runs in one process")
     # a Captured model (from `capture_model`) can be quantized with several configs without re-export
     captured = model if isinstance(model, Captured) else capture_model(model, example_inputs, dynamic_shapes)
     model_config = captured.model_config
     graph = captured.main_graph
-    heads = int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
+    heads = attention_heads(model_config)
     plan = plan_qformat(graph, cfg, heads)
     if cfg.searches and captured.kind != CAUSAL_LM:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) measures perplexity: "
@@ -145,13 +173,20 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
         if cfg.searches:
             return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
         batches = batches_of(samples, batch_size)
+    if size > 1:
+        batches = dist.shard(batches, rank, size)
     hessians = shared_hessians(graph, plan)
     observers = calibrate(captured, plan, batches, progress, hessians)
+    if size > 1:
+        dist.sync_all(observers.values(), hessians.values())
     names = channels.weight_names(graph)
     weight = lambda k: captured.tensors[names[k]]  # noqa: E731 - the float weight of a linear
-    alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress)
+    alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress,
+                                 dist.sum_tensors if size > 1 else None)
     chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
     calibrate_transformed(captured, plan, chan, observers, batches, progress)
+    if size > 1:
+        dist.sync_transformed(observers.values())
     imported = ImportedQParams.load(qparams) if qparams is not None else None
     assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()},
                          imported)
@@ -159,7 +194,7 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
 
 
 def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg: QuantConfig,
-                        weight: Any, batches: list[Any], progress: bool) -> dict[str, float]:
+                        weight: Any, batches: list[Any], progress: bool, reduce: Any = None) -> dict[str, float]:
     """SmoothQuant alpha per channel group (keyed by the group's first qkey)."""
     from mcq import channels
 
@@ -169,7 +204,7 @@ def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg
     if all(a != "auto" for a in fixed.values()):
         return {k: float(a) for k, a in fixed.items()}
     searched = channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
-                                      float(cfg.act_outlier_threshold), progress)
+                                      float(cfg.act_outlier_threshold), progress, reduce)
     return {k: searched[k] if a == "auto" else float(a) for k, a in fixed.items()}
 
 

@@ -90,9 +90,8 @@ def _shareable(linear: dict[str, Any]) -> bool:
             and w.get("axis") == 0 and w.get("symmetric") is True and not linear.get("outlier_weight"))
 
 
-def _embedding_weight(qkey: str, entry: dict[str, Any], table: torch.Tensor, weight_of: dict[str, str],
-                      qformat: dict[str, Any], tensors: dict[str, torch.Tensor], graphs: dict[str, Graph],
-                      imported: ImportedQParams | None) -> None:
+def store_embedding(tensors: Any, qkey: str, entry: dict[str, Any], table: torch.Tensor, weight_of: dict[str, str],
+                    qformat: dict[str, Any], graphs: dict[str, Graph], imported: ImportedQParams | None) -> None:
     """Quantize an embedding table per row, or point it at the int8 weight of the linear it is
     tied to (same float tensor): the table is then stored once, with the linear's smoothing (if
     any) divided back out of the rows at lookup."""
@@ -113,18 +112,11 @@ def _embedding_weight(qkey: str, entry: dict[str, Any], table: torch.Tensor, wei
                 n.args[WEIGHT_ARG["embedding"]] = TensorRef(f"{tied}/weight")
 
 
-def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
-             heads: int, chan: dict[str, channels.ChannelPlan] | None = None,
-             hessians: dict[str, torch.Tensor] | None = None, imported: ImportedQParams | None = None
-             ) -> Assembled:
-    """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
-
-    `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one.
-    `hessians`: qkey -> input Hessian of the linears whose weights GPTQ rounds.
-    `imported`: parameters calibrated elsewhere; they replace the calibrated ones they name."""
+def rewire(captured: Captured, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Graph], dict[str, str]]:
+    """(qformat to fill, graphs reading the quantized weights, qkey -> its float weight's name):
+    both graphs read the same quantized copy `{qkey}/weight`."""
     qformat = copy.deepcopy(plan)
     graphs = {k: copy.deepcopy(g) for k, g in captured.graphs.items()}
-    tensors: dict[str, torch.Tensor] = {}
     weight_of: dict[str, str] = {}
     for g in graphs.values():
         for n in g.nodes:
@@ -132,46 +124,58 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                 arg = WEIGHT_ARG[qformat["nodes"][n.qkey]["kind"]]
                 assert isinstance(n.args[arg], TensorRef)
                 weight_of.setdefault(n.qkey, n.args[arg].name)
-                n.args[arg] = TensorRef(f"{n.qkey}/weight")  # both graphs read the same quantized copy
-    chan = dict(chan or {})
+                n.args[arg] = TensorRef(f"{n.qkey}/weight")
+    return qformat, graphs, weight_of
+
+
+def node_plan(qkey: str, chan: dict[str, channels.ChannelPlan],
+              imported: ImportedQParams | None) -> channels.ChannelPlan | None:
+    """The per-channel treatment of a linear's input: the calibrated one, or an imported smoothing."""
+    smooth = imported.smoothing(qkey) if imported is not None else None
+    if smooth is None:
+        return chan.get(qkey)
+    if qkey not in chan or chan[qkey].smooth is None:
+        raise QParamsImportError(f"{imported.source}: {qkey}: a smoothing_scale for a node the config "  # type: ignore[union-attr]
+                                 "does not smooth (set smoothquant: true)")
+    return channels.ChannelPlan(chan[qkey].outliers, smooth)
+
+
+def store_weight(tensors: Any, qkey: str, entry: dict[str, Any], w: torch.Tensor,
+                 plan: channels.ChannelPlan | None, hessian: torch.Tensor | None,
+                 imported: ImportedQParams | None) -> None:
+    """Quantize one linear's float weight `w` into `tensors` (smoothing folded in, outlier
+    columns split off, GPTQ-rounded when a `hessian` is given); `plan` from `node_plan`."""
+    w = w.to(torch.float32)
+    if plan is not None:
+        w, cols = plan.split_weight(w)  # smoothing folded in, outlier columns split off
+        if cols.numel():
+            tensors[f"{qkey}/weight.outlier_columns"] = cols
+            entry["outlier_weight"] = f"{qkey}/weight.outlier_columns"
+        if hessian is not None:
+            hessian = gptq.transformed(hessian, plan.smooth, plan.outliers)
+    tensors[f"{qkey}/weight"] = quantize_weight(w, entry["weight"], tensors, f"{qkey}/weight", hessian, imported)
+
+
+def store_inputs(tensors: Any, qkey: str, entry: dict[str, Any], observers: dict[tuple[str, str], Observer],
+                 plan: channels.ChannelPlan | None, imported: ImportedQParams | None) -> None:
+    """Parameters of one quant point's calibrated inputs (derived ones come from `store_derived`)."""
+    for role, spec in entry["inputs"].items():
+        if spec.get("source"):
+            continue
+        obs = observers[(qkey, role)]
+        if role == "x" and plan is not None:
+            scale, zp = plan.input_qparams(obs, spec)
+            _store_channel_plan(tensors, f"{qkey}/{role}", plan, spec)
+        else:
+            scale, zp = obs.qparams(spec)
+        if imported is not None:
+            scale, zp = imported.params(f"{qkey}.input_{role}", spec, tuple(scale.shape)) or (scale, zp)
+        _store(tensors, f"{qkey}/{role}", scale, zp, spec)
+
+
+def store_derived(tensors: Any, qformat: dict[str, Any], heads: int, imported: ImportedQParams | None) -> None:
+    """Specs derived from another quant point (Q.K^T's keys from the K cache), after their sources."""
     for qkey, entry in qformat["nodes"].items():
-        wspec = entry.get("weight")
-        if entry["kind"] == "embedding":
-            continue  # after the linears: a tied table may reuse an lm_head's stored weight
-        smooth = imported.smoothing(qkey) if imported is not None else None
-        if smooth is not None:
-            if qkey not in chan or chan[qkey].smooth is None:
-                raise QParamsImportError(f"{imported.source}: {qkey}: a smoothing_scale for a node the config "  # type: ignore[union-attr]
-                                         "does not smooth (set smoothquant: true)")
-            chan[qkey] = channels.ChannelPlan(chan[qkey].outliers, smooth)
-        if wspec:
-            w = captured.tensors[weight_of[qkey]].to(torch.float32)
-            if qkey in chan:
-                w, cols = chan[qkey].split_weight(w)  # smoothing folded in, outlier columns split off
-                if cols.numel():
-                    tensors[f"{qkey}/weight.outlier_columns"] = cols
-                    entry["outlier_weight"] = f"{qkey}/weight.outlier_columns"
-            h = (hessians or {}).get(qkey)
-            if h is not None and qkey in chan:
-                h = gptq.transformed(h, chan[qkey].smooth, chan[qkey].outliers)
-            tensors[f"{qkey}/weight"] = quantize_weight(w, wspec, tensors, f"{qkey}/weight", h, imported)
-        for role, spec in entry["inputs"].items():
-            if spec.get("source"):
-                continue
-            obs = observers[(qkey, role)]
-            if role == "x" and qkey in chan:
-                scale, zp = chan[qkey].input_qparams(obs, spec)
-                _store_channel_plan(tensors, f"{qkey}/{role}", chan[qkey], spec)
-            else:
-                scale, zp = obs.qparams(spec)
-            if imported is not None:
-                scale, zp = imported.params(f"{qkey}.input_{role}", spec, tuple(scale.shape)) or (scale, zp)
-            _store(tensors, f"{qkey}/{role}", scale, zp, spec)
-    for qkey, entry in qformat["nodes"].items():
-        if entry["kind"] == "embedding":
-            _embedding_weight(qkey, entry, captured.tensors[weight_of[qkey]], weight_of, qformat, tensors, graphs,
-                              imported)
-    for qkey, entry in qformat["nodes"].items():  # derived specs, after their sources exist
         for role, spec in entry["inputs"].items():
             src = spec.get("source")
             if src and imported is not None:
@@ -186,10 +190,41 @@ def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str
                        kv_zp.repeat_interleave(group), spec)
     if imported is not None:
         imported.check_all_used()
+
+
+def float_tensor_names(graphs: dict[str, Graph], tensors: Any) -> list[str]:
+    """Tensors the graphs read that quantization did not produce: stored as captured (float)."""
     used = set().union(*(g.tensor_names() for g in graphs.values()))
-    for name in sorted(used):
-        if name not in tensors:
-            tensors[name] = captured.tensors[name]
+    return [name for name in sorted(used) if name not in tensors]
+
+
+def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
+             heads: int, chan: dict[str, channels.ChannelPlan] | None = None,
+             hessians: dict[str, torch.Tensor] | None = None, imported: ImportedQParams | None = None
+             ) -> Assembled:
+    """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
+
+    `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one.
+    `hessians`: qkey -> input Hessian of the linears whose weights GPTQ rounds.
+    `imported`: parameters calibrated elsewhere; they replace the calibrated ones they name.
+    The streaming path (mcq.stream) runs the same steps node by node."""
+    qformat, graphs, weight_of = rewire(captured, plan)
+    tensors: dict[str, torch.Tensor] = {}
+    for qkey, entry in qformat["nodes"].items():
+        if entry["kind"] == "embedding":
+            continue  # after the linears: a tied table may reuse an lm_head's stored weight
+        node_chan = node_plan(qkey, chan or {}, imported)
+        if entry.get("weight"):
+            store_weight(tensors, qkey, entry, captured.tensors[weight_of[qkey]], node_chan,
+                         (hessians or {}).get(qkey), imported)
+        store_inputs(tensors, qkey, entry, observers, node_chan, imported)
+    for qkey, entry in qformat["nodes"].items():
+        if entry["kind"] == "embedding":
+            store_embedding(tensors, qkey, entry, captured.tensors[weight_of[qkey]], weight_of, qformat, graphs,
+                            imported)
+    store_derived(tensors, qformat, heads, imported)
+    for name in float_tensor_names(graphs, tensors):
+        tensors[name] = captured.tensors[name]
     return Assembled(graphs, tensors, qformat)
 
 

@@ -53,38 +53,59 @@ def batches_of(samples: Sequence[Sequence[int]], batch_size: int) -> list[torch.
     return out
 
 
+class Recorder:
+    """The observe callback of a calibration pass: updates the observers and the GPTQ Hessians.
+
+    Linears reading the same tensor share one Hessian object: it takes each batch once (the first
+    linear to report it), whichever order batches and nodes run in (`batch` is set by the caller)."""
+
+    def __init__(self, observers: dict[tuple[str, str], Observer], hessians: dict[str, Hessian]) -> None:
+        self.observers, self.hessians = observers, hessians
+        self.batch = 0
+        self._seen: set[tuple[int, int]] = set()
+
+    def __call__(self, qkey: str, role: str, x: torch.Tensor) -> None:
+        obs = self.observers.get((qkey, role))
+        if obs is not None:
+            obs.update(x)
+        h = self.hessians.get(qkey) if role == "x" else None
+        if h is not None and (id(h), self.batch) not in self._seen:
+            self._seen.add((id(h), self.batch))
+            h.update(x)
+
+
+def check_reached(observers: dict[tuple[str, str], Observer]) -> None:
+    missing = [f"{k}:{r}" for (k, r), o in observers.items() if o.min is None]
+    if missing:
+        raise RuntimeError(f"calibration never reached quant points: {', '.join(missing[:5])}")
+
+
 def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[Batch],
               progress: bool = True, hessians: dict[str, Hessian] | None = None
               ) -> dict[tuple[str, str], Observer]:
     """Observe every quant point of the main graph over `batches` (decode reuses prefill's keys).
 
-    `hessians` (qkey -> Hessian, for GPTQ) are filled in the same pass; linears reading the same
-    tensor share one Hessian object, updated once per batch."""
+    `hessians` (qkey -> Hessian, for GPTQ) are filled in the same pass."""
     observers = make_observers(qformat)
     hessians = hessians or {}
     if not observers and not hessians:
         return observers
-    seen: set[int] = set()
-
-    def observe(qkey: str, role: str, x: torch.Tensor) -> None:
-        obs = observers.get((qkey, role))
-        if obs is not None:
-            obs.update(x)
-        h = hessians.get(qkey) if role == "x" else None
-        if h is not None and id(h) not in seen:
-            seen.add(id(h))
-            h.update(x)
-
-    gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
+    recorder = Recorder(observers, hessians)
+    gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, recorder)
     batches = list(batches)
     with torch.no_grad():
-        for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
-            seen.clear()
+        for i, batch in enumerate(tqdm(batches, desc="calibrating", unit="batch", disable=not progress)):
+            recorder.batch = i
             gm(*as_inputs(batch))
-    missing = [f"{k}:{r}" for (k, r), o in observers.items() if o.min is None]
-    if missing:
-        raise RuntimeError(f"calibration never reached quant points: {', '.join(missing[:5])}")
+    check_reached(observers)
     return observers
+
+
+def transformed_wanted(qformat: dict[str, Any], chan: dict[str, Any]) -> set[str]:
+    """Linears whose histogram method needs the histogram of the transformed input (second pass)."""
+    from mcq.calibrators import HISTOGRAM_METHODS
+
+    return {k for k in chan if qformat["nodes"][k]["inputs"]["x"]["method"] in HISTOGRAM_METHODS}
 
 
 def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dict[str, Any],
@@ -92,9 +113,10 @@ def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dic
                           progress: bool = True) -> None:
     """Second pass for histogram methods on inputs with a per-channel treatment: stream the
     histogram of the transformed tensor (outlier channels removed, divided by the smoothing)."""
-    from mcq.calibrators import HISTOGRAM_METHODS, Histogram
+    from mcq.calibrators import Histogram
+    from mcq.channels import transformed_input
 
-    wanted = {k for k, p in chan.items() if qformat["nodes"][k]["inputs"]["x"]["method"] in HISTOGRAM_METHODS}
+    wanted = transformed_wanted(qformat, chan)
     if not wanted:
         return
     for k in wanted:
@@ -102,13 +124,7 @@ def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dic
 
     def observe(qkey: str, role: str, x: torch.Tensor) -> None:
         if role == "x" and qkey in wanted:
-            p = chan[qkey]
-            keep = torch.ones(x.shape[-1], dtype=torch.bool)
-            keep[p.outliers] = False
-            x = x.to(torch.float32)
-            if p.smooth is not None:
-                x = x / p.smooth
-            observers[(qkey, "x")].transformed.update(x[..., keep])  # type: ignore[union-attr]
+            observers[(qkey, "x")].transformed.update(transformed_input(x, chan[qkey]))  # type: ignore[union-attr]
 
     gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
     with torch.no_grad():

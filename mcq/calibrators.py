@@ -31,14 +31,25 @@ class Histogram:
             self.counts = counts
         self.lo, self.hi = lo, hi
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1).to(torch.float64)
-        lo, hi = min(self.lo, float(x.min()), 0.0), max(self.hi, float(x.max()), 0.0)
-        if hi <= lo:
-            hi = lo + 1e-12
+    def widen(self, lo: float, hi: float) -> None:
+        """Cover [lo, hi] (a range that contains the current one): counts move to the new bins."""
         if (lo, hi) != (self.lo, self.hi):
             self._rebin(lo, hi)
-        self.counts += torch.histc(x, bins=self.bins, min=self.lo, max=self.hi)
+
+    def step(self, xmin: float, xmax: float, x: torch.Tensor | None = None) -> None:
+        """One batch whose values span [xmin, xmax]: widen to cover it (and zero), then count `x`
+        (float64, flat) if given. Distributed calibration replays the steps of batches that other
+        processes counted (mcq.distributed.replay_histogram)."""
+        lo, hi = min(self.lo, xmin, 0.0), max(self.hi, xmax, 0.0)
+        if hi <= lo:
+            hi = lo + 1e-12
+        self.widen(lo, hi)
+        if x is not None:
+            self.counts += torch.histc(x, bins=self.bins, min=self.lo, max=self.hi)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1).to(torch.float64)
+        self.step(float(x.min()), float(x.max()), x)
 
     def edges(self) -> torch.Tensor:
         return torch.linspace(self.lo, self.hi, self.bins + 1, dtype=torch.float64)

@@ -510,7 +510,8 @@ def _conv1d_as_linear(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Conv1D):
-                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None)
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None,
+                                   device=child.weight.device)  # meta stays meta (streaming capture)
                 with torch.no_grad():
                     linear.weight.copy_(child.weight.t())
                     if child.bias is not None:
@@ -530,6 +531,9 @@ def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len
     ids = torch.randint(0, vocab, (2, example_len), generator=gen)
     mask = torch.ones(2, example_len, dtype=torch.long)
     mask[0, :2] = 0  # left padding in the example keeps the mask path general
+    # a model on the meta device (streaming: no weights in memory) is traced with meta inputs
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
     with torch.no_grad():
         prefill_wrapper = PrefillWrapper(model, n_layers)
         outs = prefill_wrapper(ids, mask)
@@ -547,8 +551,8 @@ def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len
                         {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
                         ["logits", *kv_names], tensors)
 
-    step_ids = torch.randint(0, vocab, (2, 1), generator=gen)
-    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    step_ids = torch.randint(0, vocab, (2, 1), generator=gen).to(device)
+    step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long, device=device)], dim=1)
     with torch.no_grad():
         ep = export(DecodeWrapper(model, n_layers), (step_ids, step_mask, kv), strict=True,
                     dynamic_shapes=({0: batch}, {0: batch, 1: past + 1},

@@ -106,16 +106,31 @@ def _plan(obs: Observer, weights: list[torch.Tensor], spec: dict[str, Any], alph
     return ChannelPlan(idx, smooth)
 
 
+def group_plan(members: list[str], qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
+               weight: Weights, alpha: float | None, threshold: float) -> ChannelPlan:
+    """The ChannelPlan of one group (linears reading the same tensor, `groups` order)."""
+    spec = qformat["nodes"][members[0]]["inputs"]["x"]
+    return _plan(observers[(members[0], "x")], [weight(k) for k in members], spec, alpha, threshold)
+
+
 def plans(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
           weight: Weights, alphas: dict[str, float], threshold: float) -> dict[str, ChannelPlan]:
     """qkey -> its group's ChannelPlan; `alphas` is keyed by a group's first qkey."""
     out: dict[str, ChannelPlan] = {}
     for members in groups(graph, qformat):
-        spec = qformat["nodes"][members[0]]["inputs"]["x"]
-        plan = _plan(observers[(members[0], "x")], [weight(k) for k in members], spec,
-                     alphas.get(members[0]), threshold)
+        plan = group_plan(members, qformat, observers, weight, alphas.get(members[0]), threshold)
         out.update({k: plan for k in members})
     return out
+
+
+def transformed_input(x: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
+    """The tensor a linear's per-tensor input quantizer sees: outlier channels removed, x / smooth."""
+    keep = torch.ones(x.shape[-1], dtype=torch.bool)
+    keep[plan.outliers] = False
+    x = x.to(torch.float32)
+    if plan.smooth is not None:
+        x = x / plan.smooth
+    return x[..., keep]
 
 
 def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tensor:
@@ -125,8 +140,10 @@ def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tens
 
 def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
                   weight: Weights, tensors: Weights, batches: Iterable[Any], threshold: float,
-                  progress: bool = True) -> dict[str, float]:
-    """Per group (keyed by its first qkey), the grid alpha with the least output error."""
+                  progress: bool = True, reduce: Callable[[list[torch.Tensor]], None] | None = None
+                  ) -> dict[str, float]:
+    """Per group (keyed by its first qkey), the grid alpha with the least output error.
+    `reduce` sums the errors over the processes of a distributed calibration."""
     from tqdm.auto import tqdm
 
     from mcq.calibrate import as_inputs
@@ -161,4 +178,6 @@ def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[s
     with torch.no_grad():
         for batch in tqdm(list(batches), desc="smoothquant search", unit="batch", disable=not progress):
             gm(*as_inputs(batch))
+    if reduce is not None:
+        reduce(list(errors.values()))
     return {key: ALPHA_GRID[int(torch.argmin(errors[key]))] for key in first}

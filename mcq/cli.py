@@ -77,15 +77,22 @@ def main() -> None:
 @click.option("--qparams", "qparams_path", type=click.Path(path_type=Path),
               help="Import parameters calibrated elsewhere: a qparams.npz in the reference schema "
                    "(as `mcq export-reference` writes); they replace the calibrated ones they name.")
+@click.option("--stream", is_flag=True,
+              help="For a causal LM larger than memory: capture on the meta device, then read, calibrate, "
+                   "quantize and write one weight at a time from MODEL_DIR's safetensors checkpoint.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output FILE.mcq.")
 @_friendly_errors
 def quantize(model_dir: Path | None, example: str | None, config_path: Path | None, preset: str | None,
              data: Path | None, samples: int, seq_len: int, batch_size: int, qparams_path: Path | None,
-             output: Path) -> None:
+             stream: bool, output: Path) -> None:
     """Capture, calibrate and quantize a model into one .mcq file.
 
     MODEL_DIR is a Hugging Face model folder (config.json + weights, or a .gguf file): a causal LM,
     or an encoder (BERT style), which calibrates on the data's sentences.
+
+    Under torchrun (WORLD_SIZE > 1) every process calibrates its share of the batches, the
+    statistics are all-reduced over gloo and rank 0 writes the file:
+    torchrun --nproc-per-node 2 -m mcq.cli quantize MODEL_DIR --stream -o model.mcq
     """
     import mcq
     from mcq.config import ConfigError, QuantConfig
@@ -93,6 +100,8 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
 
     if (model_dir is None) == (example is None):
         raise click.UsageError("give either MODEL_DIR or --example")
+    if stream and model_dir is None:
+        raise click.UsageError("--stream reads a MODEL_DIR's safetensors checkpoint (the examples load in memory)")
     if config_path and preset:
         raise ConfigError("use --config or --preset, not both (a config file can say 'preset: NAME')")
     cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
@@ -102,13 +111,38 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
         raise FileNotFoundError(f"{data}: calibration data file not found")
     if qparams_path is not None and not qparams_path.is_file():
         raise FileNotFoundError(f"{qparams_path}: qparams file not found")
-    click.echo(f"loading {example or model_dir} ...", err=True)
-    model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
-    click.echo("capturing graphs ...", err=True)
-    q = mcq.quantize(model, cfg, tokenizer=tok, data=data, max_samples=samples, seq_len=seq_len,
-                     batch_size=batch_size, qparams=qparams_path)
-    q.save(output)
-    click.echo(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    distributed = _join_torchrun()
+    import torch.distributed
+
+    rank = torch.distributed.get_rank() if distributed else 0
+    say = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)  # noqa: E731
+    if stream:
+        say(f"streaming {model_dir}: capturing graphs on the meta device ...")
+        mcq.quantize_streaming(model_dir, output, cfg, data=data, max_samples=samples, seq_len=seq_len,  # type: ignore[arg-type]
+                               batch_size=batch_size, qparams=qparams_path, distributed=distributed)
+    else:
+        say(f"loading {example or model_dir} ...")
+        model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
+        say("capturing graphs ...")
+        q = mcq.quantize(model, cfg, tokenizer=tok, data=data, max_samples=samples, seq_len=seq_len,
+                         batch_size=batch_size, qparams=qparams_path, distributed=distributed)
+        if rank == 0:
+            q.save(output)
+    if rank == 0:
+        click.echo(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
+def _join_torchrun() -> bool:
+    """Under torchrun (WORLD_SIZE > 1): join its process group (gloo: calibration runs on the CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed
+
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return True
 
 
 def _load(path: Path, qlevel: int | None):

@@ -140,7 +140,7 @@ def _encoder_folder(folder: Path) -> bool:
 def load_model_dir(path: str | Path) -> tuple[Any, Any]:
     """A Hugging Face model folder (config.json + weights, or a single .gguf file) and its tokenizer:
     a causal LM, or an encoder where config.json names a base model (e.g. BertModel)."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM
 
     folder = Path(path)
     if not folder.exists():
@@ -157,8 +157,20 @@ def load_model_dir(path: str | Path) -> tuple[Any, Any]:
         model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    return model, load_tokenizer(folder, **kwargs)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def load_tokenizer(folder: str | Path, **kwargs: Any) -> Any:
+    """The model folder's tokenizer, or None: a model without one still quantizes (on random
+    tokens) and generates from token ids."""
+    from transformers import AutoTokenizer
+
+    if "gguf_file" not in kwargs and not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
+        return None  # (transformers would build an empty tokenizer of the config's family)
     try:
-        tok = AutoTokenizer.from_pretrained(folder, **kwargs)
-    except Exception:  # a model without a tokenizer still quantizes; generate then takes ids
-        tok = None
-    return model, tok
+        return AutoTokenizer.from_pretrained(folder, **kwargs)
+    except Exception:  # noqa: BLE001 - any failure means "no usable tokenizer here"
+        return None

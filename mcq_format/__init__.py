@@ -5,12 +5,13 @@ format version and section hashes, and whose ``__mcq__/<name>`` U8 tensors
 hold msgpack-encoded sections (manifest, graphs, qformat, tokenizer).  See
 ``spec/mcq-format.md``.
 
-Verbs: :func:`write`, :func:`read`, :func:`validate`.
+Verbs: :func:`write`, :func:`read`, :func:`validate`; :class:`StreamWriter` writes a
+bundle tensor by tensor.
 """
 
 from __future__ import annotations
 
-from .bundle import Bundle, TensorSpec, ValidationReport, read, validate, write
+from .bundle import Bundle, StreamWriter, TensorSpec, ValidationReport, read, validate, write
 from .constants import FORMAT_NAME, FORMAT_VERSION, OPSET_VERSION
 from .container import RawTensor
 from .errors import *  # noqa: F403  (every error class, re-exported)
@@ -25,6 +26,7 @@ __all__ = [
     "OPSET_V1",
     "Bundle",
     "RawTensor",
+    "StreamWriter",
     "TensorSpec",
     "ValidationReport",
     "decode_section",

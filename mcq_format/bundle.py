@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from . import constants as C
 from .container import (
     Closing,
     Container,
+    FileRegion,
     RawTensor,
     TensorData,
     check_tensor_name,
@@ -201,30 +203,25 @@ def validate(path: str | os.PathLike[str], verify: bool = False) -> ValidationRe
 
 
 # ------------------------------------------------------------------ writing
-def write(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, TensorData],
-    sections: Mapping[str, object],
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write a complete bundle atomically and deterministically.
-
-    Adds the version metadata, the ``tensor_sha256`` section and the section
-    hashes, and validates the result with :func:`read` before it replaces
-    ``path``.
-    """
+def _user_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     meta: dict[str, str] = {}
     for key, text in (metadata or {}).items():
         if key == C.META_FORMAT or str(key).startswith(C.RESERVED_META_PREFIX):
             raise MetadataError(f"metadata key {key!r} is reserved")
         meta[key] = text
-    raw: dict[str, RawTensor] = {}
-    digests: dict[str, bytes] = {}
-    for name, value in tensors.items():
-        if check_tensor_name(name).startswith(C.SECTION_PREFIX):
-            raise TensorNameError(f"tensor name {name!r} uses the reserved prefix {C.SECTION_PREFIX!r}")
-        raw[name] = to_raw(name, value)
-        digests[name] = hashlib.sha256(np.asarray(raw[name].data).data).digest()
+    return meta
+
+
+def _model_tensor(name: str, value: TensorData) -> tuple[RawTensor, bytes]:
+    """A model tensor as the container writes it, and the SHA-256 of its bytes."""
+    if check_tensor_name(name).startswith(C.SECTION_PREFIX):
+        raise TensorNameError(f"tensor name {name!r} uses the reserved prefix {C.SECTION_PREFIX!r}")
+    raw = to_raw(name, value)
+    return raw, hashlib.sha256(np.asarray(raw.data).data).digest()
+
+
+def _write_bundle(path: str | os.PathLike[str], raw: dict[str, RawTensor], digests: dict[str, bytes],
+                  sections: Mapping[str, object], meta: dict[str, str]) -> None:
     if C.SECTION_TENSOR_SHA256 in sections:
         raise SectionLayoutError(f"section {C.SECTION_TENSOR_SHA256!r} is written by write() itself")
     encoded = {check_section_name(n): encode_section(obj, n) for n, obj in sections.items()}
@@ -237,3 +234,78 @@ def write(
         meta[hash_key(name)] = sha256_hex(data)
         all_tensors[tensor_name(name)] = np.frombuffer(data, dtype=np.uint8)
     write_container(path, all_tensors, meta, check=lambda tmp: read(tmp).close())
+
+
+def write(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, TensorData],
+    sections: Mapping[str, object],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a complete bundle atomically and deterministically.
+
+    Adds the version metadata, the ``tensor_sha256`` section and the section
+    hashes, and validates the result with :func:`read` before it replaces
+    ``path``.
+    """
+    meta = _user_metadata(metadata)
+    raw: dict[str, RawTensor] = {}
+    digests: dict[str, bytes] = {}
+    for name, value in tensors.items():
+        raw[name], digests[name] = _model_tensor(name, value)
+    _write_bundle(path, raw, digests, sections, meta)
+
+
+class StreamWriter(Closing):
+    """Write a bundle whose tensors arrive one at a time, never holding them all in memory.
+
+    :meth:`add` appends a tensor's bytes to a spool file beside ``path`` and hashes them;
+    :meth:`finish` writes the bundle exactly as :func:`write` would for the same tensors and
+    sections (same layout, same bytes: atomic, deterministic), copying the spooled bytes in
+    chunks. The spool is removed by :meth:`close` (a ``with`` block), finished or not.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, self._spool_path = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".",
+                                                suffix=".spool", dir=directory)
+        self._spool: Any = os.fdopen(fd, "wb")
+        self._raw: dict[str, RawTensor] = {}
+        self._digests: dict[str, bytes] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def add(self, name: str, value: TensorData) -> None:
+        """Spool one model tensor (numpy array, RawTensor or (dtype, shape, bytes))."""
+        if self._spool is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        if name in self._raw:
+            raise TensorNameError(f"tensor {name!r} was already added")
+        raw, digest = _model_tensor(name, value)
+        data = np.asarray(raw.data)
+        offset = self._spool.tell()
+        self._spool.write(data.data)
+        self._raw[name] = RawTensor(raw.dtype, raw.shape, FileRegion(self._spool_path, offset, data.nbytes))
+        self._digests[name] = digest
+
+    def finish(self, sections: Mapping[str, object], metadata: Mapping[str, str] | None = None) -> None:
+        """Write the bundle (the added tensors and ``sections``) and remove the spool."""
+        if self._spool is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        meta = _user_metadata(metadata)
+        self._spool.flush()
+        try:
+            _write_bundle(self.path, self._raw, self._digests, sections, meta)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+            try:
+                os.unlink(self._spool_path)
+            except OSError:
+                pass

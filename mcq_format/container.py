@@ -55,10 +55,36 @@ class RawTensor(NamedTuple):
 
     dtype: str
     shape: tuple[int, ...]
-    data: Union[bytes, bytearray, memoryview, np.ndarray]  # np.ndarray: 1-D uint8
+    data: Union[bytes, bytearray, memoryview, np.ndarray, "FileRegion"]  # np.ndarray: 1-D uint8
 
 
 TensorData = Union[np.ndarray, RawTensor, "tuple[str, Iterable[int], bytes]"]
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """Tensor bytes already written to a file (a writer's spool): the container copies them in
+    chunks, so a bundle larger than memory is written without loading its tensors."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+    CHUNK = 16 << 20
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def copy_to(self, out: BinaryIO) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            left = self.nbytes
+            while left:
+                chunk = f.read(min(left, self.CHUNK))
+                if not chunk:
+                    raise TruncatedFileError(f"{self.path}: ends before byte {self.offset + self.nbytes}")
+                out.write(chunk)
+                left -= len(chunk)
 
 
 class TensorInfo(NamedTuple):
@@ -344,6 +370,13 @@ def to_raw(name: str, value: object) -> RawTensor:
     """Convert writer input to a RawTensor whose ``data`` is a 1-D uint8 array of little-endian bytes."""
     check_tensor_name(name)
     where = f"tensor {name!r}"
+    if isinstance(value, RawTensor) and isinstance(value.data, FileRegion):
+        info = dtype_info(value.dtype, where)
+        shape = check_shape(value.shape, where)
+        if value.data.nbytes != math.prod(shape) * info.itemsize:
+            raise TensorDataError(f"{where}: {value.data.nbytes} spooled bytes but {info.name}{list(shape)} "
+                                  f"needs {math.prod(shape) * info.itemsize}")
+        return RawTensor(info.name, shape, value.data)
     if isinstance(value, np.generic):
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
@@ -416,7 +449,10 @@ def _fsync_dir(directory: str) -> None:
 def _write_chunks(f: BinaryIO, header: bytes, tensors: list[tuple[str, RawTensor]]) -> None:
     f.write(header)
     for _, t in tensors:
-        f.write(np.asarray(t.data).data)
+        if isinstance(t.data, FileRegion):
+            t.data.copy_to(f)
+        else:
+            f.write(np.asarray(t.data).data)
 
 
 def write_container(
