@@ -34,6 +34,7 @@ HELDOUT = ROOT / "benchmarks" / "data" / "heldout_en.txt"
 MCQ_PRESETS = ("W8A8KV8", "W8A16", "W4A16")
 THREADS = 2  # the machine's cores; every contender gets the same
 PREFILL_LEN = 512
+EXTERNAL_WORKDIR: Path | None = None  # --external-workdir: where external_contenders caches its models
 
 
 def make_prompts(tokenize, prefill_len: int) -> dict[str, list]:
@@ -89,15 +90,16 @@ def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import external_contenders as ext  # noqa: PLC0415 - optional contenders
 
+        ext_dir = EXTERNAL_WORKDIR or workdir / "external"
         for precision in ("fp32", "int8", "int4"):
             if f"ortgenai-{precision}" in names:
                 try:
-                    out[f"ortgenai-{precision}"] = ext.prepare_ort_genai(workdir, precision)
+                    out[f"ortgenai-{precision}"] = ext.prepare_ort_genai(ext_dir, precision)
                 except Exception as e:  # noqa: BLE001 - report and go on without it
                     print(f"ortgenai-{precision}: unavailable ({e})", flush=True)
         if "llamacpp-Q8_0" in names:
             try:
-                out["llamacpp-Q8_0"] = ext.prepare_llama_cpp_q8(workdir)
+                out["llamacpp-Q8_0"] = ext.prepare_llama_cpp_q8(ext_dir)
             except Exception as e:  # noqa: BLE001
                 print(f"llamacpp-Q8_0: unavailable ({e})", flush=True)
     except ImportError as e:
@@ -108,6 +110,12 @@ def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
 # -- workers (one subprocess per contender and pass) ----------------------------------------
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _rss_mib() -> float:
+    """Resident memory now (Linux): the baseline of the interpreter and torch, before loading."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024.0
 
 
 def _timed(fn) -> float:
@@ -123,6 +131,7 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
     import runtime
 
     torch.set_num_threads(THREADS)
+    baseline = _rss_mib()
     t_file = _timed(lambda: load_file(str(path)))
     t = time.perf_counter()
     m = runtime.load(path, compile=compiled)
@@ -150,7 +159,11 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
             logits, cache = m.decode(tok, cache)
             tok = logits.argmax(-1)
         res[f"decode_b{batch_size}_tok_s"] = batch_size * new_tokens / (time.perf_counter() - t)
+        if batch_size == 1:  # KV cache of the batch-1 generation, in its stored dtype
+            res["kv_mib"] = sum(x.nbytes for x in cache.tensors) / 2**20
+            res["rss_after_b1_generation_mib"] = _rss_mib() - baseline
     res["peak_rss_mib"] = _peak_rss_mib()
+    res["peak_rss_over_baseline_mib"] = res["peak_rss_mib"] - baseline
     res["weights_mib"] = sum(v.nbytes for v in load_file(str(path)).values()) / 2**20
     if compiled:  # greedy tokens of the fast path against the reference qlevel-4 interpreter
         ref = runtime.load(path)
@@ -196,16 +209,17 @@ def worker(name: str, path: Path, new_tokens: int, prompts: dict) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import external_contenders as ext
 
-    measure = ext.measure_llama_cpp if name.startswith("llamacpp") else ext.measure_ort_genai
-    res = {}
-    for batch in (1, 8):
-        r = measure(path, prompts["short"][:batch] if batch > 1 else prompts["short"][0], new_tokens, batch,
-                    len(prompts["long"]))
-        res.update({k: v for k, v in r.items() if k != "decode_tok_s"})
+    kind = "llama_cpp" if name.startswith("llamacpp") else "ort_genai"
+    res: dict = {}
+    peak = 0.0
+    for batch in (1, 8):  # batch copies of the first prompt; each measurement in a fresh process
+        r = ext.measure_isolated(kind, path, prompts["short"][0], new_tokens, batch, len(prompts["long"]))
+        res.update({k: v for k, v in r.items() if k in ("load_s", "prefill_tok_s")})
         res[f"decode_b{batch}_tok_s"] = r.get("decode_tok_s")
+        peak = max(peak, float(r.get("peak_rss_mb") or 0.0))
     res["file_mib"] = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20 \
         if Path(path).is_dir() else Path(path).stat().st_size / 2**20
-    res["peak_rss_mib"] = _peak_rss_mib()
+    res["peak_rss_mib"] = peak / 1.048576  # MB -> MiB
     return res
 
 
@@ -213,8 +227,10 @@ def worker(name: str, path: Path, new_tokens: int, prompts: dict) -> dict:
 def run_worker(name: str, path: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--artifact", str(path),
            "--new-tokens", str(args.new_tokens), "--prompts", str(args.workdir / "prompts.json")]
+    # passive OpenMP waiting for every contender: spinning threads collapse throughput (10-300x)
+    # whenever anything else shares the 2 cores, for torch and llama.cpp alike
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": str(THREADS)}
+           "OMP_NUM_THREADS": str(THREADS), "OMP_WAIT_POLICY": "passive"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
@@ -241,6 +257,8 @@ def table(rows: dict[str, dict]) -> str:
             ("first_calls_s", "first calls s", "{:.1f}"), ("prefill_tok_s", "prefill tok/s @512", "{:.0f}"),
             ("decode_b1_tok_s", "decode tok/s b1", "{:.1f}"), ("decode_b8_tok_s", "decode tok/s b8", "{:.1f}"),
             ("file_mib", "file MiB", "{:.1f}"), ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+            ("peak_rss_over_baseline_mib", "peak RSS - torch baseline MiB", "{:.0f}"),
+            ("rss_after_b1_generation_mib", "RSS after b1 generation - baseline MiB", "{:.0f}"),
             ("greedy_equal_to_interpreted", "tokens = qlevel 4", "{}")]
     lines = ["| contender | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
@@ -284,6 +302,8 @@ def main() -> None:
     ap.add_argument("--contenders", default=",".join(ALL))
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompts", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--external-workdir", type=Path, default=None,
+                    help="cache of the onnxruntime-genai / llama.cpp models (default WORKDIR/external)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--artifact", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -291,6 +311,8 @@ def main() -> None:
         prompts = json.loads(args.prompts.read_text())
         print("RESULT " + json.dumps(worker(args.worker, args.artifact, args.new_tokens, prompts)))
         return
+    global EXTERNAL_WORKDIR
+    EXTERNAL_WORKDIR = args.external_workdir
     artifacts = prepare(args.workdir, args.contenders.split(","))
     results: dict[str, list[dict]] = {n: [] for n in artifacts}
     for p in range(args.passes):
