@@ -2,6 +2,8 @@
 graph as the fallback."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from runtime import compiled
 PROMPTS = [[5, 9, 33, 7, 81, 2, 14], [40, 41, 42]]
 
 
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="Inductor needs a C++ compiler")
 def test_compiled_generation_matches_the_interpreted_path(quantized):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
     ref = runtime.load(path)
