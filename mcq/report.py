@@ -57,8 +57,8 @@ def _local_output(entry: dict[str, Any], out: torch.Tensor, args: tuple[Any, ...
     if entry["kind"] == "embedding":
         spec = entry["weight"]
         table = lower.stored_weight(_table_name(entry), spec, tensors)
-        qp_ = qp({k: v for k, v in spec.items() if k != "smooth"})
-        return numerics.embedding_rows(table, qp_, args[1], tensors(spec["smooth"]) if spec.get("smooth") else None)
+        table_qp, smooth = lower.table_params(spec, tensors)
+        return numerics.embedding_rows(table, table_qp, args[1], smooth)
     if entry["kind"] == "bmm":
         return torch.bmm(numerics.fake_quantize(args[0], qp(entry["inputs"]["a"])), args[1])
     x, bias = args[0], (args[2] if len(args) > 2 else None)

@@ -92,6 +92,13 @@ def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
     )
 
 
+def table_params(spec: Mapping[str, Any], tensor: TensorSource) -> tuple[QuantParams, torch.Tensor | None]:
+    """An embedding table's row quantization and the smoothing its rows are divided by (spec Q.3a):
+    `smooth` here divides dequantized rows, it does not pre-divide a quantizer's input."""
+    qp = quant_params({k: v for k, v in spec.items() if k != "smooth"}, tensor)
+    return qp, tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None
+
+
 def stored_weight(name: str, spec: Mapping[str, Any], tensor: TensorSource) -> torch.Tensor:
     """A quantized weight as numerics takes it: int4 unpacked from its two-per-byte file layout."""
     w = tensor(name)
@@ -273,8 +280,7 @@ class _Builder:
         if spec.get("dtype") != "int8" or spec.get("granularity") != "channel" or spec.get("axis") != 0:
             raise LoweringError(f"embedding {node.qkey!r}: only int8 tables with one scale per row "
                                 f"(granularity channel, axis 0) are defined (spec Q.3a)")
-        qp = self.qp({k: v for k, v in spec.items() if k != "smooth"})
-        smooth = self.tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None
+        qp, smooth = table_params(spec, self.tensor)
         table_q = self.tensor(table_ref.name)
         if self.mode == 2:  # the whole table dequantized once, then a float lookup (same values)
             table = numerics.dequantize(table_q, qp)

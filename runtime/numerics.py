@@ -228,7 +228,7 @@ class PreparedLinear:
     input_qp: QuantParams
     out_scale: torch.Tensor  # float32(s_x * s_w): [N] (or [N, G] for groups)
     zp_correction: torch.Tensor | None  # zp_x * sum_k q_w[n, k] in int32 (per tensor / channel int)
-    per_tensor_input: bool  # the input quantizes with python scalars (no outliers, no smoothing)
+    per_tensor_input: bool  # the input quantizes to int8 with python scalars (no outliers, no smoothing)
     x_scale: float
     x_zp: float
 
@@ -239,7 +239,8 @@ def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: Qu
     correction = None
     if weight_qp.kind == INT and not weight_qp.group_size and int(input_qp.zero_point) != 0:
         correction = input_qp.zero_point.to(torch.int32) * weight_q.to(torch.int32).sum(dim=1)
-    plain = input_qp.kind == INT and input_qp.outliers is None and input_qp.smooth is None
+    plain = input_qp.kind == INT and input_qp.outliers is None and input_qp.smooth is None \
+        and input_qp.storage_dtype == torch.int8
     return PreparedLinear(weight_q, weight_qp, input_qp, out_scale, correction, plain,
                           float(input_qp.scale), float(input_qp.zero_point))
 
@@ -277,8 +278,7 @@ def qlinear(
     bf16: float32 linear of the bf16 operands (order of accumulation left to the BLAS).
     """
     p = prepared or prepare_qlinear(weight_q, weight_qp, input_qp)
-    xq = _quantize_per_tensor(x, p) if p.per_tensor_input and input_qp.storage_dtype == torch.int8 \
-        else quantize(x, input_qp)
+    xq = _quantize_per_tensor(x, p) if p.per_tensor_input else quantize(x, input_qp)
     k = xq.shape[-1]
     xq2 = xq.reshape(-1, k)
     if weight_qp.kind == BF16:
