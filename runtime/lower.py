@@ -6,7 +6,8 @@ Modes:
 - 2: fake quantization in float (quantize-dequantize), float KV cache.
 - 3: every quantized tensor is materialized in its storage dtype; the integer arithmetic of
   linears and attention matmuls is emulated exactly in float64; KV cache in kv dtype.
-- 4: integer kernels (int8 x int8 -> int32) at linears and attention matmuls; bit-identical to 3.
+- 4: integer kernels (int8 x int8 -> int32) at linears and attention matmuls; bit-identical to 3,
+  except weight-only linears, which run on torch's packed bf16 kernels within spec Q.4a.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
 from runtime.quant_modules import (Dequantize, FakeQuantize, Observe, Observer, OutlierProduct, QBmm,
-                                    QEmbedding, QLinear, Quantize)
+                                    QEmbedding, QLinear, Quantize, WeightOnlyLinear)
 
 FLOAT = 0
 OBSERVE = -1
@@ -119,7 +120,7 @@ def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
 
 class _Builder:
     def __init__(self, graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None,
-                 mode: int, observer: Observer | None) -> None:
+                 mode: int, observer: Observer | None, shared: dict[Any, Any] | None = None) -> None:
         if mode not in QLEVELS and mode != OBSERVE:
             raise LoweringError(f"qlevel must be one of {QLEVELS}, got {mode}")
         if mode == OBSERVE and observer is None:
@@ -133,8 +134,17 @@ class _Builder:
         self.modules = 0
         # kv points hold both forms at qlevels 3/4: stored (graph outputs) and dequantized (consumers)
         self.stored: dict[str, fx.Node] = {}
+        # weights prepared for kernels (unpacked, packed, row sums) are made once per model, not
+        # once per graph: prefill and decode share them (load time and resident memory)
+        self.shared: dict[Any, Any] = {} if shared is None else shared
+        self.output_refs = {v.name for _, v in graph.outputs if isinstance(v, Ref)}
 
     # -- helpers -------------------------------------------------------------------------------
+    def once(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
+
     def get_attr(self, name: str, value: torch.Tensor | None = None) -> fx.Node:
         if name not in self.attrs:
             attr = "t_" + re.sub(r"\W", "_", name) + f"_{len(self.attrs)}"
@@ -236,13 +246,24 @@ class _Builder:
             w = self.value(w_ref)
         else:
             assert isinstance(w_ref, TensorRef)
-            wq, wqp = stored_weight(w_ref.name, wspec, self.tensor), self.qp(wspec)
+            wq = self.once(("stored", w_ref.name), lambda: stored_weight(w_ref.name, wspec, self.tensor))
+            wqp = self.qp(wspec)
             if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp, self.qp(xspec)):
-                outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
-                module = QLinear(wq, wqp, self.qp(xspec), outlier_w, emulate=self.mode == 3)
-                return self.call_module(module, (x, bias), node.qkey or "")
+                def qlinear() -> QLinear:
+                    outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
+                    return QLinear(wq, wqp, self.qp(xspec), outlier_w, emulate=self.mode == 3)
+                return self.call_module(self.once(("qlinear", node.qkey), qlinear), (x, bias), node.qkey or "")
+            if self.mode == 4 and xspec is None:  # weight-only: torch's bf16 kernels (spec Q.4a)
+                # a graph output (the logits) keeps float32 precision: the two-digit int8 kernel
+                precise = node.name in self.output_refs
+                kernel = self.once(("weight_only", node.qkey, precise),
+                                   lambda: numerics.prepare_weight_only(wq, wqp, precise))
+                if kernel is not None:
+                    module = self.once(("weight_only_module", node.qkey, precise), lambda: WeightOnlyLinear(kernel))
+                    return self.call_module(module, (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
-                w = self.get_attr(w_ref.name + "#dequantized", numerics.dequantize(wq, wqp))
+                w = self.get_attr(w_ref.name + "#dequantized",
+                                  self.once(("dequantized", w_ref.name), lambda: numerics.dequantize(wq, wqp)))
             else:  # weight-only (or no kernel for the pair): stored weight dequantized per call
                 w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name + "#stored", wq),),
                                      node.qkey or "")
@@ -283,8 +304,10 @@ class _Builder:
         qp, smooth = table_params(spec, self.tensor)
         table_q = self.tensor(table_ref.name)
         if self.mode == 2:  # the whole table dequantized once, then a float lookup (same values)
-            table = numerics.dequantize(table_q, qp)
-            table = self.get_attr(table_ref.name + "#rows", table / smooth if smooth is not None else table)
+            def rows() -> torch.Tensor:
+                table = numerics.dequantize(table_q, qp)
+                return table / smooth if smooth is not None else table
+            table = self.get_attr(table_ref.name + "#rows", self.once(("rows", table_ref.name), rows))
             return self.fx.call_function(OPS[EMBEDDING], (table, ids))
         return self.call_module(QEmbedding(table_q, qp, smooth), (ids,), node.qkey or "")
 
@@ -300,9 +323,13 @@ class _Builder:
 
 
 def build(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
-          mode: int = FLOAT, observer: Observer | None = None) -> fx.GraphModule:
-    """Rebuild `graph` as an fx.GraphModule at qlevel `mode` (FLOAT, OBSERVE, 2, 3, 4)."""
-    return _Builder(graph, tensor, qformat, mode, observer).build()
+          mode: int = FLOAT, observer: Observer | None = None, shared: dict[Any, Any] | None = None
+          ) -> fx.GraphModule:
+    """Rebuild `graph` as an fx.GraphModule at qlevel `mode` (FLOAT, OBSERVE, 2, 3, 4).
+
+    `shared`: one dict passed to the builds of one model's graphs, so that weights prepared for
+    kernels are made once and shared by every graph that reads them."""
+    return _Builder(graph, tensor, qformat, mode, observer, shared).build()
 
 
 def build_with_names(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,

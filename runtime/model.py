@@ -42,8 +42,9 @@ class Model:
         self.manifest, self.tokenizer, self.qlevel = manifest, tokenizer, qlevel
         self.qformat = qformat
         self._graphs = dict(graphs)
+        shared: dict[Any, Any] = {}  # prepared weights, shared by the entry points' graphs
         self._modules: dict[str, Callable[..., Any]] = {
-            name: lower.build(g, tensor, qformat, qlevel) for name, g in graphs.items()}
+            name: lower.build(g, tensor, qformat, qlevel, shared=shared) for name, g in graphs.items()}
         if compile:
             self._modules = {name: CompiledEntryPoint(name, m) for name, m in self._modules.items()}  # type: ignore[arg-type]
         special = manifest.get("tokenizer") or {}

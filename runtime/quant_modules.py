@@ -54,6 +54,17 @@ class QLinear(nn.Module):
                                 self.emulate, self.prepared)
 
 
+class WeightOnlyLinear(nn.Module):
+    """Weight-only linear on aten's packed bf16 kernels (qlevel 4, spec Q.4a)."""
+
+    def __init__(self, kernel: numerics.WeightOnlyKernel) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return numerics.weight_only_linear(x, self.kernel, bias)
+
+
 class QEmbedding(nn.Module):
     """Embedding lookup in a stored int8 table: gathers rows, then dequantizes only those."""
 

@@ -49,8 +49,27 @@ def test_invalid_file_is_rejected_with_its_code(impl, folder, entry):
     ids=[f"{f.name}/{b['name']}/{v['entry_point']}/q{v['qlevel']}" for f, b, v in VALID],
 )
 def test_valid_bundle_reproduces_expected_outputs(impl, folder, bundle, vector):
-    result = runner.check_vector(impl, folder, bundle, vector, runner.Tolerance())
+    tol = runner.vector_tolerance(runner.load_manifest(folder), bundle, vector, runner.Tolerance())
+    result = runner.check_vector(impl, folder, bundle, vector, tol)
     assert result.status == "PASS", result.detail
+
+
+def test_only_weight_only_qlevel4_vectors_get_an_allowance_and_the_reference_path_is_exact(impl):
+    """spec Q.4a: the allowance covers faster weight-only kernels at qlevel 4 and nothing else;
+    qlevel 3 of the same bundle still reproduces the reference outputs exactly."""
+    folder = CONFORMANCE / "v1.0"
+    manifest = runner.load_manifest(folder)
+    allowed = manifest["weight_only_qlevel4"]["bundles"]
+    assert allowed == ["gpt2-tiny-w8a16"]
+    for bundle in manifest["valid"]:
+        for vector in bundle["vectors"]:
+            tol = runner.vector_tolerance(manifest, bundle, vector, runner.Tolerance())
+            widened = vector["qlevel"] == 4 and bundle["name"] in allowed
+            assert (tol != runner.Tolerance()) == widened
+    bundle = next(b for b in manifest["valid"] if b["name"] == "gpt2-tiny-w8a16")
+    vector = next(v for v in bundle["vectors"] if v["qlevel"] == 4 and v["entry_point"] == "prefill")
+    exact = runner.check_vector(impl, folder, bundle, {**vector, "qlevel": 3}, runner.Tolerance())
+    assert exact.status == "PASS", exact.detail
 
 
 def test_every_file_detectable_error_code_has_a_vector():
