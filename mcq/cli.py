@@ -307,10 +307,10 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("target", required=False, type=click.Path(path_type=Path), metavar="[MODEL_DIR | FILE.mcq]")
 @click.option("--example", type=click.Choice(EXAMPLES), help="Use a built-in model instead of MODEL_DIR.")
 @click.option("--bundle", type=click.Path(path_type=Path),
-              help="Report on the recipe recorded in this .mcq (its manifest's config).")
+              help="With a model: report on this .mcq's own parameters (no re-calibration).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
 @click.option("--preset", default=None, help="Preset (default W8A8KV8).")
 @click.option("--data", type=click.Path(path_type=Path), help="Calibration/report data (default: built-in text).")
@@ -321,52 +321,116 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
 @click.option("--png", "png_path", type=click.Path(path_type=Path), help="Plot SQNR per node (needs matplotlib).")
 @_friendly_errors
-def report(model_dir: Path | None, example: str | None, bundle: Path | None, config_path: Path | None,
+def report(target: Path | None, example: str | None, bundle: Path | None, config_path: Path | None,
            preset: str | None, data: Path | None, samples: int, report_samples: int, seq_len: int, top: int,
            json_path: Path | None, png_path: Path | None) -> None:
-    """Per-node error report: local and cumulative SQNR of every quant point, worst offenders,
-    and a suggested override list to paste under `overrides:` in a config.
+    """Per-node error report: SQNR of every quant point, worst offenders, and a suggested
+    override list to paste under `overrides:` in a config.
 
     \b
+    With a float model (MODEL_DIR or --example), quantized with --config / --preset, or
+    taken as is from --bundle FILE.mcq:
     local      SQNR of the node's output with only its own quantization, from float inputs
     cumulative SQNR of the node's output in the quantized (qlevel 2) model
+    \b
+    With only FILE.mcq (no float model; text from --data, tokenized with the bundle's tokenizer):
+    input      SQNR of each activation entering its quantizer, in the bundle's own model
+               (weights are not covered: the file holds no float weights)
+    \b
+    mcq report --example smollm2 --preset W8A8KV8 --top 10 --json report.json
+    mcq report model.mcq --data text.txt --report-samples 4
     """
-    import yaml
-
+    if target is not None and target.is_file():
+        if example is not None or bundle is not None:
+            raise click.UsageError("FILE.mcq reports on its own; to compare with a float model give "
+                                   "MODEL_DIR (or --example) and --bundle FILE.mcq")
+        _report_bundle_only(target, data, report_samples, seq_len, top, json_path, png_path)
+        return
     import mcq
     from mcq.calibrate import batches_of
     from mcq.config import QuantConfig
     from mcq.examples import load_example, load_model_dir
-    from mcq.report import node_errors, plot, suggest_overrides, to_json
+    from mcq.report import node_errors
 
-    if (model_dir is None) == (example is None):
-        raise click.UsageError("give either MODEL_DIR or --example (the float model is the reference)")
-    if model_dir is not None and not model_dir.exists():
-        raise FileNotFoundError(f"{model_dir}: model path does not exist")
-    if bundle is not None:
-        import mcq_format
-
-        with mcq_format.read(bundle) as b:
-            recorded = dict(b.sections["manifest"]["quant"])
-        cfg = QuantConfig.from_dict(recorded, source=f"{bundle} manifest")
-    else:
-        cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
-    model, tok = load_example(example) if example else load_model_dir(model_dir)  # type: ignore[arg-type]
+    if (target is None) == (example is None):
+        raise click.UsageError("give either MODEL_DIR or --example (the float model is the reference), "
+                               "or a FILE.mcq alone")
+    if target is not None and not target.exists():
+        raise FileNotFoundError(f"{target}: model path does not exist")
+    cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
+    model, tok = load_example(example) if example else load_model_dir(target)  # type: ignore[arg-type]
     captured = mcq.capture_model(model)
     if tok is not None:
         all_samples = mcq.token_samples(captured, tok, data, seq_len, None)
     else:
         all_samples = mcq.random_samples(int(captured.model_config["vocab_size"]), samples + report_samples)
-    q = mcq.quantize(captured, cfg, tokenizer=tok, samples=all_samples[:samples])
     held = all_samples[samples : samples + report_samples] or all_samples[:report_samples]
-    errors = node_errors(captured.main_graph, captured.tensors.__getitem__, q, batches_of(held, 1))
+    if bundle is not None:
+        import mcq_format
+        import runtime
+
+        opened = mcq_format.read(bundle)
+        quantized: Any = mcq.Quantized(dict(opened.sections), _LazyTensors(runtime.tensor_source(opened)), cfg)
+    else:
+        quantized = mcq.quantize(captured, cfg, tokenizer=tok, samples=all_samples[:samples])
+    errors = node_errors(captured.main_graph, captured.tensors.__getitem__, quantized, batches_of(held, 1))
+    _print_report(errors, top, json_path, png_path,
+                  f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})")
+
+
+class _LazyTensors(dict):  # type: ignore[type-arg]
+    """name -> tensor of an open bundle, read on first use (a report touches few of them)."""
+
+    def __init__(self, source: Any) -> None:
+        super().__init__()
+        self.source = source
+
+    def __missing__(self, name: str) -> Any:
+        value = self[name] = self.source(name)
+        return value
+
+
+def _report_bundle_only(path: Path, data: Path | None, report_samples: int, seq_len: int, top: int,
+                        json_path: Path | None, png_path: Path | None) -> None:
+    import mcq_format
+    import runtime
+    from mcq.calibrate import batches_of
+    from mcq.data import load_samples
+    from mcq.report import input_errors
+    from runtime.tokenizer import Tokenizer
+
+    with mcq_format.read(path) as opened:
+        sections = dict(opened.sections)
+        if not (sections.get("qformat") or {}).get("nodes"):
+            raise ValueError(f"{path}: nothing in this bundle is quantized: there is nothing to report")
+        if not sections.get("tokenizer"):
+            raise ValueError(f"{path}: this bundle has no tokenizer: give the float model too "
+                             "(MODEL_DIR --bundle FILE.mcq), whose inputs the report can build")
+        held = load_samples(Tokenizer(sections["tokenizer"]).encode, data, seq_len, report_samples)
+        errors = input_errors(sections, runtime.tensor_source(opened), batches_of(held, 1))
+    if not errors:
+        raise ValueError(f"{path}: no activation is quantized (weight-only bundle): input SQNR needs "
+                         "quantized inputs, and weight errors need the float model (MODEL_DIR --bundle FILE.mcq)")
+    _print_report(errors, top, json_path, png_path,
+                  f"{len(errors)} quantized inputs measured on {len(held)} samples of {seq_len} tokens")
+
+
+def _print_report(errors: list[Any], top: int, json_path: Path | None, png_path: Path | None, footer: str) -> None:
+    import yaml
+
+    from mcq.report import InputError, plot, suggest_overrides, to_json, worst
+
     overrides = suggest_overrides(errors, top)
-    worst = sorted(errors, key=lambda e: e.local_sqnr_db)[:top]
     width = max(len(e.qkey) for e in errors)
-    click.echo(f"{'qkey':<{width}}  {'kind':<8}  local dB  cumulative dB")
-    for e in worst:
-        click.echo(f"{e.qkey:<{width}}  {e.kind:<8}  {e.local_sqnr_db:8.2f}  {e.cumulative_sqnr_db:13.2f}")
-    click.echo(f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})")
+    if isinstance(errors[0], InputError):
+        click.echo(f"{'qkey':<{width}}  {'kind':<9}  input  SQNR dB")
+        for e in worst(errors, top):
+            click.echo(f"{e.qkey:<{width}}  {e.kind:<9}  {e.role:<5}  {e.input_sqnr_db:7.2f}")
+    else:
+        click.echo(f"{'qkey':<{width}}  {'kind':<8}  local dB  cumulative dB")
+        for e in worst(errors, top):
+            click.echo(f"{e.qkey:<{width}}  {e.kind:<8}  {e.local_sqnr_db:8.2f}  {e.cumulative_sqnr_db:13.2f}")
+    click.echo(footer)
     click.echo("suggested overrides:\n" + yaml.safe_dump({"overrides": overrides}, sort_keys=False))
     if json_path:
         json_path.write_text(json.dumps(to_json(errors, overrides), indent=2))

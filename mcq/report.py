@@ -1,9 +1,13 @@
 """Per-node error report: which quant points hurt, and what to keep in higher precision.
 
-For every quant point, on calibration-style data:
+With the float model, for every quant point, on calibration-style data:
 - local SQNR: its output with only its own inputs/weights quantized, from float inputs;
 - cumulative SQNR: its output in the qlevel-2 model (everything up to it quantized),
 both against the float model, in dB (10 log10 signal / noise).
+
+From a bundle alone (no float model): the input SQNR of every activation quant point, in the
+bundle's own qlevel-2 model (what survives of the tensor entering the quantizer, after outlier
+channels and smoothing; weights need the float model, which the bundle does not hold).
 """
 from __future__ import annotations
 
@@ -84,6 +88,11 @@ def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches:
     fgm, fnames = lower.build_with_names(float_graph, float_tensors, None, lower.FLOAT)
     qgraph = Graph.decode(quantized.sections[f"graph/{float_graph.name}"])
     qgm, qnames = lower.build_with_names(qgraph, quantized.tensors.__getitem__, qformat, 2)
+    unmatched = [ir for ir in ir_of if ir not in qnames]
+    if unmatched or set(qformat["nodes"]) - set(ir_of.values()):
+        raise ValueError(f"the bundle's graph does not match this model (e.g. node {(unmatched or ['?'])[0]!r}, "
+                         f"quant points {sorted(set(qformat['nodes']) - set(ir_of.values()))[:3]}): "
+                         "was it quantized from this model?")
     stats = {k: [0.0, 0.0, 0.0] for k in order}  # signal, local noise, cumulative noise
     tensors = quantized.tensors.__getitem__
     for batch in batches:
@@ -106,9 +115,49 @@ def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches:
     return [NodeError(k, qnodes[k]["kind"], _db(s, ln), _db(s, cn)) for k, (s, ln, cn) in stats.items()]
 
 
-def suggest_overrides(errors: list[NodeError], top: int) -> list[dict[str, Any]]:
-    """Overrides that keep the `top` worst nodes (lowest local SQNR) in higher precision."""
-    worst = sorted(errors, key=lambda e: e.local_sqnr_db)[:top]
+@dataclass
+class InputError:
+    qkey: str
+    kind: str
+    role: str  # the quantized input: "x" (linear, kv cache), "a" / "b" (bmm)
+    input_sqnr_db: float
+
+
+def input_errors(sections: dict[str, Any], tensors: Any, batches: Iterable[Any]) -> list[InputError]:
+    """Input SQNR of every activation quant point of a bundle's main graph, from the bundle alone
+    (`tensors`: name -> torch tensor); `batches` as for calibration."""
+    from mcq.calibrate import as_inputs
+
+    qformat = sections["qformat"]
+    entry_points = sections["manifest"]["entry_points"]
+    main = "prefill" if "prefill" in entry_points else next(iter(entry_points))
+    graph = Graph.decode(sections[entry_points[main]["graph"]])
+    gm, points = lower.build_with_fake_quant_points(graph, tensors, qformat)
+    targets = {n.name: n.target for n in gm.graph.nodes if n.name in points}
+    stats: dict[tuple[str, str], list[float]] = {points[n]: [0.0, 0.0] for n in points}
+
+    def on_point(name: str, out: torch.Tensor, args: tuple[Any, ...]) -> None:
+        qp = gm.get_submodule(str(targets[name])).qp
+        x = args[0].detach().to(torch.float32)
+        if qp.outliers is not None:
+            x = x.index_fill(-1, qp.outliers, 0.0)
+        if qp.smooth is not None:
+            x = x / qp.smooth
+        stats[points[name]][0] += float(x.pow(2).sum())
+        stats[points[name]][1] += float((out.detach().to(torch.float32) - x).pow(2).sum())
+
+    for batch in batches:
+        with torch.no_grad():
+            _Tap(gm, {n: n for n in points}, on_point).run(*as_inputs(batch))
+    return [InputError(qkey, qformat["nodes"][qkey]["kind"], role, _db(sig, noise))
+            for (qkey, role), (sig, noise) in stats.items()]
+
+
+def suggest_overrides(errors: list[Any], top: int) -> list[dict[str, Any]]:
+    """Overrides that keep the `top` worst nodes (lowest local, or input, SQNR) in higher
+    precision; a node listed once even when several of its inputs are among the worst."""
+    worst = list({e.qkey: e for e in sorted(errors, key=_score, reverse=True)}.values())
+    worst = sorted(worst, key=_score)[:top]
     out = []
     for e in worst:
         if e.kind == "kv_cache":
@@ -120,11 +169,20 @@ def suggest_overrides(errors: list[NodeError], top: int) -> list[dict[str, Any]]
     return out
 
 
-def to_json(errors: list[NodeError], overrides: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"nodes": [asdict(e) for e in errors], "suggested_overrides": overrides}
+def _score(e: Any) -> float:
+    return e.input_sqnr_db if isinstance(e, InputError) else e.local_sqnr_db
 
 
-def plot(errors: list[NodeError], path: str) -> None:
+def worst(errors: list[Any], top: int) -> list[Any]:
+    return sorted(errors, key=_score)[:top]
+
+
+def to_json(errors: list[Any], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    measure = "input" if errors and isinstance(errors[0], InputError) else "local+cumulative"
+    return {"measure": measure, "nodes": [asdict(e) for e in errors], "suggested_overrides": overrides}
+
+
+def plot(errors: list[Any], path: str) -> None:
     try:
         import matplotlib
 
@@ -134,8 +192,11 @@ def plot(errors: list[NodeError], path: str) -> None:
         raise RuntimeError("the PNG plot needs matplotlib: pip install matplotlib") from None
     fig, ax = plt.subplots(figsize=(max(8, len(errors) * 0.05), 4))
     x = range(len(errors))
-    ax.plot(x, [e.local_sqnr_db for e in errors], ".", label="local")
-    ax.plot(x, [e.cumulative_sqnr_db for e in errors], "-", label="cumulative")
+    if errors and isinstance(errors[0], InputError):
+        ax.plot(x, [e.input_sqnr_db for e in errors], ".", label="input")
+    else:
+        ax.plot(x, [e.local_sqnr_db for e in errors], ".", label="local")
+        ax.plot(x, [e.cumulative_sqnr_db for e in errors], "-", label="cumulative")
     ax.set_xlabel("quant point (execution order)")
     ax.set_ylabel("SQNR (dB)")
     ax.legend()

@@ -7,6 +7,7 @@ never the toolkit or transformers.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
@@ -15,9 +16,21 @@ import mcq_format
 from runtime.lower import numpy_to_torch
 from runtime.model import EntryPointError, KVCache, Model, from_sections
 
-__all__ = ["EntryPointError", "KVCache", "Model", "load"]
+__all__ = ["EntryPointError", "KVCache", "Model", "load", "tensor_source"]
 
 _BIT_VIEWS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn}
+
+
+def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], torch.Tensor]:
+    """name -> torch tensor of an open bundle: zero-copy views of the memory map."""
+
+    def tensor(name: str) -> torch.Tensor:
+        t = numpy_to_torch(bundle.tensor(name))
+        # dtypes numpy lacks come as same-size unsigned bits: reinterpret, no copy
+        viewed = _BIT_VIEWS.get(bundle.tensor_info(name).dtype)
+        return t.view(viewed) if viewed is not None else t
+
+    return tensor
 
 
 def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool = False) -> Model:
@@ -27,13 +40,6 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool 
     glue, several times faster decode; the interpreted graph is the fallback, see
     `runtime.compiled`). Weights stay memory-mapped from the file either way."""
     bundle = mcq_format.read(path)
-
-    def tensor(name: str) -> torch.Tensor:
-        t = numpy_to_torch(bundle.tensor(name))
-        # dtypes numpy lacks come as same-size unsigned bits: reinterpret, no copy
-        viewed = _BIT_VIEWS.get(bundle.tensor_info(name).dtype)
-        return t.view(viewed) if viewed is not None else t
-
-    model = from_sections(bundle.sections, tensor, qlevel, compile)
+    model = from_sections(bundle.sections, tensor_source(bundle), qlevel, compile)
     model.bundle = bundle  # keeps the memory map open for the model's lifetime
     return model

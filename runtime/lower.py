@@ -138,6 +138,7 @@ class _Builder:
         # once per graph: prefill and decode share them (load time and resident memory)
         self.shared: dict[Any, Any] = {} if shared is None else shared
         self.output_refs = {v.name for _, v in graph.outputs if isinstance(v, Ref)}
+        self.fake_quant_nodes: dict[str, tuple[str, str]] = {}  # qlevel 2: fx node -> (qkey, role)
 
     # -- helpers -------------------------------------------------------------------------------
     def once(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -233,7 +234,9 @@ class _Builder:
             return self.call_module(Observe(qkey, role, self.observer), (x,), qkey)
         qp = self.qp(spec)
         if self.mode == 2:
-            return self.call_module(FakeQuantize(qp), (x,), qkey)
+            node = self.call_module(FakeQuantize(qp), (x,), qkey)
+            self.fake_quant_nodes[node.name] = (qkey, role)
+            return node
         stored = self.call_module(Quantize(qp), (x,), qkey)
         return self.call_module(Dequantize(qp), (stored,), qkey)
 
@@ -338,3 +341,12 @@ def build_with_names(graph: Graph, tensor: TensorSource, qformat: Mapping[str, A
     builder = _Builder(graph, tensor, qformat, mode, None)
     gm = builder.build()
     return gm, {name: node.name for name, node in builder.env.items()}
+
+
+def build_with_fake_quant_points(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any]
+                                 ) -> tuple[fx.GraphModule, dict[str, tuple[str, str]]]:
+    """The qlevel-2 GraphModule and, for each of its activation fake-quantizers, the fx node name
+    -> (qkey, input role): what a report needs to measure each quant point from the bundle alone."""
+    builder = _Builder(graph, tensor, qformat, 2, None)
+    gm = builder.build()
+    return gm, dict(builder.fake_quant_nodes)

@@ -190,3 +190,78 @@ def test_imported_qparams_replace_the_calibrated_ones(tmp_path, quantized):
     np.savez(edited, **arrays)
     with pytest.raises(QParamsImportError, match="1 keys match no quant point.*not.a.node"):
         mcq.quantize(model, mcq.preset("W8A8KV8"), progress=False, qparams=edited)
+
+
+@pytest.fixture(scope="module")
+def report_bundles(tmp_path_factory):
+    """A tiny Llama W8A8KV8 bundle with its tokenizer, and a copy whose layer-1 down_proj input
+    scale is 8x coarser (imported qparams): the reports must see that node get worse."""
+    import numpy as np
+
+    import mcq
+    from mcq.examples import load_example
+    from mcq.interop import export_reference
+
+    folder = tmp_path_factory.mktemp("report")
+    model, tok = load_example("llama-tiny")
+    captured = mcq.capture_model(model)
+    q = mcq.quantize(captured, mcq.preset("W8A8KV8"), tokenizer=tok, max_samples=4, seq_len=32, progress=False)
+    q.save(folder / "base.mcq")
+    _, npz = export_reference(folder / "base.mcq", folder / "ref")
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[f"{COARSE}.input_x.scale"] = arrays[f"{COARSE}.input_x.scale"] * 8
+    np.savez(folder / "coarse.npz", **arrays)
+    mcq.quantize(captured, mcq.preset("W8A8KV8"), tokenizer=tok, max_samples=4, seq_len=32, progress=False,
+                 qparams=folder / "coarse.npz").save(folder / "coarse.mcq")
+    return folder / "base.mcq", folder / "coarse.mcq"
+
+
+COARSE = "model.layers.1.mlp.down_proj/linear0"
+
+
+def _input_report(path, out):
+    r = run("report", path, "--report-samples", "2", "--seq-len", "32", "--top", "3", "--json", out)
+    assert r.exit_code == 0, r.output
+    return r, json.loads(out.read_text())
+
+
+def test_report_from_a_bundle_alone_measures_every_quantized_input(report_bundles, tmp_path):
+    base, coarse = report_bundles
+    r, rep = _input_report(base, tmp_path / "base.json")
+    assert rep["measure"] == "input"
+    # 2 layers x (7 linear inputs + k, v cache + Q.K^T's query) + lm_head's input
+    assert len(rep["nodes"]) == 2 * (7 + 2 + 1) + 1
+    assert all(8 < n["input_sqnr_db"] < 60 for n in rep["nodes"])
+    worst = min(rep["nodes"], key=lambda n: n["input_sqnr_db"])["qkey"]
+    assert rep["suggested_overrides"][0]["match"] == worst and worst in r.output
+    # 8x coarser steps: about 18 dB less signal-to-noise at that input (20 log10 8), others unchanged
+    _, worse = _input_report(coarse, tmp_path / "coarse.json")
+    by_key = lambda rep: {n["qkey"]: n["input_sqnr_db"] for n in rep["nodes"]}  # noqa: E731
+    b, c = by_key(rep), by_key(worse)
+    assert 12 < b[COARSE] - c[COARSE] < 24
+    assert all(abs(b[k] - c[k]) < 0.5 for k in b if k.startswith("model.layers.0."))  # layer 0 comes before
+
+
+def test_report_with_a_model_and_bundle_uses_the_files_own_parameters(report_bundles, tmp_path):
+    base, coarse = report_bundles
+    local = {}
+    for path in (base, coarse):
+        out = tmp_path / f"{path.stem}.json"
+        r = run("report", "--example", "llama-tiny", "--bundle", path, "--report-samples", "1", "--json", out)
+        assert r.exit_code == 0, r.output
+        local[path.stem] = {n["qkey"]: n["local_sqnr_db"] for n in json.loads(out.read_text())["nodes"]}
+    # the output error adds the weight's (this node: 24 dB local) to the coarser input's: 3 dB worse
+    assert local["base"][COARSE] - local["coarse"][COARSE] > 2
+    assert local["base"]["model.layers.0.mlp.down_proj/linear0"] == \
+        pytest.approx(local["coarse"]["model.layers.0.mlp.down_proj/linear0"])
+
+
+def test_report_on_a_weight_only_bundle_alone_says_what_it_needs(tmp_path):
+    import mcq
+    from mcq.examples import load_example
+
+    model, tok = load_example("gpt2-tiny")
+    mcq.quantize(model, mcq.preset("W8A16"), tokenizer=tok, max_samples=2, seq_len=16,
+                 progress=False).save(tmp_path / "w8a16.mcq")
+    assert_one_line_error(run("report", tmp_path / "w8a16.mcq"), "weight-only bundle", "--bundle")
