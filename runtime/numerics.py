@@ -166,10 +166,10 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
     """The inverse of pack_int4: int8 values with a last axis of `length`."""
-    p = packed.to(torch.int16)
-    low, high = p & 0xF, (p >> 4) & 0xF
-    both = torch.stack([low, high], dim=-1).reshape(*p.shape[:-1], -1)[..., :length]
-    return torch.where(both > 7, both - 16, both).to(torch.int8)
+    # arithmetic shifts of the byte as int8 sign-extend each nibble: no widening, no select
+    p = packed.view(torch.int8) if packed.dtype == torch.uint8 else packed.to(torch.uint8).view(torch.int8)
+    low, high = torch.bitwise_left_shift(p, 4) >> 4, p >> 4
+    return torch.stack([low, high], dim=-1).reshape(*p.shape[:-1], -1)[..., :length]
 
 
 def fake_quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
@@ -384,7 +384,7 @@ def prepare_weight_only(weight_q: torch.Tensor, qp: QuantParams, precise: bool =
             scale = qp.scale.reshape(n, -1).repeat_interleave(repeat, 1)[:, :groups]
             zp = qp.zero_point.reshape(n, -1).repeat_interleave(repeat, 1)[:, :groups].to(torch.float32)
             scales = torch.stack([scale.t(), (-zp * scale).t()], dim=-1).to(torch.bfloat16).contiguous()
-            packed = torch._convert_weight_to_int4pack_for_cpu((weight_q.to(torch.int32) + 8).contiguous(), 1)
+            packed = torch._convert_weight_to_int4pack_for_cpu((weight_q + 8).to(torch.int32).contiguous(), 1)
             return WeightOnlyKernel(BF16_INT4, packed, scales, group, n)
     except (RuntimeError, NotImplementedError):  # a shape this torch build's kernels reject
         return None
