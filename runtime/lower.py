@@ -23,8 +23,8 @@ from runtime import numerics
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
-from runtime.quant_modules import (Dequantize, FakeQuantize, Observe, Observer, OutlierProduct, QBmm,
-                                    QEmbedding, QLinear, Quantize, WeightOnlyLinear)
+from runtime.quant_modules import (Dequantize, FakeQuantize, LastPosition, Observe, Observer, OutlierProduct,
+                                    QBmm, QEmbedding, QLinear, Quantize, WeightOnlyLinear)
 
 FLOAT = 0
 OBSERVE = -1
@@ -120,7 +120,8 @@ def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
 
 class _Builder:
     def __init__(self, graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None,
-                 mode: int, observer: Observer | None, shared: dict[Any, Any] | None = None) -> None:
+                 mode: int, observer: Observer | None, shared: dict[Any, Any] | None = None,
+                 last_position_logits: bool = False) -> None:
         if mode not in QLEVELS and mode != OBSERVE:
             raise LoweringError(f"qlevel must be one of {QLEVELS}, got {mode}")
         if mode == OBSERVE and observer is None:
@@ -138,6 +139,10 @@ class _Builder:
         # once per graph: prefill and decode share them (load time and resident memory)
         self.shared: dict[Any, Any] = {} if shared is None else shared
         self.output_refs = {v.name for _, v in graph.outputs if isinstance(v, Ref)}
+        # generation needs the logits of the last position only: the linear that produces the
+        # `logits` output reads just that position (1/seq of the work, no [seq, vocab] temporaries)
+        self.last_position_of = {v.name for n, v in graph.outputs if n == "logits" and isinstance(v, Ref)} \
+            if last_position_logits else set()
         self.fake_quant_nodes: dict[str, tuple[str, str]] = {}  # qlevel 2: fx node -> (qkey, role)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -212,6 +217,8 @@ class _Builder:
         if node.op not in OPS:
             raise LoweringError(f"graph {self.graph.name}: node {node.name}: op {node.op!r} is not in the opset")
         q = self.qnodes.get(node.qkey) if node.qkey else None
+        if node.op == LINEAR and node.name in self.last_position_of:
+            return self.lower_linear(node, None if self.mode == FLOAT else q)
         if q is None or self.mode == FLOAT:
             if node.op == KV_POINT:
                 return self.value(node.args[0])
@@ -240,8 +247,13 @@ class _Builder:
         stored = self.call_module(Quantize(qp), (x,), qkey)
         return self.call_module(Dequantize(qp), (stored,), qkey)
 
-    def lower_linear(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
+    def lower_linear(self, node: Node, q: Mapping[str, Any] | None) -> fx.Node:
         x = self.value(node.args[0])
+        if node.name in self.last_position_of:
+            x = self.call_module(LastPosition(), (x,), "last_position")
+        if q is None:
+            return self.fx.call_function(OPS[LINEAR], (x, *(self.value(a) for a in node.args[1:])),
+                                         {k: self.value(v) for k, v in node.kwargs.items()})
         bias = self.value(node.args[2]) if len(node.args) > 2 else None
         wspec, xspec = q.get("weight"), q["inputs"].get("x")
         w_ref = node.args[1]
@@ -326,13 +338,14 @@ class _Builder:
 
 
 def build(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
-          mode: int = FLOAT, observer: Observer | None = None, shared: dict[Any, Any] | None = None
-          ) -> fx.GraphModule:
+          mode: int = FLOAT, observer: Observer | None = None, shared: dict[Any, Any] | None = None,
+          last_position_logits: bool = False) -> fx.GraphModule:
     """Rebuild `graph` as an fx.GraphModule at qlevel `mode` (FLOAT, OBSERVE, 2, 3, 4).
 
     `shared`: one dict passed to the builds of one model's graphs, so that weights prepared for
-    kernels are made once and shared by every graph that reads them."""
-    return _Builder(graph, tensor, qformat, mode, observer, shared).build()
+    kernels are made once and shared by every graph that reads them. `last_position_logits`: the
+    `logits` output holds the last position only ([batch, 1, vocab]; for generation)."""
+    return _Builder(graph, tensor, qformat, mode, observer, shared, last_position_logits).build()
 
 
 def build_with_names(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,

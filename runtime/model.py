@@ -42,14 +42,19 @@ class Model:
         self.manifest, self.tokenizer, self.qlevel = manifest, tokenizer, qlevel
         self.qformat = qformat
         self._graphs = dict(graphs)
-        shared: dict[Any, Any] = {}  # prepared weights, shared by the entry points' graphs
+        self._tensor, self._compile = tensor, compile
+        self._shared: dict[Any, Any] = {}  # prepared weights, shared by the entry points' graphs
         self._modules: dict[str, Callable[..., Any]] = {
-            name: lower.build(g, tensor, qformat, qlevel, shared=shared) for name, g in graphs.items()}
-        if compile:
-            self._modules = {name: CompiledEntryPoint(name, m) for name, m in self._modules.items()}  # type: ignore[arg-type]
+            name: self._build(g) for name, g in graphs.items()}
+        self._prefill_last: Callable[..., Any] | None = None  # built on first use (generate)
         special = manifest.get("tokenizer") or {}
         self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
+
+    def _build(self, graph: Graph, last_position_logits: bool = False) -> Callable[..., Any]:
+        gm = lower.build(graph, self._tensor, self.qformat, self.qlevel, shared=self._shared,
+                         last_position_logits=last_position_logits)
+        return CompiledEntryPoint(graph.name, gm) if self._compile else gm
 
     # -- any entry point -----------------------------------------------------------------------
     @property
@@ -120,9 +125,13 @@ class Model:
         return torch.stack(rows)
 
     # -- causal LM entry points ----------------------------------------------------------------
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, KVCache]:
-        """Run the prompt: logits for every position [batch, seq, vocab] and the KV cache."""
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                all_logits: bool = True) -> tuple[torch.Tensor, KVCache]:
+        """Run the prompt: logits for every position [batch, seq, vocab] and the KV cache.
+
+        all_logits=False: the last position's logits only ([batch, 1, vocab]), which is what
+        generation needs: the vocabulary projection runs on one position, not seq of them (the
+        first such call builds that variant of the prefill graph, sharing the weights)."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -134,6 +143,10 @@ class Model:
             input_ids = torch.nn.functional.pad(input_ids, (short, 0), value=self.pad_token_id)
             attention_mask = torch.nn.functional.pad(attention_mask, (short, 0), value=0)
         prefill = self._entry("prefill", "a causal LM's prompt pass")
+        if not all_logits:
+            if self._prefill_last is None:
+                self._prefill_last = self._build(self._graphs["prefill"], last_position_logits=True)
+            prefill = self._prefill_last
         with torch.no_grad():
             logits, *kv = prefill(input_ids, attention_mask)
         return logits, KVCache(list(kv), attention_mask)
@@ -170,7 +183,7 @@ class Model:
         ids = torch.tensor([[self.pad_token_id] * (width - len(b)) + b for b in batch])
         mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
         gen = torch.Generator().manual_seed(seed)
-        logits, cache = self.prefill(ids, mask)
+        logits, cache = self.prefill(ids, mask, all_logits=False)
         next_logits = logits[:, -1]
         out: list[list[int]] = [[] for _ in batch]
         done = torch.zeros(len(batch), dtype=torch.bool)

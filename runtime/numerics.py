@@ -238,8 +238,10 @@ def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: Qu
     out_scale = (input_qp.scale * weight_qp.scale).to(torch.float32)
     correction = None
     if weight_qp.kind == INT and not weight_qp.group_size and int(input_qp.zero_point) != 0:
-        # int32 accumulation straight from int8 (exact; 3x faster than widening the weight first)
-        correction = input_qp.zero_point.to(torch.int32) * weight_q.sum(dim=1, dtype=torch.int32)
+        # row sums as an int8 product with a row of ones: exact int32, and no int32 copy of the
+        # weight (such load-time temporaries stay in the heap as resident memory)
+        ones = torch.ones((1, weight_q.shape[1]), dtype=torch.int8)
+        correction = input_qp.zero_point.to(torch.int32) * _int_matmul(ones, weight_q.t(), False)[0]
     plain = input_qp.kind == INT and input_qp.outliers is None and input_qp.smooth is None \
         and input_qp.storage_dtype == torch.int8
     return PreparedLinear(weight_q, weight_qp, input_qp, out_scale, correction, plain,

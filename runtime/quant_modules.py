@@ -65,6 +65,13 @@ class WeightOnlyLinear(nn.Module):
         return numerics.weight_only_linear(x, self.kernel, bias)
 
 
+class LastPosition(nn.Module):
+    """x[..., -1:, :]: the last sequence position of [batch, seq, features] (generation's logits)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., -1:, :]
+
+
 class QEmbedding(nn.Module):
     """Embedding lookup in a stored int8 table: gathers rows, then dequantizes only those."""
 

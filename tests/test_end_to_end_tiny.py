@@ -196,3 +196,21 @@ def test_unimplemented_quant_format_is_refused_not_approximated(quantized):
 
     with pytest.raises(lower.LoweringError, match="'nf4' with 4 bits is not implemented"):
         lower.build(Graph.decode(sections["graph/prefill"]), q.tensors.__getitem__, sections["qformat"], 4)
+
+
+@pytest.mark.parametrize("preset,level", [("W8A8KV8", 4), ("W8A8KV8", 2), ("W8A16", 4), ("FLOAT", 0)])
+def test_last_position_prefill_equals_the_last_row_of_full_prefill(quantized, preset, level):
+    """generate's prefill variant runs the vocabulary projection on the last position only: the
+    same KV cache and the same logits row, bit for bit where the projection is an integer kernel
+    (qlevel 4); a float GEMM of one row may round differently from a GEMM of many (qlevels 0, 2)."""
+    _, _, path = quantized("llama-tiny", preset)
+    m = runtime.load(path, level)
+    ids, mask = _batch()
+    full, full_cache = m.prefill(ids, mask)
+    last, last_cache = m.prefill(ids, mask, all_logits=False)
+    assert full.shape == (*ids.shape, 512) and last.shape == (ids.shape[0], 1, 512)
+    if level == 4:
+        assert torch.equal(last, full[:, -1:])
+    else:
+        torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(full_cache.tensors, last_cache.tensors))
