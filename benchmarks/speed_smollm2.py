@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -109,7 +108,10 @@ def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
 
 # -- workers (one subprocess per contender and pass) ----------------------------------------
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries the
+    parent's high-water mark across fork and exec, so every worker read the driver's 1141 MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0
 
 
 def _rss_mib() -> float:
@@ -230,10 +232,13 @@ def worker(name: str, path: Path, new_tokens: int, prompts: dict) -> dict:
 def run_worker(name: str, path: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--artifact", str(path),
            "--new-tokens", str(args.new_tokens), "--prompts", str(args.workdir / "prompts.json")]
-    # passive OpenMP waiting for every contender: spinning threads collapse throughput (10-300x)
-    # whenever anything else shares the 2 cores, for torch and llama.cpp alike
+    # one OpenMP wait policy for every contender (torch and llama.cpp both run on libgomp):
+    # "active" (libgomp's default, spinning) is fastest on an otherwise idle machine, where torch's
+    # many small parallel regions per token pay a wake-up each with "passive" (measured: mcq W4A16
+    # decode 62 tok/s active, 26 passive, 55 with one thread); "passive" is the safe choice when
+    # anything else shares the cores, where spinning threads collapse throughput 10-300x
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": str(THREADS), "OMP_WAIT_POLICY": "passive"}
+           "OMP_NUM_THREADS": str(THREADS), "OMP_WAIT_POLICY": args.omp_wait_policy}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
@@ -304,6 +309,9 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--contenders", default=",".join(ALL))
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--omp-wait-policy", choices=("active", "passive"), default="passive",
+                    help="OMP_WAIT_POLICY of every contender: active on an idle machine, passive when "
+                         "other jobs share the cores (default)")
     ap.add_argument("--prompts", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--external-workdir", type=Path, default=None,
                     help="cache of the onnxruntime-genai / llama.cpp models (default WORKDIR/external)")
