@@ -425,6 +425,13 @@ def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torc
     return x.to(torch.float32).index_select(-1, input_qp.outliers) @ outlier_weight.to(torch.float32).t()
 
 
+def _max_centered(qp: QuantParams, centered: torch.Tensor) -> int:
+    """A bound on |q - zp| of an operand (from the grid and zero points; no data pass)."""
+    zp = qp.zero_point
+    lo, hi = (int(zp.min()), int(zp.max())) if zp.numel() else (0, 0)
+    return max(qp.qmax - lo, hi - qp.qmin)
+
+
 def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
          emulate: bool = False) -> torch.Tensor:
     """qlevel-4 batched matmul of two quantized operands (spec Q.4).
@@ -440,7 +447,17 @@ def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
         acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
     else:
         qa, qb = _centered(qa, a_qp), _centered(qb, b_qp)
-        acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64)) if emulate else torch.bmm(qa, qb)
+        if emulate:
+            acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
+        elif qa.shape[-1] * _max_centered(a_qp, qa) * _max_centered(b_qp, qb) < 2 ** 24 \
+                and torch.get_float32_matmul_precision() == "highest":
+            # every partial sum is an integer below 2^24, so an IEEE float32 GEMM (any summation
+            # order) computes the int32 result exactly, far faster than CPU int32 bmm (no BLAS for
+            # it): head_dim <= 258 always qualifies for int8 operands. Not where the user allowed
+            # reduced-precision float32 matmuls ("high"/"medium": TF32 / bf16 internally)
+            acc = torch.bmm(qa.to(torch.float32), qb.to(torch.float32))
+        else:
+            acc = torch.bmm(qa, qb)
     sa, _ = _broadcast(a_qp.scale, acc, a_qp)
     sb, view = _broadcast(b_qp.scale, acc, b_qp)
     y = acc.reshape(view).to(torch.float32) * (sa * sb).to(torch.float32)

@@ -194,3 +194,26 @@ def test_prepared_linear_precomputes_the_zero_point_correction():
     p = prepare_qlinear(w, wqp, xqp)
     assert p.zp_correction.tolist() == [-3 * 2, -3 * 127]
     assert torch.equal(p.out_scale, (torch.tensor(0.1) * torch.tensor([0.5, 0.25])).to(torch.float32))
+
+
+@pytest.mark.parametrize("k,precision", [(256, "highest"), (256, "medium"), (300, "highest")])
+def test_qbmm_on_float32_gemm_stays_exact_at_the_largest_sums(k, precision):
+    """Q.K^T runs as a float32 GEMM of the centered integers when every partial sum stays below
+    2^24 (exact in any order): extreme operands (|q - zp| = 255 everywhere) at head_dim 256 reach
+    16.6e6; head_dim 300 and reduced-precision float32 matmuls take the int32 kernel instead."""
+    pa, pb = qp(0.5, 127), qp(0.25, -128)  # centered ranges [-255, 0] and [0, 255]
+    a = torch.full((2, 3, k), -1000.0)  # quantizes to -128: q - zp = -255
+    b = torch.full((2, k, 4), 1000.0)  # quantizes to 127: q - zp = 255
+    a[1, 0, : k // 2] = 1000.0  # a row of mixed signs: exact cancellation in the middle
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        y = numerics.qbmm(a, pa, b, pb)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    qa = _np_quantize(a.numpy(), 0.5, 127, -128, 127) - 127
+    qb = _np_quantize(b.numpy(), 0.25, -128, -128, 127) + 128
+    acc = np.einsum("bij,bjk->bik", qa, qb)
+    assert np.abs(acc).max() == k * 255 * 255
+    ref = acc.astype(np.float32) * np.float32(0.5 * 0.25)
+    assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
