@@ -161,6 +161,9 @@ _SHAPE_OPS = {
     "aten.permute.default", "aten.transpose.int", "aten.clone.default", "aten.unsqueeze.default",
     "aten.cat.default", "aten.alias.default", "aten.slice.Tensor", "aten.t.default",
 }
+_SOFTMAX_OPS = {"aten._softmax.default", "aten.softmax.int"}
+_SCORE_OPS = {"aten.mul.Tensor", "aten.div.Tensor", "aten.add.Tensor", "aten.sub.Tensor", "aten._to_copy.default",
+              "aten.where.self", "aten.masked_fill.Scalar"}
 WRAPPER_PREFIX = "model."
 
 
@@ -292,11 +295,32 @@ def _annotate_bmm_sources(graph: Graph) -> None:
                         return found
         return None
 
+    users: dict[str, list[Any]] = {}
+    for node in graph.nodes:
+        for a in node.args:
+            for x in (a if isinstance(a, list) else [a]):
+                if isinstance(x, Ref):
+                    users.setdefault(x.name, []).append(node)
+
+    def feeds_softmax(name: str, depth: int = 0) -> bool:
+        """Whether a value reaches a softmax through shape ops and the scaling / mask ops between
+        attention scores and their softmax."""
+        if depth > 8:
+            return False
+        for user in users.get(name, []):
+            if user.op in _SOFTMAX_OPS:
+                return True
+            if (user.op in _SHAPE_OPS or user.op in _SCORE_OPS) and feeds_softmax(user.name, depth + 1):
+                return True
+        return False
+
     for node in graph.nodes:
         if node.op == "aten.bmm.default":
             src = source(node.args[1])
             if src:
                 node.meta["b_source"] = src
+            if feeds_softmax(node.name):  # Q.K^T (P.V reads the softmax instead)
+                node.meta["attention_scores"] = True
 
 
 def _decompositions():

@@ -63,6 +63,7 @@ def plan_qformat(graph: Graph, config: QuantConfig, heads: int = 1) -> dict[str,
     heads of the model (per-head query scales)."""
     nodes: dict[str, Any] = {}
     skipped = _inout_keys(graph) if config.disable_inout else set()
+    has_kv_cache = any(n.op == KV_POINT for n in graph.nodes)
     for n in graph.nodes:
         if not n.qkey or n.qkey in skipped or n.op not in _KIND:
             continue
@@ -99,4 +100,8 @@ def plan_qformat(graph: Graph, config: QuantConfig, heads: int = 1) -> dict[str,
                     # the query [batch * heads, seq, head_dim]: one scale per head, like the keys
                     a.update({"granularity": "head", "axis": 0, "heads": heads})
                 nodes[n.qkey] = {"kind": "bmm", "inputs": {"a": a, "b": b}, "weight": None}
+        elif n.op == BMM and cfg.quantizes_acts and not has_kv_cache and n.meta.get("attention_scores"):
+            # an encoder's Q.K^T: both operands are activations, each with its own per-tensor
+            # scale (no cache to share one with); P.V keeps the float softmax as in decoders
+            nodes[n.qkey] = {"kind": "bmm", "inputs": {"a": _act_spec(cfg), "b": _act_spec(cfg)}, "weight": None}
     return {"version": 1, "nodes": nodes}

@@ -121,7 +121,7 @@ def test_encoder_bundle_manifest_and_clear_errors(bert, quantized):
 def test_encoder_without_tokenizer_calibrates_on_random_tokens(quantized):
     _, q, path = quantized("bert-tiny", "W8A8")
     rt = runtime.load(path)
-    assert rt.tokenizer is None and len(q.sections["qformat"]["nodes"]) == 12 + 3  # linears, tables
+    assert rt.tokenizer is None and len(q.sections["qformat"]["nodes"]) == 12 + 3 + 2  # linears, tables, Q.K^T
     with pytest.raises(ValueError, match="no tokenizer"):
         rt.embed("hello")
     ids, mask = _padded_batch()
@@ -211,7 +211,11 @@ def test_generic_module_w8a8_qlevels(net, tmp_path):
     model, captured = net
     samples = [_net_inputs(3, 7, s) for s in range(4)]
     q = mcq.quantize(captured, mcq.preset("W8A8"), samples=samples, progress=False)
-    assert len(q.sections["qformat"]["nodes"]) == 6  # the linears; no KV cache, so no int8 bmm
+    nodes = q.sections["qformat"]["nodes"]
+    # the 6 linears and Q.K^T (the bmm feeding the softmax: both operands int8, per tensor);
+    # P.V keeps the float softmax
+    assert len(nodes) == 7 and nodes["attn/bmm0"]["kind"] == "bmm" and "attn/bmm1" not in nodes
+    assert set(nodes["attn/bmm0"]["inputs"]) == {"a", "b"}
     q.save(tmp_path / "net8.mcq")
     x, mask = _net_inputs(2, 5, 9)
     outs = {level: runtime.load(tmp_path / "net8.mcq", qlevel=level)(x, mask) for level in (2, 3, 4)}
@@ -267,9 +271,28 @@ def test_cli_quantizes_inspects_and_refuses_generate_on_an_encoder(tmp_path):
     report = json.loads(r.output)
     assert report["family"] == "bert" and report["kv_cache"] is None
     assert report["entry_points"]["forward"]["outputs"] == ["last_hidden_state", "sentence_embedding"]
-    assert report["quantized_nodes"] == {"linear:int8": 12, "embedding:int8": 3}
+    assert report["quantized_nodes"] == {"linear:int8": 12, "embedding:int8": 3, "bmm:int8": 2}
     assert "entry point forward" in CliRunner().invoke(main, ["inspect", str(out)]).output
     r = CliRunner().invoke(main, ["generate", str(out), "--prompt", "hello"])
     assert r.exit_code == 1 and r.output.startswith("error: ") and "'prefill'" in r.output
     emb = runtime.load(out).embed(TEXTS)
     assert emb.shape == (3, 64)
+
+
+def test_encoder_attention_scores_run_as_int8_bmm(tiny_models, tmp_path):
+    """BERT: the Q.K^T product of every layer is an int8 quant point with its own per-tensor key
+    scale (no KV cache to share one with); qlevels 3 and 4 agree bit for bit."""
+    from runtime.quant_modules import QBmm
+
+    q = mcq.quantize(tiny_models("bert-tiny"), mcq.preset("W8A8"), progress=False)
+    bmm = {k: v for k, v in q.sections["qformat"]["nodes"].items() if v["kind"] == "bmm"}
+    assert sorted(bmm) == [f"encoder.layer.{i}.attention.self/bmm0" for i in range(2)]
+    for entry in bmm.values():
+        assert entry["inputs"]["b"]["granularity"] == "tensor" and "source" not in entry["inputs"]["b"]
+    q.save(tmp_path / "bert8.mcq")
+    m3, m4 = (runtime.load(tmp_path / "bert8.mcq", qlevel=level) for level in (3, 4))
+    assert sum(isinstance(mod, QBmm) for mod in m4._modules["forward"].modules()) == 2
+    ids = torch.randint(5, 500, (2, 11), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    assert all(torch.equal(a, b) for a, b in zip(m3.run("forward", ids, mask), m4.run("forward", ids, mask)))
