@@ -137,12 +137,7 @@ def input_errors(sections: dict[str, Any], tensors: Any, batches: Iterable[Any])
     stats: dict[tuple[str, str], list[float]] = {points[n]: [0.0, 0.0] for n in points}
 
     def on_point(name: str, out: torch.Tensor, args: tuple[Any, ...]) -> None:
-        qp = gm.get_submodule(str(targets[name])).qp
-        x = args[0].detach().to(torch.float32)
-        if qp.outliers is not None:
-            x = x.index_fill(-1, qp.outliers, 0.0)
-        if qp.smooth is not None:
-            x = x / qp.smooth
+        x = numerics.quantizer_input(args[0].detach(), gm.get_submodule(str(targets[name])).qp)
         stats[points[name]][0] += float(x.pow(2).sum())
         stats[points[name]][1] += float((out.detach().to(torch.float32) - x).pow(2).sum())
 

@@ -271,10 +271,11 @@ class _Builder:
             if self.mode == 4 and xspec is None:  # weight-only: torch's bf16 kernels (spec Q.4a)
                 # a graph output (the logits) keeps float32 precision: the two-digit int8 kernel
                 precise = node.name in self.output_refs
-                kernel = self.once(("weight_only", node.qkey, precise),
-                                   lambda: numerics.prepare_weight_only(wq, wqp, precise))
-                if kernel is not None:
-                    module = self.once(("weight_only_module", node.qkey, precise), lambda: WeightOnlyLinear(kernel))
+                def weight_only() -> WeightOnlyLinear | None:
+                    kernel = numerics.prepare_weight_only(wq, wqp, precise)
+                    return WeightOnlyLinear(kernel) if kernel is not None else None
+                module = self.once(("weight_only", node.qkey, precise), weight_only)
+                if module is not None:
                     return self.call_module(module, (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
                 w = self.get_attr(w_ref.name + "#dequantized",

@@ -103,16 +103,22 @@ def _pad_axis(x: torch.Tensor, axis: int, extra: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, pad)
 
 
-def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
-    extra = _ragged(x, qp)
-    if extra:  # a shorter last group: quantize as if zero-padded, drop the padding
-        assert qp.axis is not None
-        return quantize(_pad_axis(x, qp.axis, extra), qp).narrow(qp.axis, 0, x.shape[qp.axis])
+def quantizer_input(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
+    """The tensor a quantizer represents: x in float32, outlier channels set to 0, then / smooth."""
     x = x.to(torch.float32)
     if qp.outliers is not None:
         x = x.index_fill(-1, qp.outliers, 0.0)
     if qp.smooth is not None:
         x = x / qp.smooth
+    return x
+
+
+def quantize(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
+    extra = _ragged(x, qp)
+    if extra:  # a shorter last group: quantize as if zero-padded, drop the padding
+        assert qp.axis is not None
+        return quantize(_pad_axis(x, qp.axis, extra), qp).narrow(qp.axis, 0, x.shape[qp.axis])
+    x = quantizer_input(x, qp)
     if qp.kind == BF16:
         return x.to(torch.bfloat16)
     scale, view = _broadcast(qp.scale, x, qp)
@@ -402,7 +408,7 @@ def _two_digit_int8_linear(x: torch.Tensor, kernel: WeightOnlyKernel) -> torch.T
     a1 = torch.round(x / s1)
     a2 = torch.clamp(torch.round((x - a1 * s1) / s2), -127, 127)
     w_t = kernel.packed.t()
-    acc1, acc2 = _int8_mm(a1.to(torch.int8), w_t), _int8_mm(a2.to(torch.int8), w_t)
+    acc1, acc2 = _int_matmul(a1.to(torch.int8), w_t, False), _int_matmul(a2.to(torch.int8), w_t, False)
     return (acc1.to(torch.float32) * s1 + acc2.to(torch.float32) * s2) * kernel.scales
 
 
@@ -427,15 +433,18 @@ def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torc
     return x.to(torch.float32).index_select(-1, input_qp.outliers) @ outlier_weight.to(torch.float32).t()
 
 
-def _max_centered(qp: QuantParams, centered: torch.Tensor) -> int:
-    """A bound on |q - zp| of an operand (from the grid and zero points; no data pass)."""
-    zp = qp.zero_point
-    lo, hi = (int(zp.min()), int(zp.max())) if zp.numel() else (0, 0)
-    return max(qp.qmax - lo, hi - qp.qmin)
+def centered_span(a_qp: QuantParams, b_qp: QuantParams) -> int:
+    """A bound on |q_a - zp_a| * |q_b - zp_b| from the grids and zero points (no data pass)."""
+    def bound(qp: QuantParams) -> int:
+        zp = qp.zero_point
+        lo, hi = (int(zp.min()), int(zp.max())) if zp.numel() else (0, 0)
+        return max(qp.qmax - lo, hi - qp.qmin)
+
+    return bound(a_qp) * bound(b_qp)
 
 
 def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
-         emulate: bool = False) -> torch.Tensor:
+         emulate: bool = False, span: int | None = None) -> torch.Tensor:
     """qlevel-4 batched matmul of two quantized operands (spec Q.4).
 
     int: operands centered (q - zp) in int32, int32 accumulation; fp8: exact float64
@@ -451,7 +460,7 @@ def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
         qa, qb = _centered(qa, a_qp), _centered(qb, b_qp)
         if emulate:
             acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
-        elif qa.shape[-1] * _max_centered(a_qp, qa) * _max_centered(b_qp, qb) < 2 ** 24 \
+        elif qa.shape[-1] * (centered_span(a_qp, b_qp) if span is None else span) < 2 ** 24 \
                 and torch.get_float32_matmul_precision() == "highest":
             # every partial sum is an integer below 2^24, so an IEEE float32 GEMM (any summation
             # order) computes the int32 result exactly, far faster than CPU int32 bmm (no BLAS for

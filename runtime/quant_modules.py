@@ -100,9 +100,11 @@ class QBmm(nn.Module):
     def __init__(self, a_qp: QuantParams, b_qp: QuantParams, emulate: bool = False) -> None:
         super().__init__()
         self.a_qp, self.b_qp, self.emulate = a_qp, b_qp, emulate
+        # the operands' integer span, fixed by the specs: computed once, not per call
+        self.span = numerics.centered_span(a_qp, b_qp) if a_qp.kind == numerics.INT else None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return numerics.qbmm(a, self.a_qp, b, self.b_qp, self.emulate)
+        return numerics.qbmm(a, self.a_qp, b, self.b_qp, self.emulate, self.span)
 
 
 Observer = Callable[[str, str, torch.Tensor], None]
