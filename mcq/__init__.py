@@ -142,13 +142,17 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     from mcq.bundle import assemble, sections
     from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
     from mcq.capture import CAUSAL_LM, MODULE, Captured
+    from mcq.gptq import Problem
     from mcq.interop import ImportedQParams
     from mcq.plan import plan_qformat
+    from mcq.sequential import refine
 
     cfg = config or QuantConfig()
     rank, size = dist.world(distributed)
     if cfg.searches and size > 1:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) runs in one process")
+    if cfg.gptq_sequential and size > 1:
+        raise ConfigError("gptq_sequential (GPTQ again on the quantized model's inputs) runs in one process")
     # a Captured model (from `capture_model`) can be quantized with several configs without re-export
     captured = model if isinstance(model, Captured) else capture_model(model, example_inputs, dynamic_shapes)
     model_config = captured.model_config
@@ -188,8 +192,10 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     if size > 1:
         dist.sync_transformed(observers.values())
     imported = ImportedQParams.load(qparams) if qparams is not None else None
-    assembled = assemble(captured, plan, observers, heads, chan, {k: h.value() for k, h in hessians.items()},
-                         imported)
+    problems = {k: Problem(h.value(), cfg.gptq_damp) for k, h in hessians.items()}
+    assembled = assemble(captured, plan, observers, heads, chan, problems, imported)
+    if cfg.gptq_sequential and problems:
+        refine(captured, assembled, weight, chan, imported, batches, cfg.gptq_damp, cfg.gptq_fit_damp, progress)
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 

@@ -3,11 +3,19 @@
 Frantar et al., "GPTQ" (2022): with H = 2 X^T X over the calibration inputs of a linear, quantize
 the weight one input column at a time and spread the rounding error of column i over columns
 > i through the upper Cholesky factor of H^-1. Here the scales stay the ones calibrated from the
-float weight (static groups), so the bundle's parameters do not depend on the GPTQ pass and
-round-to-nearest is the same spec with other rounded values. Hessians come from the float
-model's inputs at each linear (one pass, not layer by layer).
+weight before rounding (static groups), so round-to-nearest is the same spec with other rounded
+values. Hessians come from the float model's inputs at each linear.
+
+Sequential GPTQ (`gptq_sequential`, mcq.sequential) fits each weight to the float model's output
+from the input it really gets in the quantized model (upstream error and its own activation
+quantization included): with x the float input and x~ the quantized one, min ||W x - Q x~||^2
+equals min ||W* x~ - Q x~||^2 plus a constant, where W* = W E[x x~^T] E[x~ x~^T]^-1 (the normal
+equations make the residual orthogonal to x~), so the scales are calibrated on W* and GPTQ
+rounds W* with the Hessian of x~.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -36,9 +44,50 @@ class Hessian:
         return 2.0 * self.sum / self.count
 
 
+class CrossHessian:
+    """Streaming 2/n sums of x~ x~^T and x x~^T over pairs (x float input, x~ quantized input)."""
+
+    def __init__(self) -> None:
+        self.quant = Hessian()
+        self.cross: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor, xq: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        xq = xq.detach().reshape(-1, xq.shape[-1]).to(torch.float32)
+        self.quant.update(xq)
+        xxq = (x.t() @ xq).to(torch.float64)
+        self.cross = xxq if self.cross is None else self.cross + xxq
+
+    def problem(self, damp: float, fit_damp: float) -> Problem:
+        assert self.cross is not None, "CrossHessian.problem before any update"
+        return Problem(self.quant.value(), damp, 2.0 * self.cross / self.quant.count, fit_damp)
+
+
+@dataclass
+class Problem:
+    """What GPTQ needs for one linear: the Hessian of the input its weight multiplies, the
+    dampening, and for sequential GPTQ the cross term E[x x~^T] with the float model's input and
+    the dampening of the fit to it."""
+
+    hessian: torch.Tensor
+    damp: float = 0.01
+    cross: torch.Tensor | None = None
+    fit_damp: float = 1.0
+
+    def target(self, w: torch.Tensor) -> torch.Tensor:
+        """The float weight GPTQ rounds: `w`, or its fit (`fit_target`) in sequential GPTQ."""
+        return w if self.cross is None else fit_target(w, self.hessian, self.cross, self.fit_damp)
+
+    def transformed(self, smooth: torch.Tensor | None, outliers: torch.Tensor) -> Problem:
+        """The problem in the integer GEMM's input space: x / smooth, outlier channels removed
+        (rows and columns zeroed, so GPTQ treats them as dead and never moves error into them)."""
+        cross = None if self.cross is None else transformed(self.cross, smooth, outliers)
+        return Problem(transformed(self.hessian, smooth, outliers), self.damp, cross, self.fit_damp)
+
+
 def transformed(hessian: torch.Tensor, smooth: torch.Tensor | None, outliers: torch.Tensor) -> torch.Tensor:
-    """The Hessian of the input the integer GEMM sees: x / smooth, outlier channels removed
-    (their rows and columns zeroed, so GPTQ treats them as dead and never moves error into them)."""
+    """A second-moment matrix of the input the integer GEMM sees: x / smooth, outlier channels
+    removed (their rows and columns zeroed)."""
     h = hessian.clone()
     if smooth is not None:
         s = smooth.to(torch.float64)
@@ -60,6 +109,25 @@ def _column_quantizer(qp: QuantParams, rows: int):
                            kind=qp.kind)
 
     return lambda values, col: numerics.fake_quantize(values, params(col))
+
+
+def fit_target(w: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, fit_damp: float = 1.0) -> torch.Tensor:
+    """The float weight that sequential GPTQ rounds: W* = W + W (cross - H)(H + fit_damp)^-1, the
+    fit of the float outputs from the quantized inputs. Its own, larger dampening (x mean diag H)
+    keeps the fit from following the calibration tokens' noise (exact, W cross H^-1, as
+    fit_damp -> 0). Dead input channels stay at 0."""
+    weight = w.to(torch.float64)
+    h = hessian.to(torch.float64).clone()
+    cols = h.shape[0]
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    c = cross.to(torch.float64) - hessian.to(torch.float64)
+    c[:, dead] = 0.0
+    c[dead, :] = 0.0
+    h += fit_damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=torch.float64)
+    out = weight + weight @ torch.cholesky_solve(c.t(), torch.linalg.cholesky(h)).t()
+    out[:, dead] = 0.0
+    return out.to(torch.float32)
 
 
 def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:

@@ -34,7 +34,7 @@ def _db(signal: float, noise: float) -> float:
     return float("inf") if noise <= 0 else 10 * math.log10(max(signal, 1e-30) / noise)
 
 
-class _Tap(fx.Interpreter):
+class Tap(fx.Interpreter):
     """Runs a GraphModule and hands the values of chosen fx nodes (and their args) to a callback."""
 
     def __init__(self, gm: fx.GraphModule, wanted: dict[str, str], callback: Any) -> None:
@@ -110,8 +110,8 @@ def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches:
             stats[qkey][2] += float((out.detach().to(torch.float32) - reference[qkey]).pow(2).sum())
 
         with torch.no_grad():
-            _Tap(fgm, {fnames[ir]: k for ir, k in ir_of.items()}, on_float).run(*inputs)
-            _Tap(qgm, {qnames[ir]: k for ir, k in ir_of.items()}, on_quant).run(*inputs)
+            Tap(fgm, {fnames[ir]: k for ir, k in ir_of.items()}, on_float).run(*inputs)
+            Tap(qgm, {qnames[ir]: k for ir, k in ir_of.items()}, on_quant).run(*inputs)
     return [NodeError(k, qnodes[k]["kind"], _db(s, ln), _db(s, cn)) for k, (s, ln, cn) in stats.items()]
 
 
@@ -143,7 +143,7 @@ def input_errors(sections: dict[str, Any], tensors: Any, batches: Iterable[Any])
 
     for batch in batches:
         with torch.no_grad():
-            _Tap(gm, {n: n for n in points}, on_point).run(*as_inputs(batch))
+            Tap(gm, {n: n for n in points}, on_point).run(*as_inputs(batch))
     return [InputError(qkey, qformat["nodes"][qkey]["kind"], role, _db(sig, noise))
             for (qkey, role), (sig, noise) in stats.items()]
 

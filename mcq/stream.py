@@ -24,7 +24,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
-from mcq import channels
+from mcq import channels, gptq
 from mcq import distributed as dist
 from mcq.bundle import (Assembled, float_tensor_names, node_plan, rewire, sections, store_derived,
                         store_embedding, store_inputs, store_weight, to_numpy)
@@ -155,8 +155,13 @@ def observed_nodes(gm: fx.GraphModule) -> set[fx.Node]:
     """The nodes that lead to an Observe module: all that calibration needs to run (not the
     logits, nor the cache outputs)."""
     modules = dict(gm.named_modules())
+    return ancestors([n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], Observe)])
+
+
+def ancestors(roots: Sequence[fx.Node]) -> set[fx.Node]:
+    """`roots` and every node they read, directly or not."""
     needed: set[fx.Node] = set()
-    stack = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], Observe)]
+    stack = list(roots)
     while stack:
         n = stack.pop()
         if n not in needed:
@@ -167,16 +172,17 @@ def observed_nodes(gm: fx.GraphModule) -> set[fx.Node]:
 
 def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Callable[[Any], Any],
                 release: Callable[[Any], None], before: Callable[[int], None],
-                after: Callable[[fx.Node, list[Any]], None], progress: bool = True) -> None:
+                after: Callable[[fx.Node, list[Any]], None], progress: bool = True,
+                needed: set[fx.Node] | None = None, desc: str = "calibrating (streaming)") -> None:
     """Run `gm` one node at a time over every input tuple (one per batch).
 
     A get_attr node's value is `fetch(its stand-in tensor)`, one for all batches, and
     `release(stand-in)` follows its last use; every other value is dropped after its last use. Only
-    `observed_nodes` run. `before(b)` runs before each batch's call of a node, `after(node,
-    values)` once a node has run on every batch."""
+    the `needed` nodes run (default: `observed_nodes`). `before(b)` runs before each batch's call
+    of a node, `after(node, values)` once a node (or a graph input) has its value on every batch."""
     nodes = list(gm.graph.nodes)
     modules = dict(gm.named_modules())
-    needed = observed_nodes(gm)
+    needed = observed_nodes(gm) if needed is None else needed
     last: dict[fx.Node, int] = {}
     for i, n in enumerate(nodes):
         if n in needed:
@@ -189,11 +195,12 @@ def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Ca
     per_batch: dict[fx.Node, list[Any]] = {}
     shared: dict[fx.Node, Any] = {}
     placeholders = iter(range(len(inputs[0]) if inputs else 0))
-    for i, n in enumerate(tqdm(nodes, desc="calibrating (streaming)", unit="node", disable=not progress)):
+    for i, n in enumerate(tqdm(nodes, desc=desc, unit="node", disable=not progress)):
         if n.op == "placeholder":
             k = next(placeholders)
             if n in needed:
                 per_batch[n] = [b[k] for b in inputs]
+                after(n, per_batch[n])
         elif n not in needed or n.op == "output":
             pass
         elif n.op == "get_attr":
@@ -262,6 +269,7 @@ class _Streaming:
                                   "weights in memory; streaming takes a fixed alpha")
             self.alphas[g[0]] = float(alpha)
         self.threshold = float(cfg.act_outlier_threshold)
+        self.damp = float(cfg.gptq_damp)
         self.wanted = transformed_wanted(plan, self.group_of)
         self.weights = Resident(source)
         self.chan: dict[str, channels.ChannelPlan] = {}
@@ -329,7 +337,8 @@ class _Streaming:
         if self.sink is not None:
             self.node_chan[qkey] = node_plan(qkey, self.chan, self.imported)
             store_weight(self.sink, qkey, self.qformat["nodes"][qkey], self.weights.get(self.weight_of[qkey]),
-                         self.node_chan[qkey], h.value() if h is not None else None, self.imported)
+                         self.node_chan[qkey], gptq.Problem(h.value(), self.damp) if h is not None else None,
+                         self.imported)
         if self.weight_of[qkey] not in self.fetched:
             self.weights.release(self.weight_of[qkey])
         if h is not None:
@@ -384,6 +393,10 @@ def quantize_streaming(model_dir: str | os.PathLike[str], output: str | os.PathL
     if cfg.searches:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) quantizes many trial "
                           "models in memory: not with streaming")
+    if cfg.gptq_sequential:
+        raise ConfigError("gptq_sequential runs the whole quantized model again after the first pass: not with "
+                          "streaming, which writes each weight once, as soon as it is quantized (set "
+                          "gptq_sequential: false, e.g. for the W4A16 presets)")
     rank, size = dist.world(distributed)
     folder, out = Path(model_dir), Path(output)
     if not folder.is_dir():

@@ -357,6 +357,16 @@ def build_with_names(graph: Graph, tensor: TensorSource, qformat: Mapping[str, A
     return gm, {name: node.name for name, node in builder.env.items()}
 
 
+def build_with_attrs(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
+                     mode: int = FLOAT) -> tuple[fx.GraphModule, dict[str, str], dict[str, str]]:
+    """`build_with_names`, plus the GraphModule attribute holding each tensor the graph reads
+    (keyed like `tensor`'s names; at qlevel 2 a linear's weight is `{name}#dequantized`)."""
+    builder = _Builder(graph, tensor, qformat, mode, None)
+    gm = builder.build()
+    return gm, {name: node.name for name, node in builder.env.items()}, \
+        {name: str(node.target) for name, node in builder.attrs.items()}
+
+
 def build_with_fake_quant_points(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any]
                                  ) -> tuple[fx.GraphModule, dict[str, tuple[str, str]]]:
     """The qlevel-2 GraphModule and, for each of its activation fake-quantizers, the fx node name

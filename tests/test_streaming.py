@@ -3,6 +3,7 @@ captured on the meta device, calibrated node by node and written tensor by tenso
 bundle in-memory quantization gives, byte for byte; the runtime maps its weights, never copies."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -63,7 +64,8 @@ def assert_same_bundle(a, b):
 
 CONFIGS = {
     "W8A8KV8": mcq.preset("W8A8KV8"),  # SmoothQuant, outlier channels, GPTQ with shared Hessians
-    "W4A16": mcq.preset("W4A16"),  # int4 groups, zero points, GPTQ on weight-only linears
+    # int4 groups, zero points, GPTQ on weight-only linears (streaming has no sequential GPTQ)
+    "W4A16": dataclasses.replace(mcq.preset("W4A16"), gptq_sequential=False),
     "W8A16": mcq.preset("W8A16"),  # nothing to observe: no calibration pass at all
     # histograms of the smoothed inputs (the in-memory path's second pass), per-node methods
     "histograms": mcq.QuantConfig.from_dict({
@@ -129,6 +131,8 @@ def test_streaming_errors_name_the_problem(checkpoint, tmp_path):
                                max_samples=2, seq_len=16, progress=False)
     with pytest.raises(ConfigError, match="automatic mixed precision"):
         mcq.quantize_streaming(folder, tmp_path / "x.mcq", mcq.QuantConfig(auto_max_fraction=0.1))
+    with pytest.raises(ConfigError, match="set gptq_sequential: false"):
+        mcq.quantize_streaming(folder, tmp_path / "x.mcq", mcq.preset("W4A16"))
     with pytest.raises(ConfigError, match="init_process_group"):
         mcq.quantize_streaming(folder, tmp_path / "x.mcq", distributed=True)
     broken = tmp_path / "broken"
