@@ -12,6 +12,9 @@ The weight's scales are calibrated again on the fitted weight; activation parame
 of the first pass. A second refinement
 would change nothing: the first layer's input does not depend on any weight GPTQ rounds, and
 each later one only on the weights before it.
+
+Memory: the float model's input of every such linear, for all batches, is held until that linear
+is solved (1.4 GB for SmolLM2-135M on 3,584 calibration tokens); in-memory quantize only.
 """
 from __future__ import annotations
 
