@@ -113,7 +113,7 @@ def _column_quantizer(qp: QuantParams, rows: int):
 
 def fit_target(w: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, fit_damp: float = 1.0) -> torch.Tensor:
     """The float weight that sequential GPTQ rounds: W* = W + W (cross - H)(H + fit_damp)^-1, the
-    fit of the float outputs from the quantized inputs. Its own, larger dampening (x mean diag H)
+    fit of the float outputs from the quantized inputs. Its own dampening (x mean diag H)
     keeps the fit from following the calibration tokens' noise (exact, W cross H^-1, as
     fit_damp -> 0). Dead input channels stay at 0."""
     weight = w.to(torch.float64)
