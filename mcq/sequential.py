@@ -9,9 +9,8 @@ is known on every batch, it re-solves that linear's GPTQ problem with
 and the downstream nodes then run on the new weight. Layer by layer, so each linear corrects the
 error its inputs actually carry, not an error that the layers before it no longer make.
 The weight's scales are calibrated again on the fitted weight; activation parameters stay those
-of the first pass. A second refinement
-would change nothing: the first layer's input does not depend on any weight GPTQ rounds, and
-each later one only on the weights before it.
+of the first pass. A second refinement would change nothing: the first layer's input does not
+depend on any weight GPTQ rounds, and each later one only on the weights before it.
 
 Memory: the float model's input of every such linear, for all batches, is held until that linear
 is solved (1.4 GB for SmolLM2-135M on 3,584 calibration tokens); in-memory quantize only.
@@ -71,9 +70,9 @@ def float_inputs(captured: Captured, names: list[str], batches: list[Batch]) -> 
 
 
 def refine(captured: Captured, assembled: Assembled, float_weight: Any, chan: dict[str, Any], imported: Any,
-           batches: list[Batch], damp: float, fit_damp: float, progress: bool = True) -> int:
+           batches: list[Batch], damp: float, fit_damp: float, progress: bool = True) -> None:
     """The refinement pass over `assembled` (its GPTQ weights replaced in place); `float_weight`:
-    qkey -> the linear's float weight. Returns the number of weights requantized."""
+    qkey -> the linear's float weight."""
     qformat = assembled.qformat
     readers = gptq_readers(captured, qformat)
     reference = float_inputs(captured, list(readers), batches)
@@ -82,10 +81,8 @@ def refine(captured: Captured, assembled: Assembled, float_weight: Any, chan: di
                                               qformat, 2)
     by_fx = {names[n]: n for n in readers}
     replaced: dict[int, torch.Tensor] = {}  # id(the weight the graph was built with) -> requantized
-    done = 0
 
     def requantize(node: Any, values: list[Any]) -> None:
-        nonlocal done
         name = by_fx.get(node.name)
         if name is None:
             return
@@ -104,11 +101,9 @@ def refine(captured: Captured, assembled: Assembled, float_weight: Any, chan: di
             replaced[id(stand_in)] = numerics.dequantize(
                 lower.stored_weight(f"{qkey}/weight", wspec, tensors.__getitem__),
                 lower.quant_params(wspec, tensors.__getitem__))
-            done += 1
         del reference[name]
 
     roots = [n for n in gm.graph.nodes if n.name in by_fx]
     with torch.no_grad():
         run_by_node(gm, [as_inputs(b) for b in batches], lambda s: replaced.get(id(s), s), lambda s: None,
                     lambda b: None, requantize, progress, needed=ancestors(roots), desc="GPTQ refinement")
-    return done

@@ -352,9 +352,8 @@ def build(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None 
 def build_with_names(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
                      mode: int = FLOAT) -> tuple[fx.GraphModule, dict[str, str]]:
     """`build`, plus the fx node name holding each graph node's value (for reports and debugging)."""
-    builder = _Builder(graph, tensor, qformat, mode, None)
-    gm = builder.build()
-    return gm, {name: node.name for name, node in builder.env.items()}
+    gm, names, _ = build_with_attrs(graph, tensor, qformat, mode)
+    return gm, names
 
 
 def build_with_attrs(graph: Graph, tensor: TensorSource, qformat: Mapping[str, Any] | None = None,
