@@ -2,7 +2,6 @@
 `embed` for encoders, over the rebuilt graphs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -21,16 +20,68 @@ class EntryPointError(ValueError):
     """The bundle has no entry point of that name (or not the inputs/outputs a helper needs)."""
 
 
-@dataclass
-class KVCache:
-    """Per-layer keys/values ([batch, kv_heads, seq, head_dim], in the KV dtype) and the mask."""
+class _KVStore:
+    """Preallocated buffers behind one or more KVCache views: per-layer [batch, kv_heads,
+    capacity, head_dim] in the KV dtype, and the [batch, capacity] attention mask. `filled`:
+    positions written so far (a cache view shorter than that is a branch, see KVCache.grown)."""
 
-    tensors: list[torch.Tensor]
-    attention_mask: torch.Tensor
+    def __init__(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor, capacity: int) -> None:
+        length = int(mask.shape[1])
+        self.buffers = [t.new_empty((*t.shape[:2], capacity, *t.shape[3:])) for t in tensors]
+        for buf, t in zip(self.buffers, tensors):
+            buf[:, :, :length].copy_(t)
+        self.mask = mask.new_ones((mask.shape[0], capacity))
+        self.mask[:, :length].copy_(mask)
+        self.capacity, self.filled = capacity, length
+
+
+class KVCache:
+    """Per-layer keys/values ([batch, kv_heads, seq, head_dim], in the KV dtype) and the mask.
+
+    The tensors are views of buffers preallocated to `capacity` positions (`reserve` at prefill;
+    generate reserves prompt + new tokens): a decode step writes its new position in place
+    instead of copying the whole cache (per-step work that does not grow with the sequence).
+    When the buffers are full they are reallocated at twice the size. Caches are values: decoding
+    twice from the same cache (branching) copies the buffers for the second branch, so a cache
+    never changes once made. `KVCache(tensors, mask)` wraps tensors a caller made (no spare room)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], attention_mask: torch.Tensor,
+                 reserve: int = 0, _store: _KVStore | None = None) -> None:
+        if _store is None:
+            _store = _KVStore(tensors, attention_mask, int(attention_mask.shape[1]) + max(0, reserve))
+        self._store, self._length = _store, int(attention_mask.shape[1])
 
     @property
     def length(self) -> int:
-        return int(self.attention_mask.shape[1])
+        return self._length
+
+    @property
+    def capacity(self) -> int:
+        return self._store.capacity
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        return [b[:, :, : self._length] for b in self._store.buffers]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self._store.mask[:, : self._length]
+
+    def grown(self, new: Sequence[torch.Tensor], new_mask: torch.Tensor) -> KVCache:
+        """This cache plus the entries of `new` ([batch, kv_heads, n, head_dim]) and their mask
+        columns ([batch, n]), written in place where the buffers have room and nobody else
+        wrote past this cache's end."""
+        n = int(new_mask.shape[1])
+        store = self._store
+        if store.filled != self._length or self._length + n > store.capacity:
+            # a branch (another cache already wrote here) or full: fresh buffers, doubled room
+            store = _KVStore(self.tensors, self.attention_mask, max(2 * self._length, self._length + n))
+        end = self._length + n
+        for buf, t in zip(store.buffers, new):
+            buf[:, :, self._length : end].copy_(t)
+        store.mask[:, self._length : end].copy_(new_mask)
+        store.filled = end
+        return KVCache((), store.mask[:, :end], _store=store)
 
 
 class Model:
@@ -126,12 +177,13 @@ class Model:
 
     # -- causal LM entry points ----------------------------------------------------------------
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                all_logits: bool = True) -> tuple[torch.Tensor, KVCache]:
+                all_logits: bool = True, reserve: int = 0) -> tuple[torch.Tensor, KVCache]:
         """Run the prompt: logits for every position [batch, seq, vocab] and the KV cache.
 
         all_logits=False: the last position's logits only ([batch, 1, vocab]), which is what
         generation needs: the vocabulary projection runs on one position, not seq of them (the
-        first such call builds that variant of the prefill graph, sharing the weights)."""
+        first such call builds that variant of the prefill graph, sharing the weights).
+        reserve: room for that many decode steps in the cache's preallocated buffers."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -149,17 +201,17 @@ class Model:
             prefill = self._prefill_last
         with torch.no_grad():
             logits, *kv = prefill(input_ids, attention_mask)
-        return logits, KVCache(list(kv), attention_mask)
+        return logits, KVCache(kv, attention_mask, reserve=reserve)
 
     def decode(self, token_ids: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """One new token per sequence: logits [batch, vocab] and the grown cache."""
         decode = self._entry("decode", "a causal LM's one-token step")
         token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1, 1)
-        mask = torch.cat([cache.attention_mask, torch.ones_like(token_ids)], dim=1)
+        ones = torch.ones_like(token_ids)
+        mask = torch.cat([cache.attention_mask, ones], dim=1)
         with torch.no_grad():
             logits, *new = decode(token_ids, mask, *cache.tensors)
-        grown = [torch.cat([old, n], dim=2) for old, n in zip(cache.tensors, new)]
-        return logits[:, -1], KVCache(grown, mask)
+        return logits[:, -1], cache.grown(new, ones)
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
@@ -183,7 +235,7 @@ class Model:
         ids = torch.tensor([[self.pad_token_id] * (width - len(b)) + b for b in batch])
         mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
         gen = torch.Generator().manual_seed(seed)
-        logits, cache = self.prefill(ids, mask, all_logits=False)
+        logits, cache = self.prefill(ids, mask, all_logits=False, reserve=max_new_tokens)
         next_logits = logits[:, -1]
         out: list[list[int]] = [[] for _ in batch]
         done = torch.zeros(len(batch), dtype=torch.bool)

@@ -58,6 +58,36 @@ def test_quantized_kv_cache_is_int8_and_decode_keys_match_prefill(quantized):
     assert [i["name"] for i in q.sections["graph/decode"]["inputs"]][2] == past_input_name(0, 0)
 
 
+
+def test_kv_cache_grows_in_place_in_its_reserved_buffers_and_branches_copy(quantized):
+    _, _, path = quantized("llama-tiny", "W8A8KV8")
+    rt = runtime.load(path, qlevel=4)
+    ids, mask = _batch()
+    _, plain = rt.prefill(ids, mask)  # no reserve: the first decode step reallocates
+    logits, cache = rt.prefill(ids, mask, reserve=4)
+    assert cache.capacity == 13 and cache.length == 9
+    pointers = [t.data_ptr() for t in cache.tensors]
+    steps, caches, tok = [], [cache], logits[:, -1].argmax(-1)
+    for _ in range(4):
+        step, cache = rt.decode(tok, cache)
+        steps.append(step)
+        caches.append(cache)
+        tok = step.argmax(-1)
+    assert [t.data_ptr() for t in cache.tensors] == pointers  # written in place, no copy
+    assert cache.length == 13 and cache.attention_mask.shape == (3, 13)
+    # the same steps through a cache without room (reallocated, then doubled) give the same values
+    tok = logits[:, -1].argmax(-1)
+    for want, earlier in zip(steps, caches[1:]):
+        step, plain = rt.decode(tok, plain)
+        assert torch.equal(step, want)
+        assert all(torch.equal(a, b) for a, b in zip(plain.tensors, earlier.tensors))
+        tok = step.argmax(-1)
+    # a branch from an earlier cache leaves the later caches as they were
+    later = [t.clone() for t in caches[2].tensors]
+    branch_step, branch = rt.decode(torch.tensor([1, 2, 3]), caches[1])
+    assert all(torch.equal(a, b) for a, b in zip(caches[2].tensors, later))
+    assert branch.length == 11 and not torch.equal(branch.tensors[0], caches[2].tensors[0])
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_qlevel3_and_qlevel4_are_bit_identical_and_close_to_qlevel2(name, quantized):
     _, q, _ = quantized(name, "W8A8KV8")
