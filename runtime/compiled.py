@@ -1,52 +1,131 @@
-"""The compiled execution path: an entry point's GraphModule under `torch.compile` (Inductor),
-with the interpreted GraphModule as the fallback.
+"""The compiled execution path: an entry point's GraphModule traced to ATen ops and compiled by
+Inductor (fused C++ kernels for the float glue, direct calls of the integer GEMMs), with the
+interpreted GraphModule as the fallback.
 
 Why: a decode step interpreted op by op is a few thousand small ATen calls whose dispatch costs
-more than the int8 matmuls themselves; Inductor fuses the float glue (norms, rotary, softmax,
-quantize) into a few kernels. The integer matmuls stay opaque custom ops (`mcq::int8_mm`), so the
-integer arithmetic is the reference's; fused float glue may differ from the interpreter in the
-last float bits (spec Q.4 tolerance), never in the formats.
+more than the int8 matmuls themselves (SmolLM2 W8A8KV8: 27 ms a step interpreted, 6 ms compiled,
+2 threads). Why not `torch.compile`: dynamo's bytecode trace of a 2,600-node graph took 80-150 s
+per entry point and its guards cost milliseconds per step. Here `make_fx` traces the graph
+(about 7 s) and `compile_fx` compiles it without guards; a variant is compiled per input
+pattern (dtypes, which sizes are 0 or 1, which inputs are contiguous), and a cheap check of the
+sizes the trace fixed sends any other call to the interpreter.
 
-Compiling happens at the first call of each entry point (so `runtime.load` stays as fast as the
-interpreted path). Inductor caches its compiled kernels on disk (`TORCHINDUCTOR_CACHE_DIR`, by
-default under the system temp dir): a later process re-traces the graph but does not recompile
-the C++. If compiling fails (no C++ compiler, an unsupported op), the entry point warns once and
-runs interpreted from then on.
+Numerics: the integer GEMMs are the same `_int_mm` kernel (`numerics.TRACING_FOR_COMPILER` only
+fixes the layout of a one-row operand); fused float glue may differ from the interpreter in the
+last float bits (spec Q.4 tolerance), never in the formats. On SmolLM2 W8A8KV8 the logits and the
+KV cache are bit-identical to the interpreter's.
+
+Inductor caches compiled kernels on disk (`TORCHINDUCTOR_CACHE_DIR`, by default under the
+system temp dir): a later process traces again but does not recompile the C++. If compiling
+fails (no C++ compiler, an unsupported op), the entry point warns once and runs interpreted.
 """
 from __future__ import annotations
 
+import contextlib
+import time
 import warnings
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import fx
 
+from runtime import numerics
 
-def _guard_options() -> dict[str, Any]:
-    """Skip dynamo's guards on module attributes: a rebuilt graph's modules and weights never
-    change after load, and checking a few hundred of them cost ~4 ms per decode step."""
-    skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)  # torch >= 2.8
-    return {"options": {"guard_filter_fn": skip}} if skip is not None else {}
+InputPattern = tuple[tuple[torch.dtype, tuple[int, ...], bool], ...]
+
+
+def input_pattern(args: Sequence[torch.Tensor]) -> InputPattern:
+    """What a compiled variant is specialized on: dtype, sizes 0 / 1 (kept, others as 2) and
+    contiguity of each input."""
+    return tuple((x.dtype, tuple(min(s, 2) for s in x.shape), x.is_contiguous()) for x in args)
+
+
+@contextlib.contextmanager
+def _tracing() -> Iterator[None]:
+    previous = numerics.TRACING_FOR_COMPILER
+    numerics.TRACING_FOR_COMPILER = True
+    try:
+        # no duck sizing: two inputs that happen to have equal sizes (a past length of 64 and a
+        # head size of 64) must not become one symbol
+        with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():
+            yield
+    finally:
+        numerics.TRACING_FOR_COMPILER = previous
+
+
+@dataclass
+class Variant:
+    """One compiled form of an entry point and the size contract its trace assumed."""
+
+    run: Callable[..., Any]
+    fixed: list[tuple[int, int, int]]  # (input, dim, size) the trace specialized
+    tied: list[list[tuple[int, int]]]  # (input, dim) groups that share one size symbol
+    compile_seconds: float
+
+    def accepts(self, args: Sequence[torch.Tensor]) -> bool:
+        if any(args[i].shape[d] != size for i, d, size in self.fixed):
+            return False
+        return all(len({args[i].shape[d] for i, d in group}) == 1 for group in self.tied)
+
+
+def _contract(traced: fx.GraphModule) -> tuple[list[tuple[int, int, int]], list[list[tuple[int, int]]]]:
+    """Sizes the trace fixed (constants after its shape guards) and sizes it tied together."""
+    fixed, symbols = [], {}
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        for d, size in enumerate(node.meta["val"].shape):
+            if isinstance(size, int):
+                fixed.append((i, d, size))
+                continue
+            expr = size.node.shape_env.replace(size.node.expr)
+            if expr.is_number:
+                fixed.append((i, d, int(expr)))
+            elif expr.is_Symbol:
+                symbols.setdefault(expr, []).append((i, d))
+    return fixed, [g for g in symbols.values() if len(g) > 1]
+
+
+def compile_variant(module: fx.GraphModule, args: Sequence[torch.Tensor]) -> Variant:
+    from torch._inductor.compile_fx import compile_fx
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    start = time.perf_counter()
+    with _tracing():
+        # the graph's weights are real tensors (memory-mapped): they stay constants of the trace
+        traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+    fixed, tied = _contract(traced)
+    # the trace's symbolic inputs as examples: real ones would make Inductor specialize every size
+    examples = [n.meta["val"] for n in traced.graph.nodes if n.op == "placeholder"]
+    with torch.no_grad():
+        run = compile_fx(traced, examples)
+    return Variant(run, fixed, tied, time.perf_counter() - start)
 
 
 class CompiledEntryPoint:
-    """Calls the compiled module; on a compile error falls back to the interpreted one for good."""
+    """Calls a compiled variant for the inputs' pattern (compiling it on first use); on a compile
+    error falls back to the interpreted module for good."""
 
     def __init__(self, name: str, module: fx.GraphModule) -> None:
         self.name, self.interpreted = name, module
-        self._compiled: Callable[..., Any] | None = torch.compile(module, dynamic=True, **_guard_options())
+        self.variants: dict[InputPattern, Variant] = {}
         self.error: str | None = None
 
     @property
     def compiled(self) -> bool:
-        return self._compiled is not None
+        return self.error is None
 
-    def __call__(self, *args: Any) -> Any:
-        if self._compiled is not None:
+    def __call__(self, *args: torch.Tensor) -> Any:
+        key = input_pattern(args)
+        variant = self.variants.get(key)
+        if variant is None and self.error is None:
             try:
-                return self._compiled(*args)
+                variant = self.variants[key] = compile_variant(self.interpreted, args)
             except Exception as e:  # noqa: BLE001 - any compiler failure leaves the interpreter
-                self._compiled, self.error = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                warnings.warn(f"entry point {self.name!r}: torch.compile failed ({self.error}); running the "
+                self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                warnings.warn(f"entry point {self.name!r}: compiling failed ({self.error}); running the "
                               "interpreted graph", RuntimeWarning, stacklevel=2)
+        if variant is not None and variant.accepts(args):
+            with torch.no_grad():
+                return variant.run(*args)
         return self.interpreted(*args)

@@ -24,7 +24,7 @@ from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
 from runtime.quant_modules import (Dequantize, FakeQuantize, LastPosition, Observe, Observer, OutlierProduct,
-                                    QBmm, QEmbedding, QLinear, Quantize, WeightOnlyLinear)
+                                    QBmm, QEmbedding, QLinear, Quantize, QuantizeInput, WeightOnlyLinear)
 
 FLOAT = 0
 OBSERVE = -1
@@ -203,7 +203,31 @@ class _Builder:
             else:
                 outs.append(self.value(v))
         self.fx.output(tuple(outs))
+        if self.mode in (3, 4):
+            self.share_input_quantizers()
         return fx.GraphModule(self.root, self.fx, class_name=f"mcq_{self.graph.name}_q{self.mode}")
+
+    def share_input_quantizers(self) -> None:
+        """Linears reading one value through equal input quantizers (q/k/v, gate/up) take one
+        quantization of it: the same integers, a third of the quantizing work per layer."""
+        groups: dict[fx.Node, list[list[tuple[fx.Node, QLinear]]]] = {}
+        for node in self.fx.nodes:
+            module = self.root.get_submodule(node.target) if node.op == "call_module" else None
+            if not isinstance(module, QLinear) or not isinstance(node.args[0], fx.Node):
+                continue
+            families = groups.setdefault(node.args[0], [])
+            family = next((f for f in families
+                           if numerics.same_input_quantizer(f[0][1].input_qp, module.input_qp)), None)
+            if family is None:
+                families.append([(node, module)])
+            else:
+                family.append((node, module))
+        for x, families in groups.items():
+            for family in (f for f in families if len(f) > 1):
+                with self.fx.inserting_before(family[0][0]):
+                    xq = self.call_module(QuantizeInput(family[0][1].prepared), (x,), "shared_input")
+                for node, _ in family:
+                    node.kwargs = {**node.kwargs, "xq": xq}
 
     def _kv_specs_by_layer(self) -> dict[str, Mapping[str, Any]]:
         specs = {}

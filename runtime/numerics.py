@@ -189,16 +189,8 @@ def _centered(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     return (q.reshape(view).to(torch.int32) - zp).reshape(q.shape)
 
 
-@torch.library.custom_op("mcq::int8_mm", mutates_args=())
-def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch._int_mm behind an opaque op: torch.compile (Inductor) rewrites a one-row _int_mm into
-    an int8 multiply-and-sum that overflows; as a custom op it always runs the int32 kernel."""
-    return torch._int_mm(a, b)
-
-
-@_int8_mm.register_fake
-def _(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.int32)
+# set while runtime.compiled traces a graph for the compiler (numerics then emits compiler-safe forms)
+TRACING_FOR_COMPILER = False
 
 
 def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor:
@@ -211,9 +203,11 @@ def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor
     if emulate:
         return a.to(torch.float64) @ b.to(torch.float64)
     if a.dtype == torch.int8 and b.dtype == torch.int8 and a.shape[0] > 0:
-        # the opaque custom op only matters to torch.compile; interpreted, its dispatch wrapper
-        # costs ~12 us a call (2.7 ms of a 25 ms SmolLM2 decode step): call the kernel directly
-        return _int8_mm(a, b) if torch.compiler.is_compiling() else torch._int_mm(a, b)
+        if TRACING_FOR_COMPILER and isinstance(a.shape[0], int) and a.shape[0] == 1:
+            # one row (decode at batch 1): Inductor would lay it out with a row stride of 0, which
+            # the CPU int8 GEMM misreads (garbage logits); explicit strides keep its fast one-row path
+            return torch._int_mm(a.contiguous().as_strided((1, a.shape[1]), (a.shape[1], 1)), b)
+        return torch._int_mm(a, b)
     return a.to(torch.int32) @ b.to(torch.int32)
 
 
@@ -236,7 +230,7 @@ class PreparedLinear:
     input_qp: QuantParams
     out_scale: torch.Tensor  # float32(s_x * s_w): [N] (or [N, G] for groups)
     zp_correction: torch.Tensor | None  # zp_x * sum_k q_w[n, k] in int32 (per tensor / channel int)
-    per_tensor_input: bool  # the input quantizes to int8 with python scalars (no outliers, no smoothing)
+    per_tensor_input: bool  # the input quantizes to int8 with python scalars (`_quantize_per_tensor`)
     x_scale: float
     x_zp: float
 
@@ -250,8 +244,7 @@ def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: Qu
         # weight (such load-time temporaries stay in the heap as resident memory)
         ones = torch.ones((1, weight_q.shape[1]), dtype=torch.int8)
         correction = input_qp.zero_point.to(torch.int32) * _int_matmul(ones, weight_q.t(), False)[0]
-    plain = input_qp.kind == INT and input_qp.outliers is None and input_qp.smooth is None \
-        and input_qp.storage_dtype == torch.int8
+    plain = input_qp.kind == INT and input_qp.axis is None and input_qp.storage_dtype == torch.int8
     return PreparedLinear(weight_q, weight_qp, input_qp, out_scale, correction, plain,
                           float(input_qp.scale), float(input_qp.zero_point))
 
@@ -261,12 +254,31 @@ _HALF = torch.tensor(0.5)
 
 def _quantize_per_tensor(x: torch.Tensor, p: PreparedLinear) -> torch.Tensor:
     """`quantize` for a per-tensor int spec with python scalars: the same float32 operations
-    (x / s, round half away from zero as trunc(v + copysign(0.5, v)), + zp, clamp), fewer ops."""
-    v = x.to(torch.float32) / p.x_scale
+    (`quantizer_input`, x / s, round half away from zero as trunc(v + copysign(0.5, v)), + zp,
+    clamp) without the broadcasting views and tensor zero point of the general path."""
+    v = quantizer_input(x, p.input_qp) / p.x_scale
     q = torch.trunc(v + torch.copysign(_HALF, v))
     if p.x_zp:
         q = q + p.x_zp
     return torch.clamp(q, p.input_qp.qmin, p.input_qp.qmax).to(torch.int8)
+
+
+def quantize_input(x: torch.Tensor, p: PreparedLinear) -> torch.Tensor:
+    """A linear's input on its integer grid (`quantize` with its input spec)."""
+    return _quantize_per_tensor(x, p) if p.per_tensor_input else quantize(x, p.input_qp)
+
+
+def same_input_quantizer(a: QuantParams, b: QuantParams) -> bool:
+    """Whether two input specs quantize every tensor to the same integers (equal scales, zero
+    points, grids, smoothing and outlier channels)."""
+    def same(t: torch.Tensor | None, u: torch.Tensor | None) -> bool:
+        return (t is None and u is None) or (t is not None and u is not None and t.shape == u.shape
+                                             and bool(torch.equal(t, u)))
+
+    return (a.kind, a.qmin, a.qmax, a.axis, a.per_head, a.group_size) == \
+        (b.kind, b.qmin, b.qmax, b.axis, b.per_head, b.group_size) \
+        and same(a.scale, b.scale) and same(a.zero_point, b.zero_point) \
+        and same(a.smooth, b.smooth) and same(a.outliers, b.outliers)
 
 
 def qlinear(
@@ -278,8 +290,12 @@ def qlinear(
     outlier_weight: torch.Tensor | None = None,
     emulate: bool = False,
     prepared: PreparedLinear | None = None,
+    xq: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """qlevel-4 linear (spec Q.4) of a quantized input and a quantized weight of the same format.
+
+    xq: x already quantized with `input_qp` (linears that read one input through equal quantizers
+    share one quantization, `quantize_input`).
 
     int: acc[m, n] = sum_k q_x[m, k] * q_w[n, k] - zp_x * sum_k q_w[n, k] in int32;
          y = float32(acc) * float32(s_x * s_w[n]) + b. With group weights each group g has its own
@@ -289,7 +305,8 @@ def qlinear(
     bf16: float32 linear of the bf16 operands (order of accumulation left to the BLAS).
     """
     p = prepared or prepare_qlinear(weight_q, weight_qp, input_qp)
-    xq = _quantize_per_tensor(x, p) if p.per_tensor_input else quantize(x, input_qp)
+    if xq is None:
+        xq = quantize_input(x, p)
     k = xq.shape[-1]
     xq2 = xq.reshape(-1, k)
     if weight_qp.kind == BF16:

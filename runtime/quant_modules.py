@@ -49,9 +49,22 @@ class QLinear(nn.Module):
         self.outlier_weight, self.emulate = outlier_weight, emulate
         self.prepared = numerics.prepare_qlinear(weight_q, weight_qp, input_qp)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                xq: torch.Tensor | None = None) -> torch.Tensor:
         return numerics.qlinear(x, self.weight_q, self.weight_qp, bias, self.input_qp, self.outlier_weight,
-                                self.emulate, self.prepared)
+                                self.emulate, self.prepared, xq)
+
+
+class QuantizeInput(nn.Module):
+    """One quantization of an input read by several linears through equal quantizers (q/k/v,
+    gate/up): they take its integers (`QLinear(..., xq=)`) instead of quantizing it each."""
+
+    def __init__(self, prepared: numerics.PreparedLinear) -> None:
+        super().__init__()
+        self.prepared = prepared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return numerics.quantize_input(x, self.prepared)
 
 
 class WeightOnlyLinear(nn.Module):

@@ -1,5 +1,5 @@
-"""runtime.load(..., compile=True): torch.compile of each entry point, with the interpreted
-graph as the fallback."""
+"""runtime.load(..., compile=True): each entry point traced and compiled by Inductor, one variant
+per input pattern, with the interpreted graph as the fallback."""
 from __future__ import annotations
 
 import shutil
@@ -11,9 +11,11 @@ import runtime
 from runtime import compiled
 
 PROMPTS = [[5, 9, 33, 7, 81, 2, 14], [40, 41, 42]]
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="Inductor needs a C++ compiler")
 
 
-@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="Inductor needs a C++ compiler")
+@needs_compiler
 def test_compiled_generation_matches_the_interpreted_path(quantized):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
     ref = runtime.load(path)
@@ -22,26 +24,65 @@ def test_compiled_generation_matches_the_interpreted_path(quantized):
     ids = torch.tensor([PROMPTS[0]])
     l_ref, c_ref = ref.prefill(ids)
     l_fast, c_fast = fast.prefill(ids)
-    # integer matmuls are the same custom op; fused float glue may move the last float bits
+    # the integer GEMMs are the same kernel; fused float glue may move the last float bits
     assert torch.allclose(l_ref, l_fast, rtol=1e-5, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(c_ref.tensors, c_fast.tensors))  # int8 KV cache
+    # decode at batch 1 (a one-row int8 GEMM: the layout numerics fixes for the compiler)
     step_ref, _ = ref.decode(l_ref[:, -1].argmax(-1), c_ref)
     step_fast, _ = fast.decode(l_ref[:, -1].argmax(-1), c_ref)
     assert torch.allclose(step_ref, step_fast, rtol=1e-5, atol=1e-5)
+    # batch 2 with padding, through the preallocated cache (non-contiguous views of its buffers)
     assert fast.generate(PROMPTS, max_new_tokens=12, stop_at_eos=False) == \
         ref.generate(PROMPTS, max_new_tokens=12, stop_at_eos=False)
     assert all(m.compiled for m in fast._modules.values())  # no silent fallback
+    decode = fast._modules["decode"]
+    patterns = set(decode.variants)
+    assert len(patterns) >= 2  # batch 1 from the cache made by prefill, batch 2 in generate
+    # a growing past length reuses the variant of its pattern: no compile per step
+    fast.generate(PROMPTS, max_new_tokens=20, stop_at_eos=False)
+    assert set(decode.variants) == patterns
+
+
+@needs_compiler
+def test_compiled_weight_only_bundle_stays_within_the_kernel_tolerance(quantized):
+    _, _, path = quantized("llama-tiny", "W4A16")
+    ref, fast = runtime.load(path, qlevel=4), runtime.load(path, qlevel=4, compile=True)
+    ids = torch.tensor([PROMPTS[0]])
+    l_ref, c_ref = ref.prefill(ids)
+    l_fast, _ = fast.prefill(ids)
+    assert (l_ref - l_fast).abs().max() < 1e-3 * l_ref.abs().max()
+    step_ref, _ = ref.decode(torch.tensor([3]), c_ref)
+    step_fast, _ = fast.decode(torch.tensor([3]), c_ref)
+    assert (step_ref - step_fast).abs().max() < 1e-3 * step_ref.abs().max()
+    assert fast._modules["prefill"].compiled and fast._modules["decode"].compiled
+
+
+def test_a_variant_runs_only_the_sizes_its_trace_fixed(quantized, monkeypatch):
+    _, _, path = quantized("llama-tiny", "W8A8KV8")
+    calls = []
+
+    def fake_compile(module, args):
+        calls.append([tuple(a.shape) for a in args])
+        # as if the trace had fixed input 0's second size and tied inputs 0 and 1 in their first
+        return compiled.Variant(lambda *a: (_ for _ in ()).throw(AssertionError("must not run")),
+                                fixed=[(0, 1, 99)], tied=[[(0, 0), (1, 0)]], compile_seconds=0.0)
+
+    monkeypatch.setattr(compiled, "compile_variant", fake_compile)
+    fast, ref = runtime.load(path, compile=True), runtime.load(path)
+    ids = torch.tensor([PROMPTS[0]])
+    logits, _ = fast.prefill(ids)  # seq 7, not 99: the interpreter runs it
+    assert torch.equal(logits, ref.prefill(ids)[0])
+    fast.prefill(torch.tensor([PROMPTS[0][:5]]))  # same pattern: no second compile
+    assert len(calls) == 1
 
 
 def test_a_failing_compile_falls_back_to_the_interpreted_graph(quantized, monkeypatch):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
 
-    def broken(module, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C++ compiler here")
-        return run
+    def broken(module, args):
+        raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(compiled.torch, "compile", broken)
+    monkeypatch.setattr(compiled, "compile_variant", broken)
     fast = runtime.load(path, compile=True)
     ids = torch.tensor([PROMPTS[0]])
     with pytest.warns(RuntimeWarning, match="'prefill'.*no C\\+\\+ compiler"):

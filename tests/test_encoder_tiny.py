@@ -296,3 +296,13 @@ def test_encoder_attention_scores_run_as_int8_bmm(tiny_models, tmp_path):
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     assert all(torch.equal(a, b) for a, b in zip(m3.run("forward", ids, mask), m4.run("forward", ids, mask)))
+
+
+def test_the_tokenizer_is_parsed_at_first_use_and_a_bad_document_names_its_section():
+    from runtime.tokenizer import Tokenizer
+
+    bad = Tokenizer({"kind": "hf-tokenizers-json", "json": "{not json"})  # structure checked at load
+    with pytest.raises(ValueError, match="tokenizer section: not a tokenizers document"):
+        bad.encode("hello")
+    with pytest.raises(ValueError, match="tokenizer section: tokenizer kind 'sentencepiece'"):
+        Tokenizer({"kind": "sentencepiece"})

@@ -183,6 +183,16 @@ def test_prepared_per_tensor_quantize_equals_quantize_at_ties_and_edges():
         p = prepare_qlinear(torch.ones(3, x.numel(), dtype=torch.int8), wqp, xqp)
         assert p.per_tensor_input
         assert torch.equal(_quantize_per_tensor(x, p), numerics.quantize(x, xqp))
+    # smoothing and outlier channels (a [rows, 64] input): the same path, the same integers
+    x = x[: 64 * 64].reshape(64, 64)
+    smooth = torch.rand(64, generator=torch.Generator().manual_seed(1)) + 0.5
+    for outliers in (None, torch.tensor([3, 17])):
+        xqp = QuantParams(torch.tensor(scale), torch.tensor(-3, dtype=torch.int32), -128, 127, smooth=smooth,
+                          outliers=outliers)
+        wqp = QuantParams(torch.ones(3), torch.zeros(3, dtype=torch.int32), -127, 127, axis=0)
+        p = prepare_qlinear(torch.ones(3, 64, dtype=torch.int8), wqp, xqp)
+        assert p.per_tensor_input
+        assert torch.equal(_quantize_per_tensor(x, p), numerics.quantize(x, xqp))
 
 
 def test_prepared_linear_precomputes_the_zero_point_correction():
