@@ -475,9 +475,12 @@ def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
         acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
     else:
         qa, qb = _centered(qa, a_qp), _centered(qb, b_qp)
-        if emulate:
+        depth = qa.shape[-1]
+        if emulate or not isinstance(depth, int):
+            # emulation; or a trace for the compiler with a symbolic depth (P.V over a growing
+            # past), whose compiled code must stay exact at every length: float64 (exact below 2^53)
             acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
-        elif qa.shape[-1] * (centered_span(a_qp, b_qp) if span is None else span) < 2 ** 24 \
+        elif depth * (centered_span(a_qp, b_qp) if span is None else span) < 2 ** 24 \
                 and torch.get_float32_matmul_precision() == "highest":
             # every partial sum is an integer below 2^24, so an IEEE float32 GEMM (any summation
             # order) computes the int32 result exactly, far faster than CPU int32 bmm (no BLAS for

@@ -89,3 +89,25 @@ def test_a_failing_compile_falls_back_to_the_interpreted_graph(quantized, monkey
         logits, _ = fast.prefill(ids)
     assert torch.equal(logits, runtime.load(path).prefill(ids)[0])
     assert not fast._modules["prefill"].compiled and "no C++ compiler" in fast._modules["prefill"].error
+
+
+def test_a_traced_attention_product_of_symbolic_depth_accumulates_exactly():
+    """P.V over a growing past: its depth is a symbol in the trace, so the compiled code cannot
+    take the float32 GEMM (exact only below 2^24 / span positions): it must accumulate in float64."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from runtime import numerics
+    from runtime.numerics import QuantParams
+
+    pa = QuantParams(torch.tensor(1 / 255), torch.tensor(-128, dtype=torch.int32), -128, 127)
+    pb = QuantParams(torch.tensor(0.05), torch.tensor(0, dtype=torch.int32), -127, 127)
+    a, b = torch.rand(2, 1, 300), torch.randn(2, 300, 8) * 3
+
+    def attend(a, b):
+        return numerics.qbmm(a, pa, b, pb)
+
+    with compiled._tracing():
+        traced = make_fx(attend, tracing_mode="symbolic", _allow_non_fake_inputs=True)(a, b)
+    bmms = [n for n in traced.graph.nodes if n.target == torch.ops.aten.bmm.default]
+    assert [n.args[0].meta["val"].dtype for n in bmms] == [torch.float64]
+    assert torch.equal(traced(a, b), numerics.qbmm(a, pa, b, pb, emulate=True))
