@@ -10,14 +10,17 @@ per entry point and its guards cost milliseconds per step. Here `make_fx` traces
 pattern (dtypes, which sizes are 0 or 1, which inputs are contiguous), and a cheap check of the
 sizes the trace fixed sends any other call to the interpreter.
 
-Numerics: the integer GEMMs are the same `_int_mm` kernel (`numerics.TRACING_FOR_COMPILER` only
-fixes the layout of a one-row operand); fused float glue may differ from the interpreter in the
-last float bits (spec Q.4 tolerance), never in the formats. On SmolLM2 W8A8KV8 the logits and the
-KV cache are bit-identical to the interpreter's.
+Numerics: the outputs equal the interpreter's bit for bit. The integer GEMMs are the same
+`_int_mm` kernel (`numerics.TRACING_FOR_COMPILER` only fixes the layout of a one-row operand);
+Inductor fuses only exactly rounded elementwise ops and calls the interpreter's ATen kernels for
+reductions, transcendental functions and GEMMs (`EXACT_OPS`, spec Q.1). SmolLM2 W8A8KV8: logits
+equal on 7,538 teacher-forced positions, greedy tokens equal; exactness costs ~1 ms of a 7-8 ms
+decode step.
 
-Inductor caches compiled kernels on disk (`TORCHINDUCTOR_CACHE_DIR`, by default under the
-system temp dir): a later process traces again but does not recompile the C++. If compiling
-fails (no C++ compiler, an unsupported op), the entry point warns once and runs interpreted.
+Inductor caches compiled graphs on disk (`TORCHINDUCTOR_CACHE_DIR`, by default under the
+system temp dir): a later process traces again (make_fx and Inductor's own re-trace) but does
+not lower or compile the C++ again. If compiling fails (no C++ compiler, an unsupported op), the
+entry point warns once and runs interpreted.
 """
 from __future__ import annotations
 
@@ -86,6 +89,75 @@ def _contract(traced: fx.GraphModule) -> tuple[list[tuple[int, int, int]], list[
     return fixed, [g for g in symbols.values() if len(g) > 1]
 
 
+# Ops whose float32 result is one IEEE rounding of exact arithmetic (or exact: moves, casts,
+# compares, integer ops), so a fused C++ kernel gives the interpreter's bits. Every other op of a
+# trace (reductions, transcendental functions, GEMMs) runs as a call of the same ATen kernel the
+# interpreter calls: Inductor's own versions sum in another order (a mean over 576 channels, the
+# P.V bmm of one row, which it turns into a product and a sum) or use other vectorized cos / exp,
+# and one last-bit change upstream of a static int8 quantizer flips a rounding now and then,
+# which moved SmolLM2 W8A8KV8 logits by 1.3 (median per position) and parted greedy tokens.
+EXACT_FLOAT_GLUE = True  # False: Inductor's own reductions and functions (measurement only)
+EXACT_OPS = frozenset("""
+    view _unsafe_view reshape permute transpose t expand clone contiguous slice select unsqueeze
+    squeeze cat stack split split_with_sizes index index_select gather embedding as_strided alias
+    copy copy_ _to_copy to detach lift_fresh_copy empty empty_like zeros zeros_like ones ones_like
+    full full_like new_zeros new_ones new_empty new_full scalar_tensor arange fill fill_ masked_fill
+    where constant_pad_nd repeat expand_copy slice_scatter select_scatter
+    add sub rsub mul div neg abs sign sgn floor ceil round trunc clamp clamp_min clamp_max maximum
+    minimum sqrt rsqrt eq ne lt le gt ge logical_and logical_or logical_not logical_xor bitwise_and
+    bitwise_or bitwise_not bitwise_xor bitwise_left_shift bitwise_right_shift __rshift__ __lshift__
+    __and__ __or__ isnan isinf remainder fmod copysign index_fill index_put _int_mm sym_size
+    sym_numel sym_stride
+""".split())
+
+
+def _exact(node: fx.Node) -> bool:
+    if node.target.overloadpacket.__name__ in EXACT_OPS:
+        return True
+    # x ** 2 is x * x in both ATen's kernel and Inductor's lowering (the norms' mean of squares)
+    return node.target == torch.ops.aten.pow.Tensor_Scalar and node.args[1] == 2
+
+
+def _inexact_ops(traced: fx.GraphModule) -> set[torch._ops.OpOverload]:
+    if not EXACT_FLOAT_GLUE:
+        return set()
+    return {n.target for n in traced.graph.nodes if n.op == "call_function"
+            and isinstance(n.target, torch._ops.OpOverload) and not _exact(n)}
+
+
+@contextlib.contextmanager
+def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
+    """Inductor lowers `ops` to calls of their ATen kernels (no decomposition, no fusion) while
+    it compiles; its tables are restored after. A do-nothing custom pass names those ops in
+    Inductor's cache key, so a graph cached without them (another program sharing the cache
+    directory) is not reused."""
+    from torch._inductor import config, lowering
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.decomposition import decompositions
+
+    class AtenKernelsKey(CustomGraphPass):
+        def __call__(self, graph: fx.Graph) -> None:
+            pass
+
+        def uuid(self) -> str:
+            return "mcq-aten-kernels-1:" + ",".join(sorted(str(op) for op in ops))
+
+    saved_lowerings = {op: lowering.lowerings[op] for op in ops if op in lowering.lowerings}
+    saved_decomps = {op: decompositions.pop(op) for op in ops if op in decompositions}
+    for op in ops:
+        lowering.lowerings[op] = lowering.fallback_handler(op, add_to_fallback_set=False)
+    try:
+        # emulate_precision_casts: a fused chain of bf16 ops rounds to bf16 after each op, as
+        # the interpreter does, not once at the end
+        with config.patch(post_grad_custom_post_pass=AtenKernelsKey(), emulate_precision_casts=True):
+            yield
+    finally:
+        for op in ops:
+            lowering.lowerings.pop(op, None)
+        lowering.lowerings.update(saved_lowerings)
+        decompositions.update(saved_decomps)
+
+
 def compile_variant(module: fx.GraphModule, args: Sequence[torch.Tensor]) -> Variant:
     from torch._inductor.compile_fx import compile_fx
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -97,7 +169,7 @@ def compile_variant(module: fx.GraphModule, args: Sequence[torch.Tensor]) -> Var
     fixed, tied = _contract(traced)
     # the trace's symbolic inputs as examples: real ones would make Inductor specialize every size
     examples = [n.meta["val"] for n in traced.graph.nodes if n.op == "placeholder"]
-    with torch.no_grad():
+    with torch.no_grad(), _aten_kernels_for(_inexact_ops(traced)):
         run = compile_fx(traced, examples)
     return Variant(run, fixed, tied, time.perf_counter() - start)
 
