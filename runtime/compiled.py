@@ -133,7 +133,7 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
     directory) is not reused."""
     from torch._inductor import config, lowering
     from torch._inductor.custom_graph_pass import CustomGraphPass
-    from torch._inductor.decomposition import decompositions
+    from torch._inductor.decomposition import decompositions, select_decomp_table
 
     class AtenKernelsKey(CustomGraphPass):
         def __call__(self, graph: fx.Graph) -> None:
@@ -143,7 +143,9 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
             return "mcq-aten-kernels-1:" + ",".join(sorted(str(op) for op in ops))
 
     saved_lowerings = {op: lowering.lowerings[op] for op in ops if op in lowering.lowerings}
-    saved_decomps = {op: decompositions.pop(op) for op in ops if op in decompositions}
+    # the table compile_fx uses is a copy made once per process (functools.cache): both lose them
+    tables = [decompositions] + [t for t in (select_decomp_table(),) if t is not decompositions]
+    saved_decomps = [{op: t.pop(op) for op in ops if op in t} for t in tables]
     for op in ops:
         lowering.lowerings[op] = lowering.fallback_handler(op, add_to_fallback_set=False)
     try:
@@ -155,7 +157,8 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
         for op in ops:
             lowering.lowerings.pop(op, None)
         lowering.lowerings.update(saved_lowerings)
-        decompositions.update(saved_decomps)
+        for table, saved in zip(tables, saved_decomps):
+            table.update(saved)
 
 
 def compile_variant(module: fx.GraphModule, args: Sequence[torch.Tensor]) -> Variant:

@@ -130,3 +130,29 @@ def test_only_exactly_rounded_ops_are_left_to_inductor():
         aten.cos.default, aten.sum.default, aten.sum.dim_IntList, aten.pow.Tensor_Scalar}  # pow: of 0.5
     kept = {n.target for n in traced.graph.nodes if n.op == "call_function"} - compiled._inexact_ops(traced)
     assert {aten.mul.Tensor, aten.add.Tensor, aten.rsqrt.default} <= kept
+
+
+class _FloatGlue(torch.nn.Module):
+    def forward(self, x, v):
+        p = torch.softmax(x * 0.37, -1)
+        # one-row bmm: Inductor's own lowering turns it into a product and a sum
+        return (x * 3.0).mean(-1, keepdim=True), torch.sigmoid(x) * x, torch.cos(x), torch.bmm(p[:, None, :], v)
+
+
+@needs_compiler
+def test_compiled_float_glue_equals_eager_even_after_another_compile(monkeypatch):
+    """Inductor's own reductions and functions round differently from ATen's (the inexact compile
+    shows it); the compiled path's output equals eager bit for bit, also when an earlier compile in
+    the process (anyone's torch.compile) has built Inductor's cached decomposition table."""
+    from torch import fx
+
+    gm = fx.symbolic_trace(_FloatGlue())
+    gen = torch.Generator().manual_seed(0)
+    x, v = torch.randn(8, 576, generator=gen) * 5, torch.randn(8, 576, 64, generator=gen)
+    eager = gm(x, v)
+    monkeypatch.setattr(compiled, "EXACT_FLOAT_GLUE", False)
+    inexact = compiled.compile_variant(gm, (x, v)).run(x, v)
+    assert not all(torch.equal(a, b) for a, b in zip(inexact, eager))
+    monkeypatch.setattr(compiled, "EXACT_FLOAT_GLUE", True)
+    exact = compiled.compile_variant(gm, (x, v)).run(x, v)
+    assert all(torch.equal(a, b) for a, b in zip(exact, eager))
