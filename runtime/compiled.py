@@ -144,7 +144,8 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
 
     saved_lowerings = {op: lowering.lowerings[op] for op in ops if op in lowering.lowerings}
     # the table compile_fx uses is a copy made once per process (functools.cache): both lose them
-    tables = [decompositions] + [t for t in (select_decomp_table(),) if t is not decompositions]
+    cached = select_decomp_table()
+    tables = [decompositions] if cached is decompositions else [decompositions, cached]
     saved_decomps = [{op: t.pop(op) for op in ops if op in t} for t in tables]
     for op in ops:
         lowering.lowerings[op] = lowering.fallback_handler(op, add_to_fallback_set=False)
