@@ -11,11 +11,11 @@ import torch
 
 from mcq.capture import Captured
 from mcq.config import QuantConfig
-from mcq import channels, gptq
+from mcq import channels, gptq, rotation
 from mcq.interop import ImportedQParams, QParamsImportError
 from mcq.observers import Observer, spec_to_qp, weight_qparams
 from runtime import numerics
-from runtime.ir import Graph, TensorRef
+from runtime.ir import Graph, Node, Ref, TensorRef
 
 
 @dataclass
@@ -76,6 +76,13 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
                         spec: dict[str, Any]) -> None:
     spec.pop("smooth", None)
     spec.pop("outliers", None)
+    spec.pop("rotation", None)
+    if plan.rotation is not None:  # one pair of factors per width, shared by every linear of that width
+        names = [f"rotation.{int(plan.rotation[1].shape[0] * plan.rotation[0].shape[0])}.{f}" for f in "ab"]
+        for name, factor in zip(names, plan.rotation):
+            if name not in tensors:
+                tensors[name] = factor.contiguous()
+        spec["rotation"] = names
     if plan.smooth is not None:
         tensors[f"{prefix}.smooth"] = plan.smooth
         spec["smooth"] = f"{prefix}.smooth"
@@ -107,13 +114,28 @@ def store_embedding(tensors: Any, qkey: str, entry: dict[str, Any], table: torch
         return
     lin = qformat["nodes"][tied]
     entry["weight"] = {**lin["weight"], "shared_with": tied}
-    smooth = (lin["inputs"].get("x") or {}).get("smooth")
-    if smooth:
+    xspec = lin["inputs"].get("x") or {}
+    smooth = xspec.get("smooth")
+    unrotate = None
+    if xspec.get("rotation"):
+        # the stored rows are R (w * s): a float matmul after the lookup gives w back
+        # (w^T = row^T R diag(1/s)), as ops every reader has; the smoothing is folded into it
+        r = rotation.matrix((tensors[xspec["rotation"][0]], tensors[xspec["rotation"][1]]))
+        if smooth:
+            r = r / tensors[smooth].to(torch.float64)[None, :]
+        unrotate = f"{qkey}/unrotate"
+        tensors[unrotate] = r.to(torch.float32).contiguous()
+    elif smooth:
         entry["weight"]["smooth"] = smooth
     for g in graphs.values():
-        for n in g.nodes:
+        for i, n in enumerate(list(g.nodes)):
             if n.qkey == qkey:
                 n.args[WEIGHT_ARG["embedding"]] = TensorRef(f"{tied}/weight")
+                if unrotate is not None:  # consumers keep reading the node's name: the matmul takes it
+                    looked_up = f"{n.name}_rotated"
+                    g.nodes.insert(g.nodes.index(n) + 1,
+                                   Node(n.name, "aten.matmul.default", [Ref(looked_up), TensorRef(unrotate)]))
+                    n.name = looked_up
 
 
 def rewire(captured: Captured, plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Graph], dict[str, str]]:
@@ -141,7 +163,7 @@ def node_plan(qkey: str, chan: dict[str, channels.ChannelPlan],
     if qkey not in chan or chan[qkey].smooth is None:
         raise QParamsImportError(f"{imported.source}: {qkey}: a smoothing_scale for a node the config "  # type: ignore[union-attr]
                                  "does not smooth (set smoothquant: true)")
-    return channels.ChannelPlan(chan[qkey].outliers, smooth)
+    return channels.ChannelPlan(chan[qkey].outliers, smooth, chan[qkey].rotation)
 
 
 def store_weight(tensors: Any, qkey: str, entry: dict[str, Any], w: torch.Tensor,
@@ -156,7 +178,8 @@ def store_weight(tensors: Any, qkey: str, entry: dict[str, Any], w: torch.Tensor
             tensors[f"{qkey}/weight.outlier_columns"] = cols
             entry["outlier_weight"] = f"{qkey}/weight.outlier_columns"
         if problem is not None:
-            problem = problem.transformed(plan.smooth, plan.outliers)
+            problem = problem.transformed(plan.smooth, plan.outliers,
+                                          rotation.matrix(plan.rotation) if plan.rotation is not None else None)
     tensors[f"{qkey}/weight"] = quantize_weight(w, entry["weight"], tensors, f"{qkey}/weight", problem, imported)
 
 

@@ -31,7 +31,7 @@ def make_observers(qformat: dict[str, Any]) -> dict[tuple[str, str], Observer]:
             if spec.get("source"):
                 continue  # derived from another quant point's parameters
             axis = spec["axis"] if spec["granularity"] == "channel" else None
-            if "smooth" in spec or "outliers" in spec:
+            if "smooth" in spec or "outliers" in spec or "rotation" in spec:
                 axis = -1  # per-channel treatments need per-input-channel ranges
             if spec["granularity"] == "head":
                 axis = 0
@@ -102,17 +102,20 @@ def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[Bat
 
 
 def transformed_wanted(qformat: dict[str, Any], chan: dict[str, Any]) -> set[str]:
-    """Linears whose histogram method needs the histogram of the transformed input (second pass)."""
+    """Linears that need the histogram of the transformed input (second pass): histogram methods,
+    and rotated inputs (whose range the per-channel ranges cannot give)."""
     from mcq.calibrators import HISTOGRAM_METHODS
 
-    return {k for k in chan if qformat["nodes"][k]["inputs"]["x"]["method"] in HISTOGRAM_METHODS}
+    return {k for k in chan if qformat["nodes"][k]["inputs"]["x"]["method"] in HISTOGRAM_METHODS
+            or "rotation" in qformat["nodes"][k]["inputs"]["x"]}
 
 
 def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dict[str, Any],
                           observers: dict[tuple[str, str], Observer], batches: list[Batch],
                           progress: bool = True) -> None:
-    """Second pass for histogram methods on inputs with a per-channel treatment: stream the
-    histogram of the transformed tensor (outlier channels removed, divided by the smoothing)."""
+    """Second pass for histogram methods (and rotations) on inputs with a per-channel treatment:
+    stream the histogram of the transformed tensor (outlier channels removed, divided by the
+    smoothing, rotated)."""
     from mcq.calibrators import Histogram
     from mcq.channels import transformed_input
 

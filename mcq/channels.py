@@ -5,6 +5,8 @@
   side product; the int8 weight has those columns zeroed.
 - SmoothQuant: s[k] = amax_x[k]^a / amax_w[k]^(1-a) moves the remaining outliers into the
   weights; the quantizer divides x by s, the stored weight is W * s.
+- Rotation (`act_rotation`, mcq.rotation): then the channels are rotated by an orthogonal R, so
+  that one per-tensor scale fits them all; the stored weight is (W * s) R^T.
 
 Both are shared by a group of linears reading the same tensor (q/k/v, gate/up), so that tensor
 is quantized once. With alpha "auto", each group picks the alpha from a fixed grid that minimizes
@@ -18,7 +20,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from mcq.calibrators import histogram_range
+from mcq import rotation
+from mcq.calibrators import HISTOGRAM_METHODS, histogram_range
 from mcq.observers import Observer, spec_qparams, spec_to_qp, weight_qparams
 from runtime import lower, numerics
 from runtime.ir import Graph, TensorRef
@@ -37,21 +40,38 @@ class ChannelPlan:
 
     outliers: torch.Tensor  # int64 channel indices, sorted; may be empty
     smooth: torch.Tensor | None  # float32 [channels], 1 at outlier channels
+    rotation: tuple[torch.Tensor, torch.Tensor] | None = None  # Kronecker factors (mcq.rotation)
 
     def split_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight for the integer GEMM: smoothed, outlier columns zeroed; float outlier columns)."""
+        """(weight for the integer GEMM: smoothed, outlier columns zeroed, rotated; float outlier
+        columns)."""
         w = w.to(torch.float32)
         cols = w[:, self.outliers].contiguous()
         main = w * self.smooth if self.smooth is not None else w.clone()
         main[:, self.outliers] = 0.0
+        if self.rotation is not None:  # each row w -> R w, so (W R^T)(R x) = W x
+            main = (main.to(torch.float64) @ rotation.matrix(self.rotation).t()).to(torch.float32)
         return main, cols
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """What the quantizer represents, at full width: outlier channels zeroed, x / smooth, rotated."""
+        x = x.to(torch.float32).index_fill(-1, self.outliers, 0.0)
+        if self.smooth is not None:
+            x = x / self.smooth
+        return numerics.rotate(x, self.rotation) if self.rotation is not None else x
+
     def input_qparams(self, obs: Observer, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-tensor parameters of x / s over the non-outlier channels, exact from their ranges."""
+        """Per-tensor parameters of x / s over the non-outlier channels, exact from their ranges
+        (from the transformed tensor's histogram for histogram methods and rotated inputs)."""
         assert obs.min is not None and obs.max is not None
-        if obs.transformed is not None:  # histogram method: its range on the transformed tensor
-            lo_h, hi_h = histogram_range(obs.transformed, spec["method"], spec["nbits"], obs.percentile)
+        if obs.transformed is not None:
+            if spec["method"] in HISTOGRAM_METHODS:
+                lo_h, hi_h = histogram_range(obs.transformed, spec["method"], spec["nbits"], obs.percentile)
+            else:  # min / max methods: the histogram's range is the exact one (it covers zero too)
+                lo_h, hi_h = obs.transformed.lo, obs.transformed.hi
             return spec_qparams(torch.tensor(lo_h), torch.tensor(hi_h), spec)
+        if self.rotation is not None:
+            raise RuntimeError("a rotated input's range needs the transformed pass (calibrate_transformed)")
         keep = torch.ones_like(obs.min, dtype=torch.bool)
         keep[self.outliers] = False
         s = self.smooth if self.smooth is not None else torch.ones_like(obs.min)
@@ -65,7 +85,7 @@ def groups(graph: Graph, qformat: dict[str, Any]) -> list[list[str]]:
     for n in graph.nodes:
         entry = qformat["nodes"].get(n.qkey) if n.qkey else None
         x = entry["inputs"].get("x", {}) if entry else {}
-        if entry and entry.get("weight") and ("smooth" in x or "outliers" in x):
+        if entry and entry.get("weight") and ("smooth" in x or "outliers" in x or "rotation" in x):
             out.setdefault(n.args[0], []).append(n.qkey)  # type: ignore[arg-type]
     return list(out.values())
 
@@ -103,7 +123,8 @@ def _plan(obs: Observer, weights: list[torch.Tensor], spec: dict[str, Any], alph
     threshold = float(spec.get("outlier_threshold", threshold))  # per-node overrides set their own
     idx = outlier_channels(obs, threshold) if "outliers" in spec else torch.zeros(0, dtype=torch.long)
     smooth = smoothing_vector(obs, weights, alpha, idx) if "smooth" in spec and alpha is not None else None
-    return ChannelPlan(idx, smooth)
+    rot = rotation.factors(weights[0].shape[1]) if "rotation" in spec else None
+    return ChannelPlan(idx, smooth, rot)
 
 
 def group_plan(members: list[str], qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
@@ -124,7 +145,10 @@ def plans(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str]
 
 
 def transformed_input(x: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
-    """The tensor a linear's per-tensor input quantizer sees: outlier channels removed, x / smooth."""
+    """The tensor a linear's per-tensor input quantizer sees: outlier channels removed, x / smooth
+    (rotated inputs: `plan.transform`, the outlier channels zeroed before the rotation)."""
+    if plan.rotation is not None:
+        return plan.transform(x)
     keep = torch.ones(x.shape[-1], dtype=torch.bool)
     keep[plan.outliers] = False
     x = x.to(torch.float32)
@@ -168,8 +192,7 @@ def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[s
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)[:MAX_TOKENS_PER_BATCH]
         refs = [x @ weight(k).to(torch.float32).t() for k in first[qkey]]
         for i, (p, qp, wq, cols) in enumerate(cands[qkey]):
-            xm = x.index_fill(-1, p.outliers, 0.0)
-            xq = numerics.fake_quantize(xm / p.smooth if p.smooth is not None else xm, qp)
+            xq = numerics.fake_quantize(p.transform(x), qp)
             side = x[:, p.outliers]
             errors[qkey][i] += sum(float((xq @ w.t() + side @ c.t() - r).pow(2).sum())
                                    for w, c, r in zip(wq, cols, refs))

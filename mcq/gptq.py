@@ -78,22 +78,27 @@ class Problem:
         """The float weight GPTQ rounds: `w`, or its fit (`fit_target`) in sequential GPTQ."""
         return w if self.cross is None else fit_target(w, self.hessian, self.cross, self.fit_damp)
 
-    def transformed(self, smooth: torch.Tensor | None, outliers: torch.Tensor) -> Problem:
+    def transformed(self, smooth: torch.Tensor | None, outliers: torch.Tensor,
+                    rotation: torch.Tensor | None = None) -> Problem:
         """The problem in the integer GEMM's input space: x / smooth, outlier channels removed
-        (rows and columns zeroed, so GPTQ treats them as dead and never moves error into them)."""
-        cross = None if self.cross is None else transformed(self.cross, smooth, outliers)
-        return Problem(transformed(self.hessian, smooth, outliers), self.damp, cross, self.fit_damp)
+        (rows and columns zeroed, so GPTQ treats them as dead and never moves error into them),
+        then rotated by the full matrix `rotation` (mcq.rotation.matrix), if any."""
+        cross = None if self.cross is None else transformed(self.cross, smooth, outliers, rotation)
+        return Problem(transformed(self.hessian, smooth, outliers, rotation), self.damp, cross, self.fit_damp)
 
 
-def transformed(hessian: torch.Tensor, smooth: torch.Tensor | None, outliers: torch.Tensor) -> torch.Tensor:
+def transformed(hessian: torch.Tensor, smooth: torch.Tensor | None, outliers: torch.Tensor,
+                rotation: torch.Tensor | None = None) -> torch.Tensor:
     """A second-moment matrix of the input the integer GEMM sees: x / smooth, outlier channels
-    removed (their rows and columns zeroed)."""
+    removed (their rows and columns zeroed), then rotated (R H R^T)."""
     h = hessian.clone()
     if smooth is not None:
         s = smooth.to(torch.float64)
         h = h / (s[:, None] * s[None, :])
     h[outliers, :] = 0.0
     h[:, outliers] = 0.0
+    if rotation is not None:
+        h = rotation @ h @ rotation.t()
     return h
 
 

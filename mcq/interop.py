@@ -16,9 +16,11 @@ def _desc(spec: dict[str, Any] | None) -> dict[str, Any]:
     if spec is None:
         return {"do_quant": False}
     return {"do_quant": True, "dtype": spec["dtype"], "nbits": int(spec["nbits"]),
-            "axis": spec.get("axis"), "per_ch": spec["granularity"] != "tensor",
+            "axis": spec.get("axis"), "per_ch": spec["granularity"] not in ("tensor", "rotated_tensor"),
             "granularity": spec["granularity"], "asymmetric": not spec["symmetric"],
             "calibrator": spec["method"],
+            # the parameters are those of the rotated input: the factors stay in the bundle
+            **({"rotation": list(spec["rotation"])} if spec.get("rotation") else {}),
             **({"group_size": int(spec["group_size"])} if spec.get("group_size") else {}),
             **({"rounding": spec["rounding"]} if spec.get("rounding") else {})}
 

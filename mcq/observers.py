@@ -16,7 +16,7 @@ class Observer:
 
     Per-tensor observers of a histogram method (PERCENTILE, ENTROPY, MSE) also stream a histogram;
     `transformed` holds the histogram of the tensor after its per-channel treatment (smoothing,
-    outlier channels), filled by a second calibration pass when one is needed.
+    outlier channels, rotation), filled by a second calibration pass when one is needed.
     """
 
     def __init__(self, axis: int | None = None, method: str = "MINMAX_ASYM", percentile: float = 99.99,
@@ -154,5 +154,8 @@ def spec_to_qp(spec: dict[str, Any], scale: torch.Tensor, zp: torch.Tensor) -> Q
     from runtime.lower import quant_params
 
     values = {"#scale": scale, "#zero_point": zp}
-    plain = {**spec, "scale": "#scale", "zero_point": "#zero_point", "smooth": None, "outliers": None}
+    plain = {**spec, "scale": "#scale", "zero_point": "#zero_point", "smooth": None, "outliers": None,
+             "rotation": None}
+    if plain.get("granularity") == "rotated_tensor":
+        plain["granularity"] = "tensor"  # the rotation is part of the per-channel treatment
     return quant_params(plain, values.__getitem__)

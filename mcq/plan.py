@@ -82,6 +82,8 @@ def plan_qformat(graph: Graph, config: QuantConfig, heads: int = 1) -> dict[str,
                 if cfg.act_outlier_threshold > 0 and cfg.quantizes_weights and cfg.act_dtype != "bfloat16":
                     entry["inputs"]["x"]["outliers"] = ""
                     entry["inputs"]["x"]["outlier_threshold"] = float(cfg.act_outlier_threshold)
+                if cfg.act_rotation and cfg.quantizes_weights and cfg.act_dtype != "bfloat16":
+                    entry["inputs"]["x"].update({"granularity": "rotated_tensor", "rotation": ""})
             if entry["weight"] or entry["inputs"]:
                 nodes[n.qkey] = entry
         elif n.op == EMBEDDING and cfg.quantizes_embedding:

@@ -37,6 +37,8 @@ def quantized_input(x: torch.Tensor, spec: dict[str, Any] | None, tensors: Any) 
         return x
     qp = lower.quant_params(spec, tensors)
     u = numerics.fake_quantize(x.to(torch.float32), qp)
+    if qp.rotation is not None:
+        u = numerics.unrotate(u, qp.rotation)
     if qp.smooth is not None:
         u = u * qp.smooth
     if qp.outliers is not None:

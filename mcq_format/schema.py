@@ -269,10 +269,23 @@ def _check_entry_point(name: str, entry: object, at: _At, ctx: Context) -> None:
 
 # ----------------------------------------------------------------- qformat
 TENSOR_KEYS = ("scale", "zero_point", "smooth", "outliers", "outlier_weight")
+TENSOR_LIST_KEYS = ("rotation",)  # a list of tensor names (the factors of a rotated_tensor spec)
 
 
 def _check_tensor_names(value: object, at: _At, ctx: Context) -> None:
-    """Every 'scale' / 'zero_point' / 'smooth' found in nested maps must name a tensor."""
+    """Every 'scale' / 'zero_point' / 'smooth' found in nested maps must name a tensor, and every
+    name in a 'rotation' list too."""
+    if isinstance(value, dict):
+        for key in TENSOR_LIST_KEYS:
+            names = value.get(key)
+            if isinstance(names, list):
+                for i, item in enumerate(names):
+                    if not isinstance(item, str):
+                        at.key(key).idx(i).fail(f"expected a tensor name, got {_kind(item)}")
+                    elif item not in ctx.tensors:
+                        at.key(key).idx(i).fail(f"no tensor {item!r} in the file", TensorReferenceError)
+            elif key in value and names is not None:
+                at.key(key).fail(f"expected a list of tensor names or nil, got {_kind(names)}")
     if isinstance(value, list):
         for i, item in enumerate(value):
             _check_tensor_names(item, at.idx(i), ctx)

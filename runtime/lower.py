@@ -52,7 +52,7 @@ def present_output_name(layer: int, which: int) -> str:
 # quant format id (spec Q.2a) -> (numerics kind, bits)
 FORMATS = {"int8": (numerics.INT, 8), "int4": (numerics.INT, 4), "fp8_e4m3fn": (numerics.FP8, 8),
            "bfloat16": (numerics.BF16, 16)}
-SUPPORTED_GRANULARITIES = ("tensor", "channel", "head", "group")
+SUPPORTED_GRANULARITIES = ("tensor", "channel", "head", "group", "rotated_tensor")
 
 
 def _format(spec: Mapping[str, Any]) -> tuple[str, int]:
@@ -84,13 +84,29 @@ def quant_params(spec: Mapping[str, Any], tensor: TensorSource) -> QuantParams:
         zero_point=torch.zeros((), dtype=torch.int32) if no_scale else tensor(spec["zero_point"]).to(torch.int32),
         qmin=qmin,
         qmax=qmax,
-        axis=None if gran == "tensor" or no_scale else int(spec["axis"]),
+        axis=None if gran in ("tensor", "rotated_tensor") or no_scale else int(spec["axis"]),
         per_head=gran == "head",
         smooth=tensor(spec["smooth"]).to(torch.float32) if spec.get("smooth") else None,
         outliers=tensor(spec["outliers"]).to(torch.int64) if spec.get("outliers") else None,
         group_size=int(spec["group_size"]) if gran == "group" else None,
         kind=kind,
+        rotation=rotation_factors(spec, tensor) if gran == "rotated_tensor" else None,
     )
+
+
+def rotation_factors(spec: Mapping[str, Any], tensor: TensorSource) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The (A, B) Kronecker factors a "rotated_tensor" spec names (spec Q.2): square float32 matrices."""
+    names = spec.get("rotation")
+    if not isinstance(names, (list, tuple)) or len(names) != 2 or not all(isinstance(n, str) for n in names):
+        raise LoweringError(f"granularity rotated_tensor needs 'rotation': [A, B] (two tensor names), got "
+                            f"{names!r} (scale tensor {spec.get('scale')!r})")
+    factors = tuple(tensor(n).to(torch.float32) for n in names)
+    for name, f in zip(names, factors):
+        if f.dim() != 2 or f.shape[0] != f.shape[1]:
+            raise LoweringError(f"rotation factor {name!r} has shape {list(f.shape)}: a square matrix is required")
+    a, b = factors
+    # an identity A (block-diagonal rotation) multiplies nothing: skipping it gives the same values
+    return (None if torch.equal(a, torch.eye(a.shape[0])) else a), b
 
 
 def table_params(spec: Mapping[str, Any], tensor: TensorSource) -> tuple[QuantParams, torch.Tensor | None]:
@@ -182,7 +198,10 @@ class _Builder:
             return [self.value(x) for x in v]
         return v
 
-    def qp(self, spec: Mapping[str, Any]) -> QuantParams:
+    def qp(self, spec: Mapping[str, Any], linear_input: bool = False) -> QuantParams:
+        if spec.get("granularity") == "rotated_tensor" and not linear_input:
+            raise LoweringError(f"graph {self.graph.name}: granularity rotated_tensor is defined for linear "
+                                f"inputs only (spec Q.2), not here (scale tensor {spec.get('scale')!r})")
         return quant_params(spec, self.tensor)
 
     # -- build ---------------------------------------------------------------------------------
@@ -258,12 +277,13 @@ class _Builder:
             return self.lower_embedding(node, q)
         raise LoweringError(f"graph {self.graph.name}: node {node.name}: no quantized form of {node.op}")
 
-    def quant_input(self, x: fx.Node, spec: Mapping[str, Any], qkey: str, role: str) -> fx.Node:
+    def quant_input(self, x: fx.Node, spec: Mapping[str, Any], qkey: str, role: str,
+                    linear_input: bool = False) -> fx.Node:
         """The activation as the float graph sees it after its quant point (qlevels 2/3, observe)."""
         if self.mode == OBSERVE:
             assert self.observer is not None
             return self.call_module(Observe(qkey, role, self.observer), (x,), qkey)
-        qp = self.qp(spec)
+        qp = self.qp(spec, linear_input)
         if self.mode == 2:
             node = self.call_module(FakeQuantize(qp), (x,), qkey)
             self.fake_quant_nodes[node.name] = (qkey, role)
@@ -281,16 +301,23 @@ class _Builder:
         bias = self.value(node.args[2]) if len(node.args) > 2 else None
         wspec, xspec = q.get("weight"), q["inputs"].get("x")
         w_ref = node.args[1]
+        if xspec is not None and xspec.get("granularity") == "rotated_tensor" and self.mode != OBSERVE:
+            _, b = rotation_factors(xspec, self.tensor)  # checks the factors
+            a_size = int(self.tensor(xspec["rotation"][0]).shape[0])
+            width = self._input_width(w_ref, wspec)
+            if width is not None and a_size * b.shape[0] != width:
+                raise LoweringError(f"{node.qkey}: rotation factors {a_size} x {b.shape[0]} do not cover "
+                                    f"the linear's {width} input channels")
         if self.mode == OBSERVE or wspec is None:
             w = self.value(w_ref)
         else:
             assert isinstance(w_ref, TensorRef)
             wq = self.once(("stored", w_ref.name), lambda: stored_weight(w_ref.name, wspec, self.tensor))
             wqp = self.qp(wspec)
-            if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp, self.qp(xspec)):
+            if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp, self.qp(xspec, True)):
                 def qlinear() -> QLinear:
                     outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
-                    return QLinear(wq, wqp, self.qp(xspec), outlier_w, emulate=self.mode == 3)
+                    return QLinear(wq, wqp, self.qp(xspec, True), outlier_w, emulate=self.mode == 3)
                 return self.call_module(self.once(("qlinear", node.qkey), qlinear), (x, bias), node.qkey or "")
             if self.mode == 4 and xspec is None:  # weight-only: torch's bf16 kernels (spec Q.4a)
                 # a graph output (the logits) keeps float32 precision: the two-digit int8 kernel
@@ -309,14 +336,22 @@ class _Builder:
                                      node.qkey or "")
         raw = x
         if xspec is not None:
-            x = self.quant_input(x, xspec, node.qkey or "", "x")
+            x = self.quant_input(x, xspec, node.qkey or "", "x", linear_input=True)
         elif self.mode == OBSERVE:  # weight-only: the toolkit still sees the input (GPTQ Hessians)
             x = self.quant_input(x, {}, node.qkey or "", "x")
         y = self.fx.call_function(OPS[LINEAR], (x, w, bias))
         if self.mode != OBSERVE and q.get("outlier_weight") and xspec is not None:
-            side = OutlierProduct(self.qp(xspec), self.tensor(q["outlier_weight"]))
+            side = OutlierProduct(self.qp(xspec, True), self.tensor(q["outlier_weight"]))
             y = self.fx.call_function(OPS["aten.add.Tensor"], (y, self.call_module(side, (raw,), node.qkey or "")))
         return y
+
+    def _input_width(self, w_ref: Any, wspec: Mapping[str, Any] | None) -> int | None:
+        """Input channels of a linear's weight (the unpacked shape for int4)."""
+        if not isinstance(w_ref, TensorRef):
+            return None
+        if wspec is not None and isinstance(wspec.get("shape"), list):
+            return int(wspec["shape"][-1])
+        return int(self.tensor(w_ref.name).shape[-1])
 
     def lower_bmm(self, node: Node, q: Mapping[str, Any]) -> fx.Node:
         a, b = self.value(node.args[0]), self.value(node.args[1])

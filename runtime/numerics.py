@@ -12,6 +12,9 @@ Conventions:
   consuming linear adds x[..., outliers] @ outlier_weight^T in float32;
 - smoothing (optional): the quantizer represents x / smooth along the last axis (float32 division
   before the scale division); dequantize returns that smoothed tensor;
+- rotation (optional, granularity "rotated_tensor"): then the last axis (n = a * b) is rotated by
+  the orthogonal A (x) B: viewed as [..., a, b], the quantizer represents A @ X @ B^T in float32;
+  dequantize returns that rotated tensor (the consuming linear's stored weight is rotated alike);
 - granularity "tensor": scalar s/zp; "channel": one s/zp per index of `axis`; "head": one s/zp per
   head, where index i along `axis` belongs to head i % H (a bmm batch axis flattened as batch*H);
 - integer products accumulate in int32 (qlevel 4) or exactly in float64 (qlevel 3, same
@@ -60,6 +63,10 @@ class QuantParams:
     outliers: torch.Tensor | None = None
     group_size: int | None = None  # granularity "group" along `axis`
     kind: str = INT  # INT, FP8 or BF16
+    # granularity "rotated_tensor": the Kronecker factors (A [a, a], B [b, b]) of an orthogonal
+    # rotation of the last axis, applied after smoothing: a per-tensor scale of a tensor whose
+    # channels no longer differ in range (outlier channels are already out)
+    rotation: tuple[torch.Tensor | None, torch.Tensor] | None = None
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -103,13 +110,34 @@ def _pad_axis(x: torch.Tensor, axis: int, extra: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, pad)
 
 
+def rotate(x: torch.Tensor, rotation: tuple[torch.Tensor | None, torch.Tensor]) -> torch.Tensor:
+    """x rotated along its last axis by A (x) B: [..., a * b] viewed as [..., a, b] -> A @ (X @ B^T)
+    (two float32 matrix products: a + b multiply-adds per element, not a * b). A is None for an
+    identity A (a block-diagonal rotation): the same values, one product."""
+    a, b = rotation
+    shape = x.shape
+    y = torch.mm(x.reshape(-1, b.shape[0]), b.t())
+    if a is not None:
+        y = torch.matmul(a, y.reshape(-1, a.shape[0], b.shape[0]))
+    return y.reshape(shape)
+
+
+def unrotate(x: torch.Tensor, rotation: tuple[torch.Tensor | None, torch.Tensor]) -> torch.Tensor:
+    """The inverse of `rotate` (the transposed factors: they are orthogonal)."""
+    a, b = rotation
+    return rotate(x, (None if a is None else a.t(), b.t()))
+
+
 def quantizer_input(x: torch.Tensor, qp: QuantParams) -> torch.Tensor:
-    """The tensor a quantizer represents: x in float32, outlier channels set to 0, then / smooth."""
+    """The tensor a quantizer represents: x in float32, outlier channels set to 0, then / smooth,
+    then rotated."""
     x = x.to(torch.float32)
     if qp.outliers is not None:
         x = x.index_fill(-1, qp.outliers, 0.0)
     if qp.smooth is not None:
         x = x / qp.smooth
+    if qp.rotation is not None:
+        x = rotate(x, qp.rotation)
     return x
 
 
@@ -275,10 +303,12 @@ def same_input_quantizer(a: QuantParams, b: QuantParams) -> bool:
         return (t is None and u is None) or (t is not None and u is not None and t.shape == u.shape
                                              and bool(torch.equal(t, u)))
 
+    ra, rb = a.rotation or (None, None), b.rotation or (None, None)
     return (a.kind, a.qmin, a.qmax, a.axis, a.per_head, a.group_size) == \
         (b.kind, b.qmin, b.qmax, b.axis, b.per_head, b.group_size) \
         and same(a.scale, b.scale) and same(a.zero_point, b.zero_point) \
-        and same(a.smooth, b.smooth) and same(a.outliers, b.outliers)
+        and same(a.smooth, b.smooth) and same(a.outliers, b.outliers) \
+        and same(ra[0], rb[0]) and same(ra[1], rb[1])
 
 
 def qlinear(

@@ -77,7 +77,9 @@ def test_overrides_from_yaml_apply_per_node(tmp_path):
     assert c.for_node("lm_head/linear0", "linear").weight_dtype == "float32"
     assert c.for_node("model.layers.3.mlp.down_proj/linear0", "linear").act_dtype == "float32"
     assert c.for_node("model.layers.3.self_attn.q_proj/linear0", "linear").act_dtype == "int8"
-    assert c.to_dict()["overrides"][1] == {"match": "*.mlp.*", "kind": "linear", "act_dtype": "float32"}
+    assert c.to_dict()["overrides"][-1] == {"match": "*.mlp.*", "kind": "linear", "act_dtype": "float32"}
+    # the preset's own overrides come first: the file's win where both match
+    assert c.overrides[: len(preset("W8A8KV8").overrides)] == preset("W8A8KV8").overrides
 
 
 @pytest.mark.parametrize("overrides,needle", [

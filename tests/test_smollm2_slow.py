@@ -34,7 +34,8 @@ def smollm2(real_example):
     return real_example("smollm2", "W8A8KV8")
 
 
-def test_perplexity_within_5_percent_of_fp32(smollm2):
+def test_perplexity_within_1_percent_of_fp32(smollm2):
+    # issue 4's W8A8KV8 target; measured +0.72 % (docs/benchmarks.md), +3.48 % before rotated inputs
     from mcq.evaluate import perplexity
 
     import runtime
@@ -45,7 +46,7 @@ def test_perplexity_within_5_percent_of_fp32(smollm2):
     fp32 = perplexity(_Eager(model), ids)
     q4 = perplexity(runtime.load(path, qlevel=4), ids)
     print(f"fp32 {fp32:.3f}  qlevel4 {q4:.3f}  ({100 * (q4 / fp32 - 1):+.2f} %)")
-    assert q4 <= fp32 * 1.05
+    assert q4 <= fp32 * 1.01
 
 
 def test_qlevel3_and_qlevel4_same_greedy_tokens(smollm2):

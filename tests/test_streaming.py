@@ -72,11 +72,14 @@ CONFIGS = {
         "preset": "W8A8KV8", "act_outlier_threshold": 4.0,
         "overrides": [{"match": "*mlp*", "kind": "linear", "act_calib_method": "PERCENTILE_ASYM"},
                       {"match": "*o_proj*", "kind": "linear", "act_calib_method": "ENTROPY_SYM"}]}),
+    # rotated inputs: ranges from the transformed pass, rotation factors written once per width
+    "rotation": dataclasses.replace(mcq.preset("W8A8KV8"), act_rotation=True),
 }
 
 
 @pytest.mark.parametrize("name,config", [("gptj-tiny", "W8A8KV8"), ("llama-tiny", "histograms"),
-                                         ("gpt2-tiny", "W4A16"), ("llama-tiny", "W8A16")])
+                                         ("gpt2-tiny", "W4A16"), ("llama-tiny", "W8A16"),
+                                         ("llama-tiny", "rotation")])
 def test_streamed_bundle_equals_in_memory_bundle(name, config, checkpoint, tmp_path):
     folder = checkpoint(name)
     cfg = CONFIGS[config]
