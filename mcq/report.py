@@ -19,7 +19,7 @@ import torch
 from torch import fx
 
 from runtime import lower, numerics
-from runtime.ir import Graph
+from runtime.ir import Graph, TensorRef
 
 
 @dataclass
@@ -62,7 +62,10 @@ def _local_output(entry: dict[str, Any], out: torch.Tensor, args: tuple[Any, ...
         spec = entry["weight"]
         table = lower.stored_weight(_table_name(entry), spec, tensors)
         table_qp, smooth = lower.table_params(spec, tensors)
-        return numerics.embedding_rows(table, table_qp, args[1], smooth)
+        rows = numerics.embedding_rows(table, table_qp, args[1], smooth)
+        if entry.get("unrotate"):  # rows of a rotated lm_head: the graph's next matmul turns them back
+            rows = torch.matmul(rows, tensors(entry["unrotate"]))
+        return rows
     if entry["kind"] == "bmm":
         return torch.bmm(numerics.fake_quantize(args[0], qp(entry["inputs"]["a"])), args[1])
     x, bias = args[0], (args[2] if len(args) > 2 else None)
@@ -87,6 +90,9 @@ def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches:
     order = list(dict.fromkeys(ir_of.values()))
     fgm, fnames = lower.build_with_names(float_graph, float_tensors, None, lower.FLOAT)
     qgraph = Graph.decode(quantized.sections[f"graph/{float_graph.name}"])
+    for n in qgraph.nodes:  # a token table tied to a rotated lm_head: the matmul after its lookup
+        if n.op == "aten.matmul.default" and n.qkey is None and n.name in ir_of and isinstance(n.args[1], TensorRef):
+            qnodes[ir_of[n.name]]["unrotate"] = n.args[1].name
     qgm, qnames = lower.build_with_names(qgraph, quantized.tensors.__getitem__, qformat, 2)
     unmatched = [ir for ir in ir_of if ir not in qnames]
     if unmatched or set(qformat["nodes"]) - set(ir_of.values()):

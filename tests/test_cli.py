@@ -159,6 +159,19 @@ def test_report_names_worst_nodes_and_suggests_overrides(tmp_path):
     assert "suggested overrides:" in r.output and worst in r.output
 
 
+def test_report_local_sqnr_of_a_table_tied_to_a_rotated_lm_head(tmp_path):
+    """GPT-2 ties its token table to lm_head, whose input the W8A8KV8 preset rotates: the stored
+    rows are rotated and the graph turns them back after the lookup. The local measure must do the
+    same (it once compared rotated rows with float ones: -15 dB on SmolLM2, the report's "worst")."""
+    r = run("report", "--example", "gpt2-tiny", "--samples", "4", "--report-samples", "1", "--top", "3",
+            "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    nodes = json.loads((tmp_path / "r.json").read_text())["nodes"]
+    table = next(n for n in nodes if n["kind"] == "embedding")
+    assert table["local_sqnr_db"] > 30
+    assert table["local_sqnr_db"] == pytest.approx(table["cumulative_sqnr_db"])  # nothing quantized before it
+
+
 def test_usage_errors_keep_clicks_exit_code():
     r = run("quantize", "-o", "x.mcq")  # neither MODEL_DIR nor --example
     assert r.exit_code == 2 and "give either MODEL_DIR or --example" in r.output
