@@ -154,6 +154,12 @@ class Bundle(Closing):
         self._check_name(name)
         return self._container.tensor(name)
 
+    def release_pages(self, name: str) -> None:
+        """The tensor's bytes will not be read again: drop its pages from resident memory
+        (``Container.release_pages``; views stay valid and read the same bytes if touched)."""
+        self._check_name(name)
+        self._container.release_pages(name)
+
     def tensor_info(self, name: str) -> TensorSpec:
         self._check_name(name)
         info = self._container.info(name)

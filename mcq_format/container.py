@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import stat
 import struct
@@ -349,6 +350,20 @@ class Container(Closing):
         info = self.info(name)
         np_dtype = C.DTYPES[info.dtype].numpy
         return self.raw(name).view(np_dtype).reshape(info.shape)
+
+    def release_pages(self, name: str) -> None:
+        """Tell the OS this tensor's bytes will not be read again (a reader that made its own copy,
+        e.g. a repacked weight): its pages leave this process's resident memory (they stay in the
+        page cache; a later read maps them again, same bytes). Whole pages inside the tensor only;
+        a no-op where the platform has no madvise."""
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        info = self.info(name)
+        start = self.header.data_start + info.begin
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # pages shared with neighbours stay
+        end = (start + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > first:
+            self._mmap._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def close(self) -> None:
         # Views handed out keep the mapping alive; this only drops our reference.

@@ -167,6 +167,13 @@ class _Builder:
             self.shared[key] = make()
         return self.shared[key]
 
+    def release(self, name: str) -> None:
+        """A stored tensor no kernel reads any more (repacked): its file pages may leave memory
+        (a tensor source from a file offers `release`; in-memory sources do not)."""
+        release = getattr(self.tensor, "release", None)
+        if release is not None:
+            release(name)
+
     def get_attr(self, name: str, value: torch.Tensor | None = None) -> fx.Node:
         if name not in self.attrs:
             attr = "t_" + re.sub(r"\W", "_", name) + f"_{len(self.attrs)}"
@@ -312,27 +319,36 @@ class _Builder:
             w = self.value(w_ref)
         else:
             assert isinstance(w_ref, TensorRef)
-            wq = self.once(("stored", w_ref.name), lambda: stored_weight(w_ref.name, wspec, self.tensor))
+            def wq() -> torch.Tensor:
+                # int4 weights unpack to int8: a copy kept only where a kernel reads that form (a
+                # packed weight-only kernel does not, and holding both doubled W4A16's memory)
+                return self.once(("stored", w_ref.name), lambda: stored_weight(w_ref.name, wspec, self.tensor))
             wqp = self.qp(wspec)
             if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp, self.qp(xspec, True)):
                 def qlinear() -> QLinear:
                     outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
-                    return QLinear(wq, wqp, self.qp(xspec, True), outlier_w, emulate=self.mode == 3)
+                    return QLinear(wq(), wqp, self.qp(xspec, True), outlier_w, emulate=self.mode == 3)
                 return self.call_module(self.once(("qlinear", node.qkey), qlinear), (x, bias), node.qkey or "")
             if self.mode == 4 and xspec is None:  # weight-only: torch's bf16 kernels (spec Q.4a)
                 # a graph output (the logits) keeps float32 precision: the two-digit int8 kernel
                 precise = node.name in self.output_refs
                 def weight_only() -> WeightOnlyLinear | None:
-                    kernel = numerics.prepare_weight_only(wq, wqp, precise)
-                    return WeightOnlyLinear(kernel) if kernel is not None else None
+                    stored = self.shared.get(("stored", w_ref.name))  # unpacked for this call only
+                    kernel = numerics.prepare_weight_only(
+                        stored if stored is not None else stored_weight(w_ref.name, wspec, self.tensor), wqp, precise)
+                    if kernel is None:
+                        return None
+                    if stored is None and kernel.packed.data_ptr() != self.tensor(w_ref.name).data_ptr():
+                        self.release(w_ref.name)  # the kernel reads its own copy from now on
+                    return WeightOnlyLinear(kernel)
                 module = self.once(("weight_only", node.qkey, precise), weight_only)
                 if module is not None:
                     return self.call_module(module, (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
                 w = self.get_attr(w_ref.name + "#dequantized",
-                                  self.once(("dequantized", w_ref.name), lambda: numerics.dequantize(wq, wqp)))
+                                  self.once(("dequantized", w_ref.name), lambda: numerics.dequantize(wq(), wqp)))
             else:  # weight-only (or no kernel for the pair): stored weight dequantized per call
-                w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name + "#stored", wq),),
+                w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name + "#stored", wq()),),
                                      node.qkey or "")
         raw = x
         if xspec is not None:

@@ -9,6 +9,7 @@ import torch
 from runtime import lower
 from runtime.compiled import CompiledEntryPoint
 from runtime.ir import Graph
+from runtime.memory import release_free_heap
 from runtime.ops import DTYPES
 from runtime.tokenizer import Tokenizer
 
@@ -198,6 +199,7 @@ class Model:
         if not all_logits:
             if self._prefill_last is None:
                 self._prefill_last = self._build(self._graphs["prefill"], last_position_logits=True)
+                release_free_heap()
             prefill = self._prefill_last
         with torch.no_grad():
             logits, *kv = prefill(input_ids, attention_mask)

@@ -1,0 +1,95 @@
+"""Resident memory of a 128-token generation from a `.mcq` (issue 5: peak RSS <= 1.3x the weight
+bytes + KV cache), each bundle in a fresh process.
+
+    PYTHONPATH=. python benchmarks/memory_generation.py BUNDLE.mcq [BUNDLE.mcq ...] [--compile]
+
+Per bundle: import torch and the runtime (the baseline: what any torch process holds), load,
+generate 128 new tokens at batch 1 from a 32-token prompt of the held-out text (greedy, EOS
+ignored; token ids in, so the tokenizer is not parsed: its cost is the last column, measured
+after). Reported over the baseline: RSS after load, peak RSS during the generation (VmHWM
+restarted at its start: Linux clear_refs), RSS after it. "weights" = the bytes of every tensor in
+the file (what a model that touches all its weights keeps resident), "KV" = the cache's buffers
+as allocated (preallocated for prompt + new tokens, in the KV dtype).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HELDOUT = Path(__file__).parent / "data" / "heldout_en.txt"
+NEW_TOKENS = 128
+
+
+def _status(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024.0
+
+
+def prompt_ids(path: str) -> list[int]:
+    """The prompt, tokenized here in the driver: the worker's figures leave out the tokenizer
+    (serving code often tokenizes elsewhere); its own cost is measured apart (`tokenizer_mib`)."""
+    import runtime
+
+    return runtime.load(path).tokenizer.encode(HELDOUT.read_text()[:4000])[:32]
+
+
+def worker(path: str, compile: bool, ids: list[int]) -> dict:
+    import torch
+
+    import runtime
+
+    torch.set_num_threads(2)
+    baseline = _status("VmRSS")
+    model = runtime.load(path, compile=compile)
+    after_load = _status("VmRSS") - baseline
+    if compile:  # compile every pattern first: the figure is the generation's, not the compiler's
+        model.generate(ids, max_new_tokens=4, stop_at_eos=False)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM restarts from the current RSS
+    logits, cache = model.prefill(torch.tensor([ids]), all_logits=False, reserve=NEW_TOKENS)
+    tok = logits[:, -1].argmax(-1)
+    for _ in range(NEW_TOKENS - 1):  # what generate does, keeping the cache to measure it
+        logits, cache = model.decode(tok, cache)
+        tok = logits.argmax(-1)
+    peak = _status("VmHWM") - baseline
+    after = _status("VmRSS") - baseline
+    kv = sum(b.nbytes for b in cache._store.buffers) / 2**20
+    before = _status("VmRSS")
+    model.tokenizer.encode("parsed at first use")
+    tokenizer = _status("VmRSS") - before
+    bundle = model.bundle
+    weights = sum(bundle.tensor(n).nbytes for n in bundle.tensor_names()) / 2**20
+    return {"bundle": Path(path).name, "compiled": compile, "load_mib": after_load, "peak_mib": peak,
+            "after_mib": after, "weights_mib": weights, "kv_mib": kv, "ratio": peak / (weights + kv),
+            "tokenizer_mib": tokenizer}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="+")
+    ap.add_argument("--compile", action="store_true", help="runtime.load(compile=True)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the prompt ids, as JSON
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.bundles[0], args.compile, json.loads(args.worker))))
+        return
+    rows = []
+    for path in args.bundles:
+        cmd = [sys.executable, __file__, path, "--worker", json.dumps(prompt_ids(path))] + \
+            (["--compile"] if args.compile else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print("| bundle | path | RSS after load | peak RSS during generation | RSS after | weights | KV cache "
+          "| peak / (weights + KV) | tokenizer, parsed after |\n|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['bundle']} | {'compiled' if r['compiled'] else 'interpreted'} | {r['load_mib']:.1f} MiB "
+              f"| {r['peak_mib']:.1f} MiB | {r['after_mib']:.1f} MiB | {r['weights_mib']:.1f} MiB "
+              f"| {r['kv_mib']:.2f} MiB | {r['ratio']:.2f}x | +{r['tokenizer_mib']:.1f} MiB |")
+    print("(RSS figures over the process's baseline after importing torch and the runtime)")
+
+
+if __name__ == "__main__":
+    main()
