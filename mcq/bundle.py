@@ -101,6 +101,11 @@ def _shareable(linear: dict[str, Any]) -> bool:
             and w.get("axis") == 0 and w.get("symmetric") is True and not linear.get("outlier_weight"))
 
 
+def unrotate_name(qkey: str) -> str:
+    """The matrix that turns a token table's rows back when the table is tied to a rotated lm_head."""
+    return f"{qkey}/unrotate"
+
+
 def store_embedding(tensors: Any, qkey: str, entry: dict[str, Any], table: torch.Tensor, weight_of: dict[str, str],
                     qformat: dict[str, Any], graphs: dict[str, Graph], imported: ImportedQParams | None) -> None:
     """Quantize an embedding table per row, or point it at the int8 weight of the linear it is
@@ -123,7 +128,7 @@ def store_embedding(tensors: Any, qkey: str, entry: dict[str, Any], table: torch
         r = rotation.matrix((tensors[xspec["rotation"][0]], tensors[xspec["rotation"][1]]))
         if smooth:
             r = r / tensors[smooth].to(torch.float64)[None, :]
-        unrotate = f"{qkey}/unrotate"
+        unrotate = unrotate_name(qkey)
         tensors[unrotate] = r.to(torch.float32).contiguous()
     elif smooth:
         entry["weight"]["smooth"] = smooth

@@ -18,8 +18,9 @@ from typing import Any, Iterable
 import torch
 from torch import fx
 
+from mcq.bundle import unrotate_name
 from runtime import lower, numerics
-from runtime.ir import Graph, TensorRef
+from runtime.ir import Graph
 
 
 @dataclass
@@ -90,9 +91,10 @@ def node_errors(float_graph: Graph, float_tensors: Any, quantized: Any, batches:
     order = list(dict.fromkeys(ir_of.values()))
     fgm, fnames = lower.build_with_names(float_graph, float_tensors, None, lower.FLOAT)
     qgraph = Graph.decode(quantized.sections[f"graph/{float_graph.name}"])
-    for n in qgraph.nodes:  # a token table tied to a rotated lm_head: the matmul after its lookup
-        if n.op == "aten.matmul.default" and n.qkey is None and n.name in ir_of and isinstance(n.args[1], TensorRef):
-            qnodes[ir_of[n.name]]["unrotate"] = n.args[1].name
+    for entry in qnodes.values():  # a token table tied to a rotated lm_head (mcq.bundle.store_embedding)
+        tied = (entry.get("weight") or {}).get("shared_with")
+        if entry["kind"] == "embedding" and tied and (qnodes[tied]["inputs"].get("x") or {}).get("rotation"):
+            entry["unrotate"] = unrotate_name(entry["qkey"])
     qgm, qnames = lower.build_with_names(qgraph, quantized.tensors.__getitem__, qformat, 2)
     unmatched = [ir for ir in ir_of if ir not in qnames]
     if unmatched or set(qformat["nodes"]) - set(ir_of.values()):

@@ -356,14 +356,15 @@ class Container(Closing):
         e.g. a repacked weight): its pages leave this process's resident memory (they stay in the
         page cache; a later read maps them again, same bytes). Whole pages inside the tensor only;
         a no-op where the platform has no madvise."""
-        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
+        mapping = getattr(self._mmap, "_mmap", None)  # np.memmap's own mmap.mmap
+        if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         info = self.info(name)
         start = self.header.data_start + info.begin
         first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # pages shared with neighbours stay
         end = (start + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
         if end > first:
-            self._mmap._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
+            mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def close(self) -> None:
         # Views handed out keep the mapping alive; this only drops our reference.
