@@ -96,29 +96,39 @@ class Model:
         self._graphs = dict(graphs)
         self._tensor, self._compile = tensor, compile
         self._shared: dict[Any, Any] = {}  # prepared weights, shared by the entry points' graphs
-        self._modules: dict[str, Callable[..., Any]] = {
-            name: self._build(g) for name, g in graphs.items()}
-        self._prefill_last: Callable[..., Any] | None = None  # built on first use (generate)
+        # (entry point, last-position logits only) -> module. Built at load: what serving runs
+        # (a causal LM's decode and last-position prefill, every other entry point); a causal
+        # LM's all-logits prefill (perplexity, scoring) is built at its first call: building a
+        # graph costs load time and its modules stay resident
+        self._built: dict[tuple[str, bool], Callable[..., Any]] = {}
+        causal = "prefill" in graphs and "decode" in graphs
+        for name in graphs:
+            self._module(name, last_position_logits=causal and name == "prefill")
         special = manifest.get("tokenizer") or {}
         self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
 
-    def _build(self, graph: Graph, last_position_logits: bool = False) -> Callable[..., Any]:
-        gm = lower.build(graph, self._tensor, self.qformat, self.qlevel, shared=self._shared,
-                         last_position_logits=last_position_logits)
-        return CompiledEntryPoint(graph.name, gm) if self._compile else gm
+    def _module(self, name: str, last_position_logits: bool = False) -> Callable[..., Any]:
+        key = (name, last_position_logits)
+        if key not in self._built:
+            gm = lower.build(self._graphs[name], self._tensor, self.qformat, self.qlevel, shared=self._shared,
+                             last_position_logits=last_position_logits)
+            self._built[key] = CompiledEntryPoint(name, gm) if self._compile else gm
+            if len(self._built) > len(self._graphs):  # a lazy build after load (which trims once)
+                release_free_heap()
+        return self._built[key]
 
     # -- any entry point -----------------------------------------------------------------------
     @property
     def entry_points(self) -> list[str]:
-        return list(self._modules)
+        return list(self._graphs)
 
-    def _entry(self, name: str, purpose: str = "") -> Callable[..., Any]:
-        if name not in self._modules:
+    def _entry(self, name: str, purpose: str = "", last_position_logits: bool = False) -> Callable[..., Any]:
+        if name not in self._graphs:
             hint = f" ({purpose})" if purpose else ""
             raise EntryPointError(f"this bundle has no {name!r} entry point{hint}; it has "
-                                  f"{', '.join(map(repr, self._modules))}: use model.run(name, ...)")
-        return self._modules[name]
+                                  f"{', '.join(map(repr, self._graphs))}: use model.run(name, ...)")
+        return self._module(name, last_position_logits)
 
     def run(self, entry_point: str, *args: Any, **kwargs: Any) -> Any:
         """Run one entry point on its inputs (positional in graph order, or by input name).
@@ -148,7 +158,7 @@ class Model:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """`run` of the bundle's `forward` entry point (or of its only one)."""
-        single = len(self._modules) == 1 and "forward" not in self._modules
+        single = len(self._graphs) == 1 and "forward" not in self._graphs
         return self.run(self.entry_points[0] if single else "forward", *args, **kwargs)
 
     # -- encoders ------------------------------------------------------------------------------
@@ -158,7 +168,7 @@ class Model:
         name = next((n for n, g in self._graphs.items() if EMBEDDING_OUTPUT in dict(g.outputs)), None)
         if name is None:
             raise EntryPointError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output "
-                                  f"(entry points: {', '.join(self._modules)}); embed needs an encoder bundle")
+                                  f"(entry points: {', '.join(self._graphs)}); embed needs an encoder bundle")
         if self.tokenizer is None:
             raise ValueError("this bundle has no tokenizer: run the entry point on token ids with model.run")
         index = [o for o, _ in self._graphs[name].outputs].index(EMBEDDING_OUTPUT)
@@ -182,8 +192,9 @@ class Model:
         """Run the prompt: logits for every position [batch, seq, vocab] and the KV cache.
 
         all_logits=False: the last position's logits only ([batch, 1, vocab]), which is what
-        generation needs: the vocabulary projection runs on one position, not seq of them (the
-        first such call builds that variant of the prefill graph, sharing the weights).
+        generation needs: the vocabulary projection runs on one position, not seq of them. That
+        variant of the prefill graph is built at load; the all-logits one at its first call
+        (both share the weights).
         reserve: room for that many decode steps in the cache's preallocated buffers."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.dim() == 1:
@@ -195,12 +206,7 @@ class Model:
         if short > 0:
             input_ids = torch.nn.functional.pad(input_ids, (short, 0), value=self.pad_token_id)
             attention_mask = torch.nn.functional.pad(attention_mask, (short, 0), value=0)
-        prefill = self._entry("prefill", "a causal LM's prompt pass")
-        if not all_logits:
-            if self._prefill_last is None:
-                self._prefill_last = self._build(self._graphs["prefill"], last_position_logits=True)
-                release_free_heap()
-            prefill = self._prefill_last
+        prefill = self._entry("prefill", "a causal LM's prompt pass", last_position_logits=not all_logits)
         with torch.no_grad():
             logits, *kv = prefill(input_ids, attention_mask)
         return logits, KVCache(kv, attention_mask, reserve=reserve)

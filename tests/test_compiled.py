@@ -20,7 +20,7 @@ def test_compiled_generation_matches_the_interpreted_path(quantized):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
     ref = runtime.load(path)
     fast = runtime.load(path, compile=True)
-    assert all(isinstance(m, compiled.CompiledEntryPoint) for m in fast._modules.values())
+    assert all(isinstance(m, compiled.CompiledEntryPoint) for m in fast._built.values())
     ids = torch.tensor([PROMPTS[0]])
     l_ref, c_ref = ref.prefill(ids)
     l_fast, c_fast = fast.prefill(ids)
@@ -34,8 +34,8 @@ def test_compiled_generation_matches_the_interpreted_path(quantized):
     # batch 2 with padding, through the preallocated cache (non-contiguous views of its buffers)
     assert fast.generate(PROMPTS, max_new_tokens=12, stop_at_eos=False) == \
         ref.generate(PROMPTS, max_new_tokens=12, stop_at_eos=False)
-    assert all(m.compiled for m in fast._modules.values())  # no silent fallback
-    decode = fast._modules["decode"]
+    assert all(m.compiled for m in fast._built.values())  # no silent fallback
+    decode = fast._module("decode")
     patterns = set(decode.variants)
     assert len(patterns) >= 2  # batch 1 from the cache made by prefill, batch 2 in generate
     # a growing past length reuses the variant of its pattern: no compile per step
@@ -54,7 +54,7 @@ def test_compiled_weight_only_bundle_matches_the_interpreted_path(quantized):
     step_ref, _ = ref.decode(torch.tensor([3]), c_ref)
     step_fast, _ = fast.decode(torch.tensor([3]), c_ref)
     assert torch.equal(step_ref, step_fast)
-    assert fast._modules["prefill"].compiled and fast._modules["decode"].compiled
+    assert fast._module("prefill").compiled and fast._module("decode").compiled
 
 
 def test_a_variant_runs_only_the_sizes_its_trace_fixed(quantized, monkeypatch):
@@ -88,7 +88,7 @@ def test_a_failing_compile_falls_back_to_the_interpreted_graph(quantized, monkey
     with pytest.warns(RuntimeWarning, match="'prefill'.*no C\\+\\+ compiler"):
         logits, _ = fast.prefill(ids)
     assert torch.equal(logits, runtime.load(path).prefill(ids)[0])
-    assert not fast._modules["prefill"].compiled and "no C++ compiler" in fast._modules["prefill"].error
+    assert not fast._module("prefill").compiled and "no C++ compiler" in fast._module("prefill").error
 
 
 def test_a_traced_attention_product_of_symbolic_depth_accumulates_exactly():

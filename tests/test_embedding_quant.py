@@ -66,7 +66,7 @@ def test_tied_table_is_stored_once_with_the_lm_head(tiny_models, tmp_path):
     assert "lm_head/linear0/weight" in str(graph) and "transformer.wte.weight" not in str(graph)
     rt = runtime.load(path, qlevel=4)
     out = {}
-    rt._modules["prefill"].get_submodule(next(n for n, m in rt._modules["prefill"].named_children()
+    rt._module("prefill").get_submodule(next(n for n, m in rt._module("prefill").named_children()
                                               if "wte" in n)).register_forward_hook(
         lambda m, a, o: out.setdefault("rows", o))
     rt.prefill(IDS)

@@ -291,7 +291,7 @@ def test_encoder_attention_scores_run_as_int8_bmm(tiny_models, tmp_path):
         assert entry["inputs"]["b"]["granularity"] == "tensor" and "source" not in entry["inputs"]["b"]
     q.save(tmp_path / "bert8.mcq")
     m3, m4 = (runtime.load(tmp_path / "bert8.mcq", qlevel=level) for level in (3, 4))
-    assert sum(isinstance(mod, QBmm) for mod in m4._modules["forward"].modules()) == 2
+    assert sum(isinstance(mod, QBmm) for mod in m4._module("forward").modules()) == 2
     ids = torch.randint(5, 500, (2, 11), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0

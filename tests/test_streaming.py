@@ -176,7 +176,7 @@ def test_runtime_maps_weights_and_never_copies_them(quantized):
     def weights():
         from runtime.quant_modules import QEmbedding, QLinear
 
-        for gm in model._modules.values():
+        for gm in model._built.values():
             for m in gm.modules():
                 if isinstance(m, QLinear):
                     yield m.weight_q
