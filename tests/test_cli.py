@@ -159,6 +159,30 @@ def test_report_names_worst_nodes_and_suggests_overrides(tmp_path):
     assert "suggested overrides:" in r.output and worst in r.output
 
 
+def test_report_trials_suggest_the_set_that_measured_lowest(tmp_path):
+    """Random weights: the trials' perplexities differ; the suggestion follows them (mcq.search.lowest)."""
+    from mcq.search import MIN_GAIN
+
+    r = run("report", "--example", "llama-tiny", "--samples", "4", "--report-samples", "1", "--top", "2",
+            "--trials", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    trials = report["trials"]
+    assert [t["raised"] for t in trials] == [0, 1, 2]
+    assert len({t["perplexity"] for t in trials}) == 3  # each trial is a different model
+    best = min(trials, key=lambda t: (t["perplexity"], t["raised"]))
+    best = best["raised"] if best["perplexity"] <= trials[0]["perplexity"] * (1 - MIN_GAIN) else 0
+    worst = [n["qkey"] for n in sorted(report["nodes"], key=lambda n: n["local_sqnr_db"])]
+    assert [o["match"] for o in report["suggested_overrides"]] == worst[:best]
+    assert f"worst 2 raised: perplexity {trials[2]['perplexity']:.4f}" in r.output
+
+
+def test_report_trials_need_the_float_model(tmp_path, quantized):
+    _, _, path = quantized("llama-tiny", "W8A8KV8")
+    r = run("report", str(path), "--trials")
+    assert r.exit_code == 2 and "--trials quantizes the float model again" in r.output
+
+
 def test_report_local_sqnr_of_a_table_tied_to_a_rotated_lm_head(tmp_path):
     """GPT-2 ties its token table to lm_head, whose input the W8A8KV8 preset rotates: the stored
     rows are rotated and the graph turns them back after the lookup. The local measure must do the

@@ -66,3 +66,26 @@ def test_searched_bundle_records_its_choice(tiny_models):
     for qkey in record["raised"]:
         entry = q.sections["qformat"]["nodes"][qkey]
         assert not entry["inputs"].get("x") and not entry["inputs"].get("a")  # raised: its input stays float
+
+
+def test_lowest_keeps_the_set_that_measured_lowest():
+    lowered = {0: 12.0, 1: 11.5, 2: 11.0, 4: 11.2}  # raising 2 helps most, all 4 helps less
+
+    r = search.lowest(lambda c: c, QuantConfig(), ERRORS, QFORMAT, lambda c: lowered[len(c.overrides)], top=4)
+    assert [t["raised"] for t in r.trials] == [0, 1, 2, 4]
+    assert r.raised == ["b/linear0", "c/k_cache"]  # worst local SQNR first
+    assert [o.match for o in r.config.overrides] == r.raised
+
+
+def test_lowest_suggests_nothing_when_no_raised_set_measured_lower():
+    r = search.lowest(lambda c: c, QuantConfig(), ERRORS, QFORMAT, lambda c: 10.0 + len(c.overrides), top=3)
+    assert [t["raised"] for t in r.trials] == [0, 1, 2, 3]
+    assert r.raised == [] and r.config.overrides == ()
+
+
+def test_lowest_suggests_nothing_for_a_gain_within_the_noise():
+    ppl = {0: 12.0, 1: 11.99, 2: 11.98}  # 0.17 % lower: below MIN_GAIN (0.5 %)
+    r = search.lowest(lambda c: c, QuantConfig(), ERRORS, QFORMAT, lambda c: ppl[len(c.overrides)], top=2)
+    assert r.raised == [] and [t["raised"] for t in r.trials] == [0, 1, 2]
+    assert search.lowest(lambda c: c, QuantConfig(), ERRORS, QFORMAT, lambda c: ppl[len(c.overrides)], top=2,
+                         min_gain=0.001).raised == ["b/linear0", "c/k_cache"]
