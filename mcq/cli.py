@@ -390,7 +390,8 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
         measured = _trial_overrides(captured, cfg, quantized, errors, tok, all_samples[:samples], held, top,
                                     bundle is not None)
     _print_report(errors, top, json_path, png_path,
-                  f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})", measured)
+                  f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})", measured,
+                  quantized.sections["qformat"])
 
 
 def _trial_overrides(captured: Any, cfg: Any, quantized: Any, errors: list[Any], tok: Any, calib: list[Any],
@@ -453,13 +454,13 @@ def _report_bundle_only(path: Path, data: Path | None, report_samples: int, seq_
 
 
 def _print_report(errors: list[Any], top: int, json_path: Path | None, png_path: Path | None, footer: str,
-                  measured: Any = None) -> None:
+                  measured: Any = None, qformat: dict[str, Any] | None = None) -> None:
     import yaml
 
     from mcq.report import InputError, plot, suggest_overrides, to_json, worst
 
     if measured is None:
-        overrides = suggest_overrides(errors, top)
+        overrides = suggest_overrides(errors, top, qformat)
     else:
         overrides = [o.to_dict() for o in measured.config.overrides[len(measured.config.overrides) - len(measured.raised):]]
     width = max(len(e.qkey) for e in errors)

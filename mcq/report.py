@@ -71,8 +71,9 @@ def _local_output(entry: dict[str, Any], out: torch.Tensor, args: tuple[Any, ...
         return torch.bmm(numerics.fake_quantize(args[0], qp(entry["inputs"]["a"])), args[1])
     x, bias = args[0], (args[2] if len(args) > 2 else None)
     xspec = entry["inputs"].get("x")
-    w = numerics.dequantize(tensors(f"{entry['qkey']}/weight"), qp(entry["weight"])) if entry.get("weight") \
-        else args[1]
+    name = f"{entry['qkey']}/weight"
+    w = numerics.dequantize(lower.stored_weight(name, entry["weight"], tensors), qp(entry["weight"])) \
+        if entry.get("weight") else args[1]  # int4 unpacked from its two-per-byte layout
     xq = numerics.fake_quantize(x, qp(xspec)) if xspec else x
     y = torch.nn.functional.linear(xq, w, bias)
     if entry.get("outlier_weight"):
@@ -156,14 +157,20 @@ def input_errors(sections: dict[str, Any], tensors: Any, batches: Iterable[Any])
             for (qkey, role), (sig, noise) in stats.items()]
 
 
-def suggest_overrides(errors: list[Any], top: int) -> list[dict[str, Any]]:
+def suggest_overrides(errors: list[Any], top: int, qformat: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Overrides that keep the `top` worst nodes (lowest local, or input, SQNR) in higher
-    precision; a node listed once even when several of its inputs are among the worst."""
+    precision; a node listed once even when several of its inputs are among the worst. With the
+    bundle's `qformat`, each is `mcq.search.raise_precision`'s step (int4 weights of a
+    weight-only linear go to int8: a float input would change nothing there)."""
+    from mcq.search import raise_precision
+
     worst = list({e.qkey: e for e in sorted(errors, key=_score, reverse=True)}.values())
     worst = sorted(worst, key=_score)[:top]
     out = []
     for e in worst:
-        if e.kind == "kv_cache":
+        if qformat is not None:
+            out.append(raise_precision(e.qkey, {**qformat["nodes"][e.qkey]}).to_dict())
+        elif e.kind == "kv_cache":
             out.append({"match": e.qkey, "kind": "kv_cache", "kv_dtype": "float32"})
         elif e.kind == "embedding":
             out.append({"match": e.qkey, "kind": "embedding", "embedding_dtype": "float32"})

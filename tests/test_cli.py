@@ -177,6 +177,22 @@ def test_report_trials_suggest_the_set_that_measured_lowest(tmp_path):
     assert f"worst 2 raised: perplexity {trials[2]['perplexity']:.4f}" in r.output
 
 
+def test_report_on_a_weight_only_bundle_suggests_wider_weights(tmp_path):
+    """W4A16: the linears' inputs are float already; the suggestion raises their int4 weights.
+    (The report once failed on int4 weights: it dequantized their packed bytes.)"""
+    r = run("report", "--example", "llama-tiny", "--preset", "W4A16", "--samples", "4", "--report-samples", "1",
+            "--top", "3", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    suggested = report["suggested_overrides"]
+    # int4 g128 weights, unpacked and dequantized per group: the local error of a 4-bit weight
+    linears = [n["local_sqnr_db"] for n in report["nodes"] if n["kind"] == "linear" and "lm_head" not in n["qkey"]]
+    assert linears and all(10 < db < 30 for db in linears), linears
+    assert len(suggested) == 3
+    assert all(o["weight_dtype"] == "int8" and "act_dtype" not in o for o in suggested if o["kind"] == "linear")
+    assert any(o["kind"] == "linear" for o in suggested)
+
+
 def test_report_trials_need_the_float_model(tmp_path, quantized):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
     r = run("report", str(path), "--trials")
