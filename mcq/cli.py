@@ -359,6 +359,7 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
         return
     import mcq
     from mcq.calibrate import batches_of
+    from mcq.capture import CAUSAL_LM
     from mcq.config import QuantConfig
     from mcq.examples import load_example, load_model_dir
     from mcq.report import node_errors
@@ -368,9 +369,13 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
                                "or a FILE.mcq alone")
     if target is not None and not target.exists():
         raise FileNotFoundError(f"{target}: model path does not exist")
+    if trials and bundle is not None:
+        raise click.UsageError("--trials quantizes again with --config / --preset: leave out --bundle")
     cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
     model, tok = load_example(example) if example else load_model_dir(target)  # type: ignore[arg-type]
     captured = mcq.capture_model(model)
+    if trials and captured.kind != CAUSAL_LM:
+        raise click.UsageError("--trials measures perplexity: causal LMs only")
     if tok is not None:
         all_samples = mcq.token_samples(captured, tok, data, seq_len, None)
     else:
@@ -385,27 +390,20 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
     else:
         quantized = mcq.quantize(captured, cfg, tokenizer=tok, samples=all_samples[:samples])
     errors = node_errors(captured.main_graph, captured.tensors.__getitem__, quantized, batches_of(held, 1))
-    measured = None
-    if trials:
-        measured = _trial_overrides(captured, cfg, quantized, errors, tok, all_samples[:samples], held, top,
-                                    bundle is not None)
+    measured = _trial_overrides(captured, cfg, quantized, errors, tok, all_samples[:samples], held, top) \
+        if trials else None
     _print_report(errors, top, json_path, png_path,
                   f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})", measured,
                   quantized.sections["qformat"])
 
 
 def _trial_overrides(captured: Any, cfg: Any, quantized: Any, errors: list[Any], tok: Any, calib: list[Any],
-                     held: list[Any], top: int, from_bundle: bool) -> Any:
+                     held: list[Any], top: int) -> Any:
     """`mcq report --trials`: mcq.search.lowest over the report samples' perplexity (qlevel 2)."""
     import mcq
     from mcq import search
-    from mcq.capture import CAUSAL_LM
     from mcq.evaluate import perplexity
 
-    if captured.kind != CAUSAL_LM:
-        raise click.UsageError("--trials measures perplexity: causal LMs only")
-    if from_bundle:
-        raise click.UsageError("--trials quantizes again with --config / --preset: leave out --bundle")
     ids = [t for s in held for t in s]
 
     def run(c: Any) -> Any:  # the uniform trial is the model the errors were measured on
@@ -462,7 +460,9 @@ def _print_report(errors: list[Any], top: int, json_path: Path | None, png_path:
     if measured is None:
         overrides = suggest_overrides(errors, top, qformat)
     else:
-        overrides = [o.to_dict() for o in measured.config.overrides[len(measured.config.overrides) - len(measured.raised):]]
+        from mcq.search import raise_precision  # the step mcq.search.lowest raised each node by
+
+        overrides = [raise_precision(k, qformat["nodes"][k]).to_dict() for k in measured.raised]  # type: ignore[index]
     width = max(len(e.qkey) for e in errors)
     if isinstance(errors[0], InputError):
         click.echo(f"{'qkey':<{width}}  {'kind':<9}  input  SQNR dB")

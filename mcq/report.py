@@ -169,7 +169,7 @@ def suggest_overrides(errors: list[Any], top: int, qformat: dict[str, Any] | Non
     out = []
     for e in worst:
         if qformat is not None:
-            out.append(raise_precision(e.qkey, {**qformat["nodes"][e.qkey]}).to_dict())
+            out.append(raise_precision(e.qkey, qformat["nodes"][e.qkey]).to_dict())
         elif e.kind == "kv_cache":
             out.append({"match": e.qkey, "kind": "kv_cache", "kv_dtype": "float32"})
         elif e.kind == "embedding":

@@ -46,6 +46,15 @@ def raise_precision(qkey: str, entry: dict[str, Any]) -> Override:
     return Override(qkey, kind, (("act_dtype", "float32"),))
 
 
+def _worst_first(errors: list[Any]) -> list[str]:
+    return [e.qkey for e in sorted(errors, key=lambda e: e.local_sqnr_db)]
+
+
+def _counts(n: int) -> list[int]:
+    """Trial sizes: 0, 1, 2, 4, ... and n itself."""
+    return sorted({0, n} | {2 ** i for i in range(n.bit_length()) if 2 ** i <= n})
+
+
 def _with_raised(cfg: QuantConfig, qformat: dict[str, Any], keys: Sequence[str]) -> QuantConfig:
     extra = tuple(raise_precision(k, qformat["nodes"][k]) for k in keys)
     return dataclasses.replace(cfg, overrides=cfg.overrides + extra)
@@ -59,7 +68,7 @@ def search(quantize: Callable[[QuantConfig], Any], cfg: QuantConfig, errors: lis
     Quantized; `perplexity(quantized)` measures it (needed with `max_increase`)."""
     if (max_fraction is None) == (max_increase is None):
         raise ValueError("give exactly one budget: max_fraction (of quant points) or max_increase (%)")
-    order = [e.qkey for e in sorted(errors, key=lambda e: e.local_sqnr_db)]
+    order = _worst_first(errors)
     if max_fraction is not None:
         if not 0.0 <= max_fraction <= 1.0:
             raise ValueError(f"max_fraction: {max_fraction!r} is not in [0, 1]")
@@ -68,9 +77,8 @@ def search(quantize: Callable[[QuantConfig], Any], cfg: QuantConfig, errors: lis
     assert perplexity is not None and float_perplexity is not None and max_increase is not None
     limit = float_perplexity * (1 + max_increase / 100.0)
     trials: list[dict[str, Any]] = []
-    counts = [0] + [2 ** i for i in range(int(math.log2(max(1, len(order)))) + 1)] + [len(order)]
     best = 0
-    for n in sorted(set(counts)):
+    for n in _counts(len(order)):
         p = perplexity(quantize(_with_raised(cfg, qformat, order[:n])))
         trials.append({"raised": n, "perplexity": p})
         best = n
@@ -98,10 +106,9 @@ def lowest(quantize: Callable[[QuantConfig], Any], cfg: QuantConfig, errors: lis
     its noise. On SmolLM2's rotated W8A8KV8 preset (+0.7 % over float) raising the 5-40 worst
     points *raised* held-out perplexity (docs/benchmarks.md): at that level the points' errors
     are even, and recalibrating around a raised point moves perplexity more than its own noise."""
-    order = [e.qkey for e in sorted(errors, key=lambda e: e.local_sqnr_db)][: max(0, top)]
-    counts = sorted({0, len(order)} | {2 ** i for i in range(len(order).bit_length()) if 2 ** i <= len(order)})
+    order = _worst_first(errors)[: max(0, top)]
     trials: list[dict[str, Any]] = []
-    for n in counts:
+    for n in _counts(len(order)):
         p = perplexity(quantize(_with_raised(cfg, qformat, order[:n])))
         trials.append({"raised": n, "perplexity": p})
         if progress is not None:

@@ -101,9 +101,11 @@ class Model:
         # LM's all-logits prefill (perplexity, scoring) is built at its first call: building a
         # graph costs load time and its modules stay resident
         self._built: dict[tuple[str, bool], Callable[..., Any]] = {}
+        self._loaded = False
         causal = "prefill" in graphs and "decode" in graphs
         for name in graphs:
             self._module(name, last_position_logits=causal and name == "prefill")
+        self._loaded = True
         special = manifest.get("tokenizer") or {}
         self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
@@ -114,7 +116,7 @@ class Model:
             gm = lower.build(self._graphs[name], self._tensor, self.qformat, self.qlevel, shared=self._shared,
                              last_position_logits=last_position_logits)
             self._built[key] = CompiledEntryPoint(name, gm) if self._compile else gm
-            if len(self._built) > len(self._graphs):  # a lazy build after load (which trims once)
+            if self._loaded:  # a build after load (runtime.load trims once, after all of its builds)
                 release_free_heap()
         return self._built[key]
 
