@@ -7,6 +7,12 @@ the same 14 built-in calibration samples, perplexity at qlevel 4 on the 7,553 he
 
 A config is a preset with changed keys (`smollm2_accuracy.py`'s NAME+key=value syntax) or `topK`:
 the W8A8KV8 preset plus the first K overrides the report suggested (after the preset's own).
+`topK+key=value` changes each of those overrides of a linear (`-` drops the key). Session 10's
+table (docs/benchmarks.md, from `mcq report ... --top 64 --json report64.json`):
+
+    ... --report report64.json top20,top40,top5+weight_dtype=float32,top20+weight_dtype=float32,\
+        top40+weight_dtype=float32,top20+act_dtype=-+act_calib_method=MSE_SYM,\
+        top20+act_dtype=-+act_calib_method=PERCENTILE_ASYM,W8A8KV8+act_calib_method=MSE_SYM
 """
 from __future__ import annotations
 
@@ -24,6 +30,19 @@ from mcq.examples import load_example
 
 sys.path.insert(0, str(Path(__file__).parent))
 from smollm2_accuracy import HELDOUT, config_from  # noqa: E402
+
+
+def _changed(override: dict, changes: list[str]) -> dict:
+    import yaml
+
+    out = dict(override)
+    if out.get("kind") == "linear":
+        for key, value in (c.split("=", 1) for c in changes):
+            if value == "-":
+                out.pop(key, None)
+            else:
+                out[key] = yaml.safe_load(value)
+    return out
 
 
 def main() -> None:
@@ -44,9 +63,11 @@ def main() -> None:
         if name.startswith("top"):
             if not suggested:
                 raise SystemExit(f"{name}: give --report FILE.json (mcq report --json)")
-            k = int(name[3:])
-            cfg = mcq.QuantConfig.from_dict({"preset": "W8A8KV8", "overrides": suggested[:k]})
-            name = f"W8A8KV8 + the report's top-{k} overrides"
+            count, *changes = name[3:].split("+")
+            k = int(count)
+            cfg = mcq.QuantConfig.from_dict({"preset": "W8A8KV8",
+                                             "overrides": [_changed(o, changes) for o in suggested[:k]]})
+            name = f"W8A8KV8 + the report's top-{k} overrides" + "".join(f" +{c}" for c in changes)
         else:
             cfg = config_from(name)
         t = time.time()
