@@ -11,6 +11,7 @@ Modes:
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from typing import Any, Callable, Mapping
@@ -20,6 +21,7 @@ import torch
 from torch import fx, nn
 
 from runtime import numerics
+from runtime.memory import Arena
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
@@ -151,6 +153,10 @@ class _Builder:
         self.modules = 0
         # kv points hold both forms at qlevels 3/4: stored (graph outputs) and dequantized (consumers)
         self.stored: dict[str, fx.Node] = {}
+        # past-KV inputs (qlevels 3/4) -> their dequantization, emitted at the first consumer, not
+        # beside the placeholders: each layer's float copy of its past then lives only while that
+        # layer runs, instead of every layer's at once for the whole step
+        self.pending_dequantize: dict[str, nn.Module] = {}
         # weights prepared for kernels (unpacked, packed, row sums) are made once per model, not
         # once per graph: prefill and decode share them (load time and resident memory)
         self.shared: dict[Any, Any] = {} if shared is None else shared
@@ -189,6 +195,8 @@ class _Builder:
 
     def value(self, v: Any) -> Any:
         if isinstance(v, Ref):
+            if v.name in self.pending_dequantize:
+                self.env[v.name] = self.call_module(self.pending_dequantize.pop(v.name), (self.env[v.name],), v.name)
             if v.name not in self.env:
                 raise LoweringError(f"graph {self.graph.name}: reference to unknown value {v.name!r}")
             return self.env[v.name]
@@ -218,7 +226,7 @@ class _Builder:
             ph = self.fx.placeholder(re.sub(r"\W", "_", inp.name))
             spec = kv_specs.get(inp.name)
             if spec is not None and self.mode in (3, 4):
-                ph = self.call_module(Dequantize(self.qp(spec)), (ph,), inp.name)
+                self.pending_dequantize[inp.name] = Dequantize(self.qp(spec))
             self.env[inp.name] = ph
         for node in self.graph.nodes:
             self.env[node.name] = self.lower_node(node)
@@ -323,11 +331,15 @@ class _Builder:
                 # int4 weights unpack to int8: a copy kept only where a kernel reads that form (a
                 # packed weight-only kernel does not, and holding both doubled W4A16's memory)
                 return self.once(("stored", w_ref.name), lambda: stored_weight(w_ref.name, wspec, self.tensor))
-            wqp = self.qp(wspec)
-            if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp, self.qp(xspec, True)):
+            made: list[QuantParams] = []
+            def wqp() -> QuantParams:  # read when needed: a repacked weight's scales are not read again
+                if not made:
+                    made.append(self.qp(wspec))
+                return made[0]
+            if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp(), self.qp(xspec, True)):
                 def qlinear() -> QLinear:
                     outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None
-                    return QLinear(wq(), wqp, self.qp(xspec, True), outlier_w, emulate=self.mode == 3)
+                    return QLinear(wq(), wqp(), self.qp(xspec, True), outlier_w, emulate=self.mode == 3)
                 return self.call_module(self.once(("qlinear", node.qkey), qlinear), (x, bias), node.qkey or "")
             if self.mode == 4 and xspec is None:  # weight-only: torch's bf16 kernels (spec Q.4a)
                 # a graph output (the logits) keeps float32 precision: the two-digit int8 kernel
@@ -335,20 +347,28 @@ class _Builder:
                 def weight_only() -> WeightOnlyLinear | None:
                     stored = self.shared.get(("stored", w_ref.name))  # unpacked for this call only
                     kernel = numerics.prepare_weight_only(
-                        stored if stored is not None else stored_weight(w_ref.name, wspec, self.tensor), wqp, precise)
+                        stored if stored is not None else stored_weight(w_ref.name, wspec, self.tensor), wqp(), precise)
                     if kernel is None:
                         return None
-                    if stored is None and kernel.packed.data_ptr() != self.tensor(w_ref.name).data_ptr():
-                        self.release(w_ref.name)  # the kernel reads its own copy from now on
+                    if kernel.packed.data_ptr() != self.tensor(w_ref.name).data_ptr():
+                        arena = self.once("arena", Arena)
+                        kernel = dataclasses.replace(kernel, packed=arena.keep(kernel.packed),
+                                                     scales=arena.keep(kernel.scales))
+                        if stored is None:  # the kernel reads its own copy from now on
+                            self.release(w_ref.name)
+                            if kernel.kind == numerics.BF16_INT4:  # its scales and zero points too
+                                for key in ("scale", "zero_point"):
+                                    if isinstance(wspec.get(key), str):
+                                        self.release(wspec[key])
                     return WeightOnlyLinear(kernel)
                 module = self.once(("weight_only", node.qkey, precise), weight_only)
                 if module is not None:
                     return self.call_module(module, (x, bias), node.qkey or "")
             if self.mode == 2:  # weights dequantized once; activations fake-quantized per call
                 w = self.get_attr(w_ref.name + "#dequantized",
-                                  self.once(("dequantized", w_ref.name), lambda: numerics.dequantize(wq(), wqp)))
+                                  self.once(("dequantized", w_ref.name), lambda: numerics.dequantize(wq(), wqp())))
             else:  # weight-only (or no kernel for the pair): stored weight dequantized per call
-                w = self.call_module(Dequantize(wqp), (self.get_attr(w_ref.name + "#stored", wq()),),
+                w = self.call_module(Dequantize(wqp()), (self.get_attr(w_ref.name + "#stored", wq()),),
                                      node.qkey or "")
         raw = x
         if xspec is not None:
