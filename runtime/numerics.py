@@ -261,6 +261,7 @@ class PreparedLinear:
     per_tensor_input: bool  # the input quantizes to int8 with python scalars (`_quantize_per_tensor`)
     x_scale: float
     x_zp: float
+    weight_t: torch.Tensor  # weight_q.t(): the [K, N] view `_int_mm` takes, made once
 
 
 def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: QuantParams) -> PreparedLinear:
@@ -274,7 +275,7 @@ def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: Qu
         correction = input_qp.zero_point.to(torch.int32) * _int_matmul(ones, weight_q.t(), False)[0]
     plain = input_qp.kind == INT and input_qp.axis is None and input_qp.storage_dtype == torch.int8
     return PreparedLinear(weight_q, weight_qp, input_qp, out_scale, correction, plain,
-                          float(input_qp.scale), float(input_qp.zero_point))
+                          float(input_qp.scale), float(input_qp.zero_point), weight_q.t())
 
 
 _HALF = torch.tensor(0.5)
@@ -347,7 +348,7 @@ def qlinear(
     elif weight_qp.group_size:
         y = _grouped_int_linear(xq2, weight_q, weight_qp, input_qp, emulate)
     else:
-        acc = _int_matmul(xq2, weight_q.t(), emulate)  # the stored [N, K] layout: fastest for _int_mm
+        acc = _int_matmul(xq2, p.weight_t, emulate)  # the stored [N, K] layout: fastest for _int_mm
         if p.zp_correction is not None:
             acc = acc - p.zp_correction.to(acc.dtype)
         y = acc.to(torch.float32) * p.out_scale

@@ -1,12 +1,14 @@
 """Small modules that lowering inserts at quant points; each wraps one function of numerics."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 from torch import nn
 
 from runtime import numerics
+from runtime import prepared as prepared_forms
 from runtime.numerics import QuantParams
 
 
@@ -22,9 +24,14 @@ class TensorQuantOp(nn.Module):
     def __init__(self, function: str, qp: QuantParams) -> None:
         super().__init__()
         self.function, self.qp = function, qp
+        # the same values with parameters made once (runtime.prepared), where it covers the spec
+        prepared = prepared_forms.Quantizer(qp) if function != "fake_quantize" and prepared_forms.supported(qp) \
+            else None
+        self._run: Callable[[torch.Tensor], torch.Tensor] = getattr(prepared, function) if prepared is not None \
+            else functools.partial(self.FUNCTIONS[function], qp=qp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.FUNCTIONS[self.function](x, self.qp)
+        return self._run(x)
 
 
 def Quantize(qp: QuantParams) -> TensorQuantOp:  # noqa: N802 - reads like the module it builds
@@ -115,8 +122,12 @@ class QBmm(nn.Module):
         self.a_qp, self.b_qp, self.emulate = a_qp, b_qp, emulate
         # the operands' integer span, fixed by the specs: computed once, not per call
         self.span = numerics.centered_span(a_qp, b_qp) if a_qp.kind == numerics.INT else None
+        self._prepared = prepared_forms.IntBmm(a_qp, b_qp, self.span) if self.span is not None and not emulate \
+            and prepared_forms.supported(a_qp) and prepared_forms.supported(b_qp) else None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self._prepared is not None:
+            return self._prepared(a, b)
         return numerics.qbmm(a, self.a_qp, b, self.b_qp, self.emulate, self.span)
 
 

@@ -227,3 +227,77 @@ def test_qbmm_on_float32_gemm_stays_exact_at_the_largest_sums(k, precision):
     assert np.abs(acc).max() == k * 255 * 255
     ref = acc.astype(np.float32) * np.float32(0.5 * 0.25)
     assert torch.equal(y, torch.from_numpy(ref.astype(np.float32)))
+
+
+def _edge_values(n: int, seed: int) -> torch.Tensor:
+    """Exact .5 ties at scale 0.25, signed zeros, values far outside the grid, then noise."""
+    ties = torch.tensor([-2.625, -0.375, -0.125, -0.0, 0.0, 0.125, 0.375, 2.625, 1e9, -1e9, 31.875, -32.125])
+    return torch.cat([ties, torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 20])
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32) if t.dtype == torch.float32 else t
+
+
+@pytest.mark.parametrize("layout", ["tensor", "channel", "head"])
+@pytest.mark.parametrize("zp", [0, 5])
+def test_prepared_quantizer_equals_quantize_and_dequantize_bit_for_bit(layout, zp):
+    from runtime import prepared
+
+    x = _edge_values(6 * 8 * 31 - 12, 3).reshape(6, 8, 31)  # [batch * heads, rows, cols]
+    scales = torch.tensor([0.25, 0.5, 0.125])
+    zps = torch.tensor([zp, -zp, 2 * zp], dtype=torch.int32)
+    spec = {"tensor": QuantParams(torch.tensor(0.25), torch.tensor(zp, dtype=torch.int32), -128, 127),
+            "channel": QuantParams(torch.rand(31) + 0.1, torch.full((31,), zp, dtype=torch.int32), -128, 127, axis=-1),
+            "head": QuantParams(scales, zps, -128, 127, axis=0, per_head=True)}[layout]
+    quantizer = prepared.Quantizer(spec)
+    for _ in range(2):  # the second call reads the parameters made at the first
+        q = quantizer.quantize(x)
+        assert q.dtype == torch.int8 and torch.equal(q, numerics.quantize(x, spec))
+        assert torch.equal(_bits(quantizer.dequantize(q)), _bits(numerics.dequantize(q, spec)))
+        centered = numerics._centered(numerics.quantize(x, spec), spec).to(torch.float32)
+        assert torch.equal(_bits(quantizer.centered(x)), _bits(centered))  # no -0.0 either
+
+
+@pytest.mark.parametrize("query_per_head", [False, True])
+def test_prepared_int_bmm_equals_qbmm_bit_for_bit(query_per_head):
+    from runtime import prepared
+
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(6, 1, 64, generator=g) * 3, torch.randn(6, 64, 37, generator=g) * 3
+    pa = QuantParams(torch.tensor([0.03, 0.01, 0.02]), torch.tensor([5, -1, 0], dtype=torch.int32), -128, 127,
+                     axis=0, per_head=True) if query_per_head else \
+        QuantParams(torch.tensor(0.03), torch.tensor(5, dtype=torch.int32), -128, 127)
+    pb = QuantParams(torch.tensor([0.02, 0.05, 0.01]), torch.tensor([0, 3, -2], dtype=torch.int32), -128, 127,
+                     axis=0, per_head=True)
+    fast = prepared.IntBmm(pa, pb, numerics.centered_span(pa, pb))
+    for _ in range(2):
+        assert torch.equal(_bits(fast(a, b)), _bits(numerics.qbmm(a, pa, b, pb)))
+    assert torch.equal(_bits(fast(a, b)), _bits(numerics.qbmm(a, pa, b, pb, emulate=True)))
+
+
+def test_prepared_round_half_away_from_zero_equals_numerics_for_every_float32_pattern_tried():
+    from runtime import prepared
+
+    g = torch.Generator().manual_seed(5)
+    bits = torch.randint(-2**31, 2**31 - 1, (1 << 20,), generator=g, dtype=torch.int64).to(torch.int32)
+    v = torch.cat([bits.view(torch.float32), torch.tensor([0.49999997, -0.49999997, 0.5, -0.5, 8388607.5])])
+    want, got = numerics.round_half_away_from_zero(v), prepared.round_half_away_from_zero(v)
+    same = (want == got) | (want.isnan() & got.isnan())
+    assert bool(same.all())
+
+
+def test_prepared_forms_keep_no_values_of_a_compiler_trace():
+    """Traced first (fake tensors, as runtime.compiled traces), then run: the real parameters."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from runtime import prepared
+
+    spec = QuantParams(torch.tensor([0.25, 0.5]), torch.tensor([3, -1], dtype=torch.int32), -128, 127,
+                       axis=0, per_head=True)
+    quantizer, bmm = prepared.Quantizer(spec), prepared.IntBmm(spec, spec, numerics.centered_span(spec, spec))
+    x, b = torch.randn(4, 1, 16) * 9, torch.randn(4, 16, 5) * 9
+    make_fx(lambda t: quantizer.dequantize(quantizer.quantize(t)), tracing_mode="symbolic", _allow_non_fake_inputs=True)(x)
+    make_fx(lambda t, u: bmm(t, u), tracing_mode="symbolic", _allow_non_fake_inputs=True)(x, b)
+    assert torch.equal(quantizer.quantize(x), numerics.quantize(x, spec))
+    assert torch.equal(bmm(x, b), numerics.qbmm(x, spec, b, spec))
