@@ -42,8 +42,8 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool 
     """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own).
 
     compile=True compiles each entry point with Inductor at its first call for each input
-    pattern (fused float glue, about 4x faster decode on SmolLM2, outputs equal to the
-    interpreted graph's bit for bit; one to two minutes per pattern cold, less with Inductor's
+    pattern (fused float glue, 1.5-4x faster decode on SmolLM2, outputs equal to the
+    interpreted graph's bit for bit; one to three minutes per pattern cold, less with Inductor's
     disk cache warm; the interpreted graph is the fallback, see `runtime.compiled`). Weights stay
     memory-mapped from the file either way. The graph sections are released once decoded
     (`model.bundle.sections` keeps the other sections)."""

@@ -3,8 +3,8 @@ Inductor (fused C++ kernels for the float glue, direct calls of the integer GEMM
 interpreted GraphModule as the fallback.
 
 Why: a decode step interpreted op by op is a few thousand small ATen calls whose dispatch costs
-more than the int8 matmuls themselves (SmolLM2 W8A8KV8: 27 ms a step interpreted, 6 ms compiled,
-2 threads). Why not `torch.compile`: dynamo's bytecode trace of a 2,600-node graph took 80-150 s
+more than the int8 matmuls themselves (SmolLM2 W8A8KV8, 2 threads, docs/benchmarks.md: 27 ms a
+step interpreted, 6-11 ms compiled depending on the machine's day). Why not `torch.compile`: dynamo's bytecode trace of a 2,600-node graph took 80-150 s
 per entry point and its guards cost milliseconds per step. Here `make_fx` traces the graph
 (about 7 s) and `compile_fx` compiles it without guards; a variant is compiled per input
 pattern (dtypes, which sizes are 0 or 1, which inputs are contiguous), and a cheap check of the
