@@ -394,7 +394,7 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
         if trials else None
     _print_report(errors, top, json_path, png_path,
                   f"final cumulative SQNR: {errors[-1].cumulative_sqnr_db:.2f} dB ({errors[-1].qkey})", measured,
-                  quantized.sections["qformat"])
+                  qformat=quantized.sections["qformat"])
 
 
 def _trial_overrides(captured: Any, cfg: Any, quantized: Any, errors: list[Any], tok: Any, calib: list[Any],
@@ -448,11 +448,12 @@ def _report_bundle_only(path: Path, data: Path | None, report_samples: int, seq_
         raise ValueError(f"{path}: no activation is quantized (weight-only bundle): input SQNR needs "
                          "quantized inputs, and weight errors need the float model (MODEL_DIR --bundle FILE.mcq)")
     _print_report(errors, top, json_path, png_path,
-                  f"{len(errors)} quantized inputs measured on {len(held)} samples of {seq_len} tokens")
+                  f"{len(errors)} quantized inputs measured on {len(held)} samples of {seq_len} tokens",
+                  qformat=sections["qformat"])
 
 
 def _print_report(errors: list[Any], top: int, json_path: Path | None, png_path: Path | None, footer: str,
-                  measured: Any = None, qformat: dict[str, Any] | None = None) -> None:
+                  measured: Any = None, *, qformat: dict[str, Any]) -> None:
     import yaml
 
     from mcq.report import InputError, plot, suggest_overrides, to_json, worst
@@ -462,7 +463,7 @@ def _print_report(errors: list[Any], top: int, json_path: Path | None, png_path:
     else:
         from mcq.search import raise_precision  # the step mcq.search.lowest raised each node by
 
-        overrides = [raise_precision(k, qformat["nodes"][k]).to_dict() for k in measured.raised]  # type: ignore[index]
+        overrides = [raise_precision(k, qformat["nodes"][k]).to_dict() for k in measured.raised]
     width = max(len(e.qkey) for e in errors)
     if isinstance(errors[0], InputError):
         click.echo(f"{'qkey':<{width}}  {'kind':<9}  input  SQNR dB")

@@ -157,26 +157,15 @@ def input_errors(sections: dict[str, Any], tensors: Any, batches: Iterable[Any])
             for (qkey, role), (sig, noise) in stats.items()]
 
 
-def suggest_overrides(errors: list[Any], top: int, qformat: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def suggest_overrides(errors: list[Any], top: int, qformat: dict[str, Any]) -> list[dict[str, Any]]:
     """Overrides that keep the `top` worst nodes (lowest local, or input, SQNR) in higher
-    precision; a node listed once even when several of its inputs are among the worst. With the
-    bundle's `qformat`, each is `mcq.search.raise_precision`'s step (int4 weights of a
-    weight-only linear go to int8: a float input would change nothing there)."""
+    precision, each `mcq.search.raise_precision`'s step for its entry in the bundle's `qformat`
+    (int4 weights of a weight-only linear go to int8: a float input would change nothing there);
+    a node listed once even when several of its inputs are among the worst."""
     from mcq.search import raise_precision
 
     worst = list({e.qkey: e for e in sorted(errors, key=_score, reverse=True)}.values())
-    worst = sorted(worst, key=_score)[:top]
-    out = []
-    for e in worst:
-        if qformat is not None:
-            out.append(raise_precision(e.qkey, qformat["nodes"][e.qkey]).to_dict())
-        elif e.kind == "kv_cache":
-            out.append({"match": e.qkey, "kind": "kv_cache", "kv_dtype": "float32"})
-        elif e.kind == "embedding":
-            out.append({"match": e.qkey, "kind": "embedding", "embedding_dtype": "float32"})
-        else:
-            out.append({"match": e.qkey, "kind": e.kind, "act_dtype": "float32"})
-    return out
+    return [raise_precision(e.qkey, qformat["nodes"][e.qkey]).to_dict() for e in sorted(worst, key=_score)[:top]]
 
 
 def _score(e: Any) -> float:

@@ -55,6 +55,14 @@ def _counts(n: int) -> list[int]:
     return sorted({0, n} | {2 ** i for i in range(n.bit_length()) if 2 ** i <= n})
 
 
+def _trial(quantize: Callable[[QuantConfig], Any], perplexity: Callable[[Any], float], cfg: QuantConfig,
+           qformat: dict[str, Any], order: Sequence[str], n: int, trials: list[dict[str, Any]]) -> float:
+    """Quantize with the worst `n` of `order` raised; its perplexity, also appended to `trials`."""
+    p = perplexity(quantize(_with_raised(cfg, qformat, order[:n])))
+    trials.append({"raised": n, "perplexity": p})
+    return p
+
+
 def _with_raised(cfg: QuantConfig, qformat: dict[str, Any], keys: Sequence[str]) -> QuantConfig:
     extra = tuple(raise_precision(k, qformat["nodes"][k]) for k in keys)
     return dataclasses.replace(cfg, overrides=cfg.overrides + extra)
@@ -79,8 +87,7 @@ def search(quantize: Callable[[QuantConfig], Any], cfg: QuantConfig, errors: lis
     trials: list[dict[str, Any]] = []
     best = 0
     for n in _counts(len(order)):
-        p = perplexity(quantize(_with_raised(cfg, qformat, order[:n])))
-        trials.append({"raised": n, "perplexity": p})
+        p = _trial(quantize, perplexity, cfg, qformat, order, n, trials)
         best = n
         if p <= limit:
             break
@@ -109,8 +116,7 @@ def lowest(quantize: Callable[[QuantConfig], Any], cfg: QuantConfig, errors: lis
     order = _worst_first(errors)[: max(0, top)]
     trials: list[dict[str, Any]] = []
     for n in _counts(len(order)):
-        p = perplexity(quantize(_with_raised(cfg, qformat, order[:n])))
-        trials.append({"raised": n, "perplexity": p})
+        p = _trial(quantize, perplexity, cfg, qformat, order, n, trials)
         if progress is not None:
             progress(f"worst {n} raised: perplexity {p:.4f}")
     lowest_trial = min(trials, key=lambda t: (t["perplexity"], t["raised"]))

@@ -12,6 +12,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import warnings
 from typing import Any, Callable, Mapping
@@ -331,11 +332,8 @@ class _Builder:
                 # int4 weights unpack to int8: a copy kept only where a kernel reads that form (a
                 # packed weight-only kernel does not, and holding both doubled W4A16's memory)
                 return self.once(("stored", w_ref.name), lambda: stored_weight(w_ref.name, wspec, self.tensor))
-            made: list[QuantParams] = []
-            def wqp() -> QuantParams:  # read when needed: a repacked weight's scales are not read again
-                if not made:
-                    made.append(self.qp(wspec))
-                return made[0]
+            # read when needed: a repacked weight's scales are not read again
+            wqp: Callable[[], QuantParams] = functools.cache(lambda: self.qp(wspec))
             if self.mode in (3, 4) and xspec is not None and numerics.has_kernel(wqp(), self.qp(xspec, True)):
                 def qlinear() -> QLinear:
                     outlier_w = self.tensor(q["outlier_weight"]) if q.get("outlier_weight") else None

@@ -491,6 +491,15 @@ def centered_span(a_qp: QuantParams, b_qp: QuantParams) -> int:
     return bound(a_qp) * bound(b_qp)
 
 
+def float32_gemm_is_exact(depth: int, span: int) -> bool:
+    """Whether a float32 GEMM of centered integers (|products| <= span, `depth` terms) gives the
+    int32 result exactly: every partial sum is then an integer below 2^24, so any summation
+    order is exact, and it is far faster than CPU int32 bmm (no BLAS for it); head_dim <= 258
+    always qualifies for int8 operands. Not where the user allowed reduced-precision float32
+    matmuls ("high" / "medium": TF32 / bf16 internally)."""
+    return depth * span < 2 ** 24 and torch.get_float32_matmul_precision() == "highest"
+
+
 def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
          emulate: bool = False, span: int | None = None) -> torch.Tensor:
     """qlevel-4 batched matmul of two quantized operands (spec Q.4).
@@ -511,12 +520,7 @@ def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,
             # emulation; or a trace for the compiler with a symbolic depth (P.V over a growing
             # past), whose compiled code must stay exact at every length: float64 (exact below 2^53)
             acc = torch.bmm(qa.to(torch.float64), qb.to(torch.float64))
-        elif depth * (centered_span(a_qp, b_qp) if span is None else span) < 2 ** 24 \
-                and torch.get_float32_matmul_precision() == "highest":
-            # every partial sum is an integer below 2^24, so an IEEE float32 GEMM (any summation
-            # order) computes the int32 result exactly, far faster than CPU int32 bmm (no BLAS for
-            # it): head_dim <= 258 always qualifies for int8 operands. Not where the user allowed
-            # reduced-precision float32 matmuls ("high"/"medium": TF32 / bf16 internally)
+        elif float32_gemm_is_exact(depth, centered_span(a_qp, b_qp) if span is None else span):
             acc = torch.bmm(qa.to(torch.float32), qb.to(torch.float32))
         else:
             acc = torch.bmm(qa, qb)

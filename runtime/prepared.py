@@ -95,8 +95,7 @@ class IntBmm:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         depth = a.shape[-1]
-        if not isinstance(depth, int) or depth * self.span >= 2 ** 24 \
-                or torch.get_float32_matmul_precision() != "highest":
+        if not isinstance(depth, int) or not numerics.float32_gemm_is_exact(depth, self.span):
             return numerics.qbmm(a, self.a_qp, b, self.b_qp, False, self.span)
         acc = torch.bmm(self.a.centered(a), self.b.centered(b))
         scale = self._scales.get(acc.dim())
