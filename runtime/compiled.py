@@ -46,6 +46,7 @@ def input_pattern(args: Sequence[torch.Tensor]) -> InputPattern:
 
 @contextlib.contextmanager
 def _tracing() -> Iterator[None]:
+    numerics.int8_gemm_is_exact()  # probed on real tensors, before anything is traced
     previous = numerics.TRACING_FOR_COMPILER
     numerics.TRACING_FOR_COMPILER = True
     try:

@@ -301,3 +301,56 @@ def test_prepared_forms_keep_no_values_of_a_compiler_trace():
     make_fx(lambda t, u: bmm(t, u), tracing_mode="symbolic", _allow_non_fake_inputs=True)(x, b)
     assert torch.equal(quantizer.quantize(x), numerics.quantize(x, spec))
     assert torch.equal(bmm(x, b), numerics.qbmm(x, spec, b, spec))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 576, 1536), (3, 1537, 7), (9, 1024, 33), (1, 5, 1), (4, 513, 64)])
+def test_int8_gemm_without_int_mm_equals_int64_reference(m, k, n):
+    """The exact fallback for CPUs whose `_int_mm` saturates: float32 GEMMs over blocks of input
+    channels, at the extreme values too (-128 x -128 everywhere: the largest partial sums)."""
+    g = torch.Generator().manual_seed(m * k + n)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    a[0], b[:, 0] = -128, -128
+    got = numerics._int8_matmul_by_float32_blocks(a, b)
+    assert got.dtype == torch.int32
+    assert np.array_equal(got.numpy(), a.numpy().astype(np.int64) @ b.numpy().astype(np.int64))
+
+
+def _saturating_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """What oneDNN's int8 GEMM computes without VNNI: s8 activations shifted to u8, pairs of u8 x s8
+    products summed in saturating int16 (`vpmaddubsw`), the shift's compensation subtracted."""
+    u = a.to(torch.int32) + 128
+    prod = u[:, :, None] * b.to(torch.int32)[None]  # [m, k, n]
+    if prod.shape[1] % 2:
+        prod = torch.nn.functional.pad(prod, (0, 0, 0, 1))
+    pairs = (prod[:, 0::2] + prod[:, 1::2]).clamp(-32768, 32767)
+    return (pairs.sum(1) - 128 * b.to(torch.int32).sum(0)).to(torch.int32)
+
+
+def test_a_saturating_int8_gemm_is_detected_and_not_used(monkeypatch):
+    """spec Q.4: int32 accumulation is exact. On a CPU whose `_int_mm` saturates (oneDNN without
+    VNNI, e.g. ONEDNN_MAX_CPU_ISA=AVX2), the probe says so and qlevel 4 still equals the int64
+    reference and qlevel 3."""
+    monkeypatch.setattr(torch, "_int_mm", _saturating_int_mm)
+    numerics.int8_gemm_is_exact.cache_clear()
+    try:
+        assert not numerics.int8_gemm_is_exact()
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(5, 96, generator=g) * 4
+        wq = torch.randint(-127, 128, (16, 96), generator=g, dtype=torch.int8)
+        wqp, xqp = qp(torch.full((16,), 0.01), torch.zeros(16), symmetric=True, axis=0), qp(0.03, -5)
+        y4 = numerics.qlinear(x, wq, wqp, None, xqp)
+        y3 = numerics.qlinear(x, wq, wqp, None, xqp, emulate=True)
+        assert torch.equal(y4, y3)
+        xq = _np_quantize(x.numpy(), 0.03, -5, -128, 127)
+        acc = (xq + 5) @ wq.numpy().astype(np.int64).T
+        assert np.array_equal(y4.numpy(), (acc.astype(np.float32) * (np.float32(0.03) * np.float32(0.01))))
+    finally:
+        numerics.int8_gemm_is_exact.cache_clear()
+
+
+def test_the_int8_gemm_probe_passes_an_exact_kernel():
+    numerics.int8_gemm_is_exact.cache_clear()
+    a = torch.full((1, 64), 127, dtype=torch.int8)
+    exact = torch.equal(torch._int_mm(a, a.t().contiguous()), torch.full((1, 1), 64 * 127 * 127, dtype=torch.int32))
+    assert numerics.int8_gemm_is_exact() == exact

@@ -567,13 +567,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# spec Q.1a: how outputs compare across machines (runner.py applies it)
+TOLERANCE = {
+    "rule": "spec Q.1a", "integer": "equal, or one step away (a flip)",
+    "rounding": 2.0 ** -16, "flip": 2.0 ** -5, "int_flips": 0.125, "float_flips": 0.5,
+    "note": "float: |actual - expected| <= rounding * (max|expected| + |expected|) is equal within "
+            "rounding; in a quantized bundle an element one step away (integer) or within flip * "
+            "max|expected| (float) is flip-affected, and at most int_flips of an integer output's "
+            "elements (float_flips of a float output's) may be; see README.md",
+}
+
+
 def write_manifest(out: Path, valid: list[dict[str, Any]], invalid: list[dict[str, Any]]) -> None:
     manifest = {
         "format_version": "%d.%d" % C.FORMAT_VERSION,
         "opset_version": C.OPSET_VERSION,
         "generator": "spec/conformance/generate.py",
-        "tolerance": {"integer": "exact", "float": {"atol": 0.0, "rtol": 0.0},
-                      "note": "float outputs are compared exactly by default; see README.md"},
+        "tolerance": TOLERANCE,
         "weight_only_qlevel4": {
             "bundles": [v["name"] for v in valid if v.get("preset") in WEIGHT_ONLY_PRESETS],
             "atol": WEIGHT_ONLY_ATOL, "rtol": WEIGHT_ONLY_RTOL,

@@ -1,7 +1,7 @@
 """Run the `.mcq` conformance vectors against an implementation.
 
     python spec/conformance/runner.py [--impl module:attr] [--dir spec/conformance/v1.0]
-                                      [--only valid|invalid] [--atol A] [--rtol R] [--quiet]
+                                      [--only valid|invalid] [--exact] [--atol A] [--rtol R] [--quiet]
 
 Every folder ``v*/`` next to this file holding a ``manifest.json`` is run (or only the ``--dir``
 ones).  For each INVALID file the implementation must reject the file with the expected error
@@ -22,9 +22,16 @@ returns one) with either or both of
 A missing method makes the corresponding vectors SKIP (not a failure).  The default is
 :class:`ReferenceImpl`: ``mcq_format.validate`` and the ``runtime`` package.
 
-Comparison: integer outputs (token ids, the int8 KV cache) must be equal; float outputs are
-compared exactly by default (``--atol 0 --rtol 0``; the reference runtime is deterministic on
-CPU), or with ``|actual - expected| <= atol + rtol * |expected|`` when a tolerance is given.
+Comparison (spec "Q.1a Exactness across machines"; the numbers are the folder manifest's
+``tolerance``): with ``m = max|expected|`` over one output, a float element is *equal within
+rounding* when ``|actual - expected| <= rounding * (m + |expected|)``, an integer element when
+equal. In a quantized bundle an element that is not may still be *flip-affected*: one step away
+on an integer output (a quantized value that flipped because its float input straddled a rounding
+boundary), within ``flip * m`` on a float output (moved by such flips upstream). A vector passes
+when every element is one or the other and at most ``int_flips`` of an integer output's elements
+(``float_flips`` of a float output's) are flip-affected; the table counts them. ``--exact`` asks for bit-identical outputs instead (the
+reference runtime on the kind of CPU that generated the vectors), ``--atol / --rtol`` widen the
+rounding bound (an implementation claiming conformance within a looser tolerance states it).
 """
 
 from __future__ import annotations
@@ -56,8 +63,28 @@ class Result(NamedTuple):
 
 
 class Tolerance(NamedTuple):
-    atol: float = 0.0
-    rtol: float = 0.0
+    """How an output compares (all zero: bit-identical). See the module docstring."""
+
+    atol: float = 0.0  # absolute, added to the rounding bound
+    rtol: float = 0.0  # relative to |expected|, added to the rounding bound
+    rounding: float = 0.0  # relative to max|expected| + |expected|: float32 rounding of the glue
+    flip: float = 0.0  # relative to max|expected|: a float element moved by flipped values upstream
+    int_flips: float = 0.0  # the share of an integer output's elements that may be one step away
+    float_flips: float = 0.0  # the share of a float output's elements that may be flip-affected
+
+
+EXACT = Tolerance()
+
+
+def spec_tolerance(manifest: dict[str, Any], quantized: bool) -> Tolerance:
+    """The manifest's tolerance (spec Q.1a); a bundle without quantized nodes has no values to flip."""
+    t = manifest.get("tolerance") or {}
+    if "rounding" not in t:  # a folder from before Q.1a: exact
+        return EXACT
+    if not quantized:
+        return Tolerance(rounding=float(t["rounding"]))
+    return Tolerance(rounding=float(t["rounding"]), flip=float(t["flip"]),
+                     int_flips=float(t["int_flips"]), float_flips=float(t["float_flips"]))
 
 
 # ------------------------------------------------------------------ the reference implementation
@@ -177,30 +204,52 @@ def check_invalid(impl: Any, folder: Path, entry: dict[str, Any], version: str =
     return result("FAIL", f"expected {expected}, but the file was accepted")
 
 
-def compare(name: str, actual: Any, expected: np.ndarray, tol: Tolerance) -> tuple[bool, str, float]:
-    """(ok, message, max abs difference) for one output."""
+class Comparison(NamedTuple):
+    ok: bool
+    message: str
+    worst: float  # largest |actual - expected|
+    flips: int  # flip-affected elements
+
+
+def compare(name: str, actual: Any, expected: np.ndarray, tol: Tolerance) -> Comparison:
+    """One output against its expected value under `tol` (see the module docstring)."""
     actual = np.asarray(actual)
     if actual.shape != expected.shape:
-        return False, f"{name}: shape {list(actual.shape)} != expected {list(expected.shape)}", float("inf")
-    if expected.dtype.kind in "biu":
+        return Comparison(False, f"{name}: shape {list(actual.shape)} != expected {list(expected.shape)}", float("inf"), 0)
+    integer = expected.dtype.kind in "biu"
+    if integer:
         if actual.dtype.kind not in "biu":
-            return False, f"{name}: dtype {actual.dtype} is not an integer dtype like {expected.dtype}", float("inf")
-        diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
-        worst = float(diff.max()) if diff.size else 0.0
-        return bool(worst == 0), (f"{name}: {int((diff != 0).sum())} elements differ" if worst else ""), worst
-    a64, e64 = actual.astype(np.float64), expected.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(a64 - e64)
-    same_nan = np.isnan(a64) == np.isnan(e64)
-    diff = np.where(np.isnan(a64) & np.isnan(e64), 0.0, diff)
-    worst = float(np.nanmax(diff)) if diff.size else 0.0
-    if not same_nan.all():
-        return False, f"{name}: NaN positions differ", float("inf")
-    if tol.atol == 0 and tol.rtol == 0:
-        ok = bool(np.array_equal(a64, e64, equal_nan=True))
+            return Comparison(False, f"{name}: dtype {actual.dtype} is not an integer dtype like {expected.dtype}",
+                              float("inf"), 0)
+        diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64)).astype(np.float64)
+        equal = diff == 0
+        flipped = diff == 1
     else:
-        ok = bool((diff <= tol.atol + tol.rtol * np.abs(e64)).all())
-    return ok, ("" if ok else f"{name}: max |diff| {worst:.3g}"), worst
+        a64, e64 = actual.astype(np.float64), expected.astype(np.float64)
+        if not (np.isnan(a64) == np.isnan(e64)).all():
+            return Comparison(False, f"{name}: NaN positions differ", float("inf"), 0)
+        with np.errstate(invalid="ignore"):
+            diff = np.where(np.isnan(e64), 0.0, np.abs(a64 - e64))
+        if np.isinf(e64).any() or np.isinf(a64).any():  # infinities compare as values
+            diff = np.where(a64 == e64, 0.0, np.where(np.isinf(e64) | np.isinf(a64), np.inf, diff))
+        m = float(np.nanmax(np.abs(np.where(np.isinf(e64), 0.0, e64)), initial=0.0))
+        bound = tol.atol + (tol.rtol + tol.rounding) * np.abs(e64) + tol.rounding * m
+        equal = diff <= bound
+        flipped = ~equal & (diff <= tol.flip * m)
+    worst = float(diff.max()) if diff.size else 0.0
+    # one flipped value moves much of what lies downstream of it a little (a whole row of logits,
+    # the later layers' KV): floats get a larger share than the flipped values themselves
+    share = tol.int_flips if integer else tol.float_flips
+    flips = int(flipped.sum()) if share else 0
+    bad = int((~equal & ~(flipped if share else False)).sum())
+    limit = share * diff.size
+    if bad:
+        what = "elements differ" if integer else f"elements beyond tolerance, max |diff| {worst:.3g}"
+        return Comparison(False, f"{name}: {bad} {what}", worst, flips)
+    if flips > limit:
+        return Comparison(False, f"{name}: {flips} of {diff.size} elements flip-affected "
+                                 f"(at most {share:g} of them may be)", worst, flips)
+    return Comparison(True, "", worst, flips)
 
 
 def check_vector(impl: Any, folder: Path, bundle: dict[str, Any], vector: dict[str, Any], tol: Tolerance,
@@ -225,32 +274,37 @@ def check_vector(impl: Any, folder: Path, bundle: dict[str, Any], vector: dict[s
         actual = impl.run(str(folder / bundle["file"]), int(vector["qlevel"]), vector["entry_point"], inputs)
     except Exception as exc:  # noqa: BLE001
         return result("FAIL", f"run raised {type(exc).__name__}: {str(exc)[:160]}")
-    problems, worst = [], 0.0
+    problems, worst, flips = [], 0.0, 0
     for name in sorted(expected):
         if name not in actual:
             problems.append(f"{name}: missing")
             continue
-        ok, message, diff = compare(name, actual[name], expected[name], tol)
-        worst = max(worst, diff)
-        if not ok:
-            problems.append(message)
+        c = compare(name, actual[name], expected[name], tol)
+        worst, flips = max(worst, c.worst), flips + c.flips
+        if not c.ok:
+            problems.append(c.message)
     if problems:
         return result("FAIL", "; ".join(problems)[:300])
-    return result("PASS", f"{len(expected)} outputs, max |diff| {worst:.3g}")
+    return result("PASS", f"{len(expected)} outputs, max |diff| {worst:.3g}, {flips} flip-affected")
 
 
 def vector_tolerance(manifest: dict[str, Any], bundle: dict[str, Any], vector: dict[str, Any],
-                     tol: Tolerance) -> Tolerance:
-    """`tol`, widened to the manifest's `weight_only_qlevel4` allowance for the qlevel-4 vectors
-    of weight-only bundles (spec Q.4a: their linears may run on faster kernels at qlevel 4)."""
+                     tol: Tolerance | None = None) -> Tolerance:
+    """The tolerance one vector compares under: `tol` (default: the spec's, from the manifest),
+    widened to the manifest's `weight_only_qlevel4` allowance for the qlevel-4 vectors of
+    weight-only bundles (spec Q.4a: their linears may run on faster kernels at qlevel 4)."""
+    if tol is None:
+        tol = spec_tolerance(manifest, bool(bundle.get("quantized", True)))
     allowance = manifest.get("weight_only_qlevel4") or {}
     if vector["qlevel"] != 4 or bundle["name"] not in allowance.get("bundles", ()):
         return tol
-    return Tolerance(max(tol.atol, float(allowance["atol"])), max(tol.rtol, float(allowance["rtol"])))
+    return tol._replace(atol=max(tol.atol, float(allowance["atol"])), rtol=max(tol.rtol, float(allowance["rtol"])))
 
 
 def run_all(impl: Any, dirs: list[Path] | None = None, only: str | None = None,
-            tol: Tolerance = Tolerance()) -> list[Result]:
+            tol: Tolerance | None = None, widen: Tolerance = EXACT) -> list[Result]:
+    """Every vector of every folder. `tol`: compare under this instead of each folder's spec
+    tolerance (EXACT: bit-identical); `widen`: atol / rtol added to the rounding bound."""
     results = []
     for folder in version_dirs(dirs):
         manifest = load_manifest(folder)
@@ -259,8 +313,10 @@ def run_all(impl: Any, dirs: list[Path] | None = None, only: str | None = None,
             results += [check_invalid(impl, folder, e, version) for e in manifest["invalid"]]
         if only in (None, "valid"):
             for bundle in manifest["valid"]:
-                results += [check_vector(impl, folder, bundle, v, vector_tolerance(manifest, bundle, v, tol), version)
-                            for v in bundle["vectors"]]
+                for v in bundle["vectors"]:
+                    t = vector_tolerance(manifest, bundle, v, tol)
+                    t = t._replace(atol=t.atol + widen.atol, rtol=t.rtol + widen.rtol)
+                    results.append(check_vector(impl, folder, bundle, v, t, version))
     return results
 
 
@@ -279,11 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", help="module:attr of the implementation (default: the reference)")
     parser.add_argument("--dir", type=Path, action="append", help="a vector folder (repeatable)")
     parser.add_argument("--only", choices=("valid", "invalid"))
-    parser.add_argument("--atol", type=float, default=0.0, help="float outputs: absolute tolerance (default 0)")
-    parser.add_argument("--rtol", type=float, default=0.0, help="float outputs: relative tolerance (default 0)")
+    parser.add_argument("--exact", action="store_true",
+                        help="bit-identical outputs instead of the spec's tolerance (Q.1a)")
+    parser.add_argument("--atol", type=float, default=0.0, help="float outputs: absolute tolerance added to the spec's")
+    parser.add_argument("--rtol", type=float, default=0.0, help="float outputs: relative tolerance added to the spec's")
     parser.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     args = parser.parse_args(argv)
-    results = run_all(load_impl(args.impl), args.dir, args.only, Tolerance(args.atol, args.rtol))
+    results = run_all(load_impl(args.impl), args.dir, args.only, EXACT if args.exact else None,
+                      Tolerance(args.atol, args.rtol))
     print_table(results, args.quiet)
     return 0 if results and all(r.status != "FAIL" for r in results) else 1
 
