@@ -54,11 +54,15 @@ class ChannelPlan:
         return main, cols
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """What the quantizer represents, at full width: outlier channels zeroed, x / smooth, rotated."""
-        x = x.to(torch.float32).index_fill(-1, self.outliers, 0.0)
+        """What the quantizer represents, at full width: outlier channels zeroed, x / smooth, rotated.
+        Computed in float64 and rounded once to float32 (a statistic of calibration, which no
+        CPU's float32 GEMM may move; the runtime's own float32 rotation is spec Q.2's)."""
+        x = x.to(torch.float32).to(torch.float64).index_fill(-1, self.outliers, 0.0)
         if self.smooth is not None:
-            x = x / self.smooth
-        return numerics.rotate(x, self.rotation) if self.rotation is not None else x
+            x = x / self.smooth.to(torch.float64)
+        if self.rotation is not None:
+            x = numerics.rotate(x, (self.rotation[0].to(torch.float64), self.rotation[1].to(torch.float64)))
+        return x.to(torch.float32)
 
     def input_qparams(self, obs: Observer, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-tensor parameters of x / s over the non-outlier channels, exact from their ranges
@@ -110,8 +114,10 @@ def outlier_channels(obs: Observer, threshold: float) -> torch.Tensor:
 
 def smoothing_vector(obs: Observer, weights: list[torch.Tensor], alpha: float, outliers: torch.Tensor) -> torch.Tensor:
     assert obs.min is not None and obs.max is not None
-    act = torch.maximum(obs.min.abs(), obs.max.abs())
-    wmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
+    act = torch.maximum(obs.min.abs(), obs.max.abs()).to(torch.float64)
+    wmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0).to(torch.float64)
+    # float64 powers rounded once to float32: float32 pow differs by an ulp between vectorized
+    # implementations (CPU capabilities), which would move every smoothed weight
     s = act.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)
     s = torch.where((act > 0) & (wmax > 0), s, torch.ones_like(s)).to(torch.float32)
     s[outliers] = 1.0

@@ -26,15 +26,16 @@ BLOCK = 128  # columns updated together (the lazy batch update of the paper)
 
 
 class Hessian:
-    """Streaming 2/n X^T X of one linear's input (float64 sums of float32 products)."""
+    """Streaming 2/n X^T X of one linear's input, in float64 (every product of two float32 values
+    is exact in float64; the sums round at 1e-16, so no CPU's summation order moves GPTQ)."""
 
     def __init__(self) -> None:
         self.sum: torch.Tensor | None = None
         self.count = 0
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-        xtx = (x.t() @ x).to(torch.float64)
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).to(torch.float64)
+        xtx = x.t() @ x
         self.sum = xtx if self.sum is None else self.sum + xtx
         self.count += x.shape[0]
 
@@ -52,10 +53,10 @@ class CrossHessian:
         self.cross: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor, xq: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).to(torch.float64)
         xq = xq.detach().reshape(-1, xq.shape[-1]).to(torch.float32)
         self.quant.update(xq)
-        xxq = (x.t() @ xq).to(torch.float64)
+        xxq = x.t() @ xq.to(torch.float64)
         self.cross = xxq if self.cross is None else self.cross + xxq
 
     def problem(self, damp: float, fit_damp: float) -> Problem:
@@ -137,8 +138,12 @@ def fit_target(w: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, fit_
 
 def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
     """The weight [out, in] with GPTQ-rounded values on `qp`'s grid (quantize() of it gives the
-    stored integers). `damp` x mean(diag H) is added to the diagonal for a stable inverse."""
-    weight = w.to(torch.float32).clone()
+    stored integers). `damp` x mean(diag H) is added to the diagonal for a stable inverse.
+
+    The error feedback runs in float64: each column's rounding depends on every update before it,
+    so float32 updates (whose BLAS rounding differs between CPUs) would round other values on
+    another machine; each column is rounded from its float32 value, as the weight would be."""
+    weight = w.to(torch.float32).to(torch.float64)
     rows, cols = weight.shape
     h = hessian.to(torch.float64).clone()
     dead = torch.diagonal(h) == 0
@@ -152,7 +157,7 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
     order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if qp.group_size \
         else torch.arange(cols)
     weight, h = weight[:, order], h[order][:, order]
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     quant = _column_quantizer(qp, rows)
     out = torch.zeros_like(weight)
     for i1 in range(0, cols, BLOCK):
@@ -161,10 +166,10 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
         errors = torch.zeros_like(block)
         hb = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            q = quant(block[:, i], int(order[i1 + i]))
+            q = quant(block[:, i].to(torch.float32), int(order[i1 + i])).to(torch.float64)
             out[:, i1 + i] = q
             err = (block[:, i] - q) / hb[i, i]
             block[:, i:] -= err[:, None] * hb[i, i:][None, :]
             errors[:, i] = err
         weight[:, i2:] -= errors @ hinv[i1:i2, i2:]
-    return out[:, torch.argsort(order)]
+    return out[:, torch.argsort(order)].to(torch.float32)

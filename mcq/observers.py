@@ -109,7 +109,9 @@ def _rounding_error(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec
     """Per row: squared error of quantizing `rows` with the parameters of the range [lo, hi]."""
     scale, zp = spec_qparams(lo, hi, spec)
     qp = spec_to_qp({**spec, "granularity": "channel", "axis": 0}, scale, zp)  # one scale per row
-    return ((numerics.fake_quantize(rows, qp) - rows) ** 2).sum(1)
+    # squares of float32 differences are exact in float64, and the float64 sum rounds at 1e-16:
+    # no CPU's summation order can change which clip wins
+    return ((numerics.fake_quantize(rows, qp) - rows).to(torch.float64) ** 2).sum(1)
 
 
 def weight_qparams(w: torch.Tensor, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

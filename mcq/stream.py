@@ -189,6 +189,11 @@ def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Ca
             last[n] = i  # a value nobody reads is dropped at once
             for a in n.all_input_nodes:
                 last[a] = i
+    for n in reversed(nodes):  # a weight lives as long as its widened copy (released together)
+        if n in last and n.op == "call_function" and n.all_input_nodes \
+                and all(a.op == "get_attr" for a in n.all_input_nodes):
+            for a in n.all_input_nodes:
+                last[a] = max(last[a], last[n])
     dying: dict[int, list[fx.Node]] = {}
     for n, i in last.items():
         dying.setdefault(i, []).append(n)
@@ -205,6 +210,13 @@ def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Ca
             pass
         elif n.op == "get_attr":
             shared[n] = fetch(getattr(gm, str(n.target)))
+        elif n.op in ("call_function", "call_module") and n.all_input_nodes \
+                and all(a in shared for a in n.all_input_nodes):
+            # reads only weights (a float64 copy for calibration, `lower.widen`): one value for
+            # all batches, not one copy per batch
+            fn = modules[n.target] if n.op == "call_module" else n.target
+            shared[n] = fn(*fx.node.map_arg(n.args, shared.__getitem__), **fx.node.map_arg(n.kwargs, shared.__getitem__))  # type: ignore[operator]
+            after(n, [shared[n]] * len(inputs))
         elif n.op in ("call_function", "call_module"):
             fn = modules[n.target] if n.op == "call_module" else n.target
             outs = []
@@ -220,7 +232,8 @@ def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Ca
             per_batch.pop(a, None)
             if a in shared:
                 del shared[a]
-                release(getattr(gm, str(a.target)))
+                if a.op == "get_attr":
+                    release(getattr(gm, str(a.target)))
 
 
 class _Sink:

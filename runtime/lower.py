@@ -2,7 +2,8 @@
 
 Modes:
 - FLOAT (0): the captured graph as is (float weights required).
-- OBSERVE: float graph with calibration hooks at every quant point (toolkit only).
+- OBSERVE: float graph with calibration hooks at every quant point (toolkit only), computed in
+  float64 where the graph computes in float32 (see `widen`).
 - 2: fake quantization in float (quantize-dequantize), float KV cache.
 - 3: every quantized tensor is materialized in its storage dtype; the integer arithmetic of
   linears and attention matmuls is emulated exactly in float64; KV cache in kv dtype.
@@ -42,6 +43,17 @@ TensorSource = Callable[[str], torch.Tensor]
 
 class LoweringError(ValueError):
     pass
+
+
+def widen(x: Any) -> Any:
+    """float32 -> float64 (anything else unchanged): what calibration computes in.
+
+    Why: float32 kernels round differently from one CPU to the next (BLAS and vectorized loops
+    sum in other orders), and calibration decisions amplify last-bit differences: GPTQ's error
+    feedback turns one flipped rounding into a different weight row (docs/benchmarks.md, issue
+    22). Observed in float64, statistics agree across CPUs to ~1e-16 and round to the same
+    float32 values, so the bundle's bytes do too."""
+    return x.to(torch.float64) if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
 
 
 def past_input_name(layer: int, which: int) -> str:
@@ -151,6 +163,7 @@ class _Builder:
         self.root = nn.Module()
         self.env: dict[str, fx.Node] = {}
         self.attrs: dict[str, fx.Node] = {}
+        self.widened: dict[str, fx.Node] = {}  # OBSERVE: the float64 value of each attr
         self.modules = 0
         # kv points hold both forms at qlevels 3/4: stored (graph outputs) and dequantized (consumers)
         self.stored: dict[str, fx.Node] = {}
@@ -186,7 +199,9 @@ class _Builder:
             attr = "t_" + re.sub(r"\W", "_", name) + f"_{len(self.attrs)}"
             self.root.register_buffer(attr, self.tensor(name) if value is None else value, persistent=False)
             self.attrs[name] = self.fx.get_attr(attr)
-        return self.attrs[name]
+            if self.mode == OBSERVE:  # widened where read (the buffer stays the source's tensor)
+                self.widened[name] = self.fx.call_function(widen, (self.attrs[name],))
+        return self.widened.get(name, self.attrs[name])
 
     def call_module(self, module: nn.Module, args: tuple[Any, ...], hint: str) -> fx.Node:
         name = f"q{self.modules}_" + re.sub(r"\W", "_", hint)
@@ -209,6 +224,8 @@ class _Builder:
                 return torch.device("cpu")
             if table is None or v.name not in table:
                 raise LoweringError(f"graph {self.graph.name}: unknown {v.tag} {v.name!r}")
+            if self.mode == OBSERVE and table[v.name] == torch.float32:
+                return torch.float64
             return table[v.name]
         if isinstance(v, list):
             return [self.value(x) for x in v]
@@ -225,6 +242,8 @@ class _Builder:
         kv_specs = self._kv_specs_by_layer()
         for inp in self.graph.inputs:
             ph = self.fx.placeholder(re.sub(r"\W", "_", inp.name))
+            if self.mode == OBSERVE:
+                ph = self.fx.call_function(widen, (ph,))
             spec = kv_specs.get(inp.name)
             if spec is not None and self.mode in (3, 4):
                 self.pending_dequantize[inp.name] = Dequantize(self.qp(spec))

@@ -135,12 +135,15 @@ Observer = Callable[[str, str, torch.Tensor], None]
 
 
 class Observe(nn.Module):
-    """Calibration hook: reports the tensor to the toolkit's observer, returns it unchanged."""
+    """Calibration hook: reports the tensor to the toolkit's observer, returns it unchanged. A
+    float64 tensor (calibration computes in float64, `lower.widen`) is reported rounded to
+    float32: the values the float32 model has, correctly rounded whatever the CPU."""
 
     def __init__(self, qkey: str, role: str, observer: Observer) -> None:
         super().__init__()
         self.qkey, self.role, self.observer = qkey, role, observer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.observer(self.qkey, self.role, x.detach())
+        seen = x.detach()
+        self.observer(self.qkey, self.role, seen.to(torch.float32) if seen.dtype == torch.float64 else seen)
         return x

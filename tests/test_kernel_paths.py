@@ -38,3 +38,36 @@ def test_the_lowered_path_takes_the_exact_int8_fallback():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **LOWERED},
                           capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.split() == ["False"]
+
+
+_QUANTIZE = """
+import hashlib, sys
+from safetensors.torch import load_file
+import mcq
+from mcq.examples import load_example
+model, _ = load_example("llama-tiny")
+model.load_state_dict(load_file(sys.argv[1]))
+mcq.quantize(model, mcq.preset("W8A8KV8"), progress=False).save(sys.argv[2])
+print(hashlib.sha256(open(sys.argv[2], "rb").read()).hexdigest())
+"""
+
+
+def test_a_bundle_is_byte_identical_on_every_kernel_path(tmp_path):
+    """Calibration computes in float64 (`lower.widen`, float64 Hessians and GPTQ updates), so the
+    same weights and data give the same bundle whatever float kernels the CPU runs; on float32
+    statistics the three paths gave three different bundles. (The weights come from one file:
+    torch's seeded random init itself differs between kernel paths.)"""
+    from safetensors.torch import save_file
+
+    from mcq.examples import load_example
+
+    model, _ = load_example("llama-tiny")
+    weights = tmp_path / "llama-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    digests = {}
+    for name, env in {"native": {}, "lowered": LOWERED, "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"}}.items():
+        done = subprocess.run([sys.executable, "-c", _QUANTIZE, str(weights), str(tmp_path / f"{name}.mcq")],
+                              cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests[name] = done.stdout.split()[-1]
+    assert len(set(digests.values())) == 1, digests

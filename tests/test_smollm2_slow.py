@@ -35,7 +35,8 @@ def smollm2(real_example):
 
 
 def test_perplexity_within_1_percent_of_fp32(smollm2):
-    # issue 4's W8A8KV8 target; measured +0.72 % (docs/benchmarks.md), +3.48 % before rotated inputs
+    # issue 4's W8A8KV8 target, on every CPU (issue 22): the bundle is the same bytes on every float
+    # kernel path and measures +0.63 % to +0.90 % across them (docs/benchmarks.md)
     from mcq.evaluate import perplexity
 
     import runtime
