@@ -2,6 +2,7 @@
 per input pattern, with the interpreted graph as the fallback."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -140,6 +141,9 @@ class _FloatGlue(torch.nn.Module):
 
 
 @needs_compiler
+@pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+                    reason="Inductor's fresh C++ kernels do not build against a lowered ATen capability "
+                           "(a torch limitation: CppCompileError); the compiled path follows the CPU's own ISA")
 def test_compiled_float_glue_equals_eager_even_after_another_compile(monkeypatch):
     """Inductor's own reductions and functions round differently from ATen's (the inexact compile
     shows it); the compiled path's output equals eager bit for bit, also when an earlier compile in

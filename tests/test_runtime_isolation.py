@@ -1,6 +1,7 @@
 """The runtime loads and generates from a bundle where `transformers` and `mcq` cannot be imported."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,9 +53,17 @@ def test_runtime_generates_without_transformers_or_mcq(tiny_models, tmp_path):
         """
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+                       env=_child_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(expected)
+
+
+def _child_env() -> dict[str, str]:
+    """A bare environment, except the variables that pick torch's kernels: the child must run the
+    float glue the parent's expected values came from (tests/test_kernel_paths.py lowers them)."""
+    kernels = {k: v for k, v in os.environ.items()
+               if k.startswith(("ATEN_CPU_CAPABILITY", "MKL_", "ONEDNN_", "OMP_"))}
+    return {**kernels, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
 
 
 def test_runtime_embeds_without_transformers_or_mcq(tmp_path):
@@ -75,6 +84,6 @@ def test_runtime_embeds_without_transformers_or_mcq(tmp_path):
         """
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+                       env=_child_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(expected.tolist())  # float32 values print exactly
