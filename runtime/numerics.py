@@ -250,7 +250,7 @@ _EXACT_FLOAT32_DEPTH = 512
 def _int8_matmul_by_float32_blocks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of int8 operands in int32, exactly, without `_int_mm`: float32 GEMMs over blocks of
     at most _EXACT_FLOAT32_DEPTH input channels (exact, see there), summed in int32."""
-    if torch.get_float32_matmul_precision() != "highest":  # TF32 / bf16 inside: not exact
+    if not float32_gemm_is_exact(_EXACT_FLOAT32_DEPTH, 128 * 128):  # TF32 / bf16 inside
         return a.to(torch.int32) @ b.to(torch.int32)
     acc = None
     for start in range(0, a.shape[1], _EXACT_FLOAT32_DEPTH):
