@@ -131,8 +131,11 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
     """Inductor lowers `ops` to calls of their ATen kernels (no decomposition, no fusion) while
     it compiles; its tables are restored after. A do-nothing custom pass names those ops in
     Inductor's cache key, so a graph cached without them (another program sharing the cache
-    directory) is not reused."""
+    directory) is not reused. It names the vector ISA the C++ kernels are built for too:
+    Inductor's key leaves it out, and a graph cached by a process with another
+    `ATEN_CPU_CAPABILITY` (AVX-512 kernels, read by an AVX2 wrapper) returned garbage."""
     from torch._inductor import config, lowering
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
     from torch._inductor.custom_graph_pass import CustomGraphPass
     from torch._inductor.decomposition import decompositions, select_decomp_table
 
@@ -141,7 +144,8 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
             pass
 
         def uuid(self) -> str:
-            return "mcq-aten-kernels-1:" + ",".join(sorted(str(op) for op in ops))
+            return (f"mcq-aten-kernels-2:{pick_vec_isa()}:"
+                    + ",".join(sorted(str(op) for op in ops)))
 
     saved_lowerings = {op: lowering.lowerings[op] for op in ops if op in lowering.lowerings}
     # the table compile_fx uses is a copy made once per process (functools.cache): both lose them
