@@ -1,0 +1,122 @@
+#include "gemm_int8.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_features.h"
+#include "thread_pool.h"
+
+namespace mcq {
+
+PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride) {
+  PackedInt8 p;
+  p.n = n;
+  p.k = k;
+  p.k4 = (k + 3) / 4;
+  p.blocks = (n + 15) / 16;
+  p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64), 0);
+  p.colsum.assign(static_cast<size_t>(p.blocks * 16), 0);
+  for (int64_t r = 0; r < n; ++r) {
+    const int8_t* row = w + r * row_stride;
+    const int64_t b = r / 16, c = r % 16;
+    int32_t sum = 0;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      p.data[static_cast<size_t>(64 * (b * p.k4 + kk / 4) + 4 * c + kk % 4)] = row[kk];
+      sum += row[kk];
+    }
+    p.colsum[static_cast<size_t>(r)] = sum;
+  }
+  return p;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512_vnni: return "avx512_vnni";
+    case Isa::avx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+bool isa_usable(Isa isa) {
+  const CpuFeatures& f = cpu_features();
+  switch (isa) {
+    case Isa::avx512_vnni: return f.avx512_vnni;
+    case Isa::avx2: return f.avx2;
+    default: return true;
+  }
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::avx512_vnni, Isa::avx2})
+    if (isa_usable(isa)) return isa;
+  return Isa::portable;
+}
+
+namespace {
+
+Isa from_environment() {
+  const char* env = std::getenv("MCQ_NATIVE_ISA");
+  if (env != nullptr) {
+    for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512_vnni})
+      if (std::strcmp(env, isa_name(isa)) == 0 && isa_usable(isa)) return isa;
+  }
+  return best_isa();
+}
+
+Isa& current_isa() {
+  static Isa isa = from_environment();
+  return isa;
+}
+
+struct ParallelGemm {
+  GemmCall call;
+  void (*kernel)(const GemmCall&, int64_t, int64_t);
+  int64_t per_task;
+};
+
+void run_task(void* ctx, int64_t task) {
+  const auto* g = static_cast<const ParallelGemm*>(ctx);
+  const int64_t begin = task * g->per_task;
+  const int64_t end = std::min(begin + g->per_task, g->call.blocks);
+  g->kernel(g->call, begin, end);
+}
+
+}  // namespace
+
+Isa selected_isa() { return current_isa(); }
+
+bool set_isa(Isa isa) {
+  if (!isa_usable(isa)) return false;
+  current_isa() = isa;
+  return true;
+}
+
+void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy) {
+  if (m <= 0 || w.n <= 0) return;
+  const Isa isa = selected_isa();
+  // the activations padded to whole quads (zeros meet the weight's zero padding) and, for
+  // vpdpbusd (unsigned x signed), shifted by 128: the kernel subtracts 128 * colsum after
+  thread_local std::vector<uint8_t> prepared;
+  const int64_t kp = w.k4 * 4;
+  prepared.assign(static_cast<size_t>(m * kp), isa == Isa::avx512_vnni ? 0x80 : 0);
+  const uint8_t flip = isa == Isa::avx512_vnni ? 0x80 : 0;
+  for (int64_t r = 0; r < m; ++r) {
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(x + r * ldx);
+    uint8_t* dst = prepared.data() + r * kp;
+    for (int64_t kk = 0; kk < w.k; ++kk) dst[kk] = src[kk] ^ flip;
+  }
+  ParallelGemm g{{prepared.data(), m, w.data.data(), w.colsum.data(), w.n, w.k4, w.blocks, y, ldy}, nullptr, 1};
+  switch (isa) {
+    case Isa::avx512_vnni: g.kernel = gemm_int8_avx512_vnni; break;
+    case Isa::avx2: g.kernel = gemm_int8_avx2; break;
+    default: g.kernel = gemm_int8_portable; break;
+  }
+  ThreadPool& tp = pool();
+  // contiguous runs of 16-column blocks, a few per thread (an uneven last one is small)
+  const int64_t tasks = std::min<int64_t>(w.blocks, tp.threads() * 4);
+  g.per_task = (w.blocks + tasks - 1) / tasks;
+  tp.run((w.blocks + g.per_task - 1) / g.per_task, run_task, &g);
+}
+
+}  // namespace mcq

@@ -1,0 +1,55 @@
+// int8 x int8 -> int32 matrix products on prepacked weights: y[m, n] = sum_k x[m, k] * w[n, k],
+// exact (int32 arithmetic, wrapping as int32 does), one kernel file per instruction set.
+//
+// Packed layout (one for every ISA, made once at load): the weight's rows (output features)
+// in blocks of 16, K padded with zeros to a multiple of 4; block b, quad q holds
+// w[16b + c][4q + j] at byte 64 * (b * K4 + q) + 4c + j. One 64-byte load then feeds 16
+// outputs' dot products (vpdpbusd: 16 x 4 products) with no horizontal sums, at one row
+// (decode) as at many (prefill).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mcq {
+
+struct PackedInt8 {
+  int64_t n = 0, k = 0;          // the weight's [N, K]
+  int64_t k4 = 0, blocks = 0;    // K / 4 and N / 16, rounded up
+  std::vector<int8_t> data;      // blocks * k4 * 64 bytes
+  std::vector<int32_t> colsum;   // sum_k w[n, k] per output (VNNI's unsigned-input shift)
+};
+
+PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride);
+
+// One kernel call: output blocks [block_begin, block_end) of rows x (prepared by `prepare_x`:
+// padded to k4 * 4 bytes per row, signed or shifted to unsigned as the ISA asks).
+// (raw pointers only: the ISA files compile under other target flags and must not instantiate
+// inline library code, which the linker could pick for every caller)
+struct GemmCall {
+  const uint8_t* x;       // m rows of k4 * 4 bytes
+  int64_t m;
+  const int8_t* w;        // PackedInt8::data
+  const int32_t* colsum;  // PackedInt8::colsum (blocks * 16)
+  int64_t n, k4, blocks;
+  int32_t* y;             // m rows of ldy int32
+  int64_t ldy;
+};
+
+enum class Isa { portable = 0, avx2 = 1, avx512_vnni = 2 };
+
+const char* isa_name(Isa isa);
+bool isa_usable(Isa isa);
+Isa best_isa();
+// MCQ_NATIVE_ISA (portable / avx2 / avx512_vnni) where set and usable, else the best usable
+Isa selected_isa();
+bool set_isa(Isa isa);  // false if this CPU cannot run it
+
+void gemm_int8_portable(const GemmCall& c, int64_t block_begin, int64_t block_end);
+void gemm_int8_avx2(const GemmCall& c, int64_t block_begin, int64_t block_end);
+void gemm_int8_avx512_vnni(const GemmCall& c, int64_t block_begin, int64_t block_end);
+
+// y = x @ w^T for x [m, k] int8 (row stride ldx), on the process's thread pool
+void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy);
+
+}  // namespace mcq

@@ -1,0 +1,20 @@
+"""Builds runtime._native, the engine's C++ core (everything else is in pyproject.toml).
+
+The extension is optional: where no C++17 compiler is found the install still succeeds and the
+runtime runs on its reference path (runtime.native says so once)."""
+from setuptools import Extension, setup
+
+SOURCES = ["module.cpp", "cpu_features.cpp", "thread_pool.cpp", "gemm_int8.cpp",
+           "gemm_int8_portable.cpp", "gemm_int8_avx2.cpp", "gemm_int8_avx512_vnni.cpp"]
+
+setup(ext_modules=[Extension(
+    "runtime._native",
+    sources=[f"runtime/csrc/{s}" for s in SOURCES],
+    depends=["runtime/csrc/cpu_features.h", "runtime/csrc/gemm_int8.h", "runtime/csrc/thread_pool.h"],
+    language="c++",
+    # no -march=native: the wheel runs on any x86-64; each ISA file names its own target
+    extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-fno-math-errno",
+                        "-Wno-maybe-uninitialized"],
+    extra_link_args=["-pthread"],
+    optional=True,
+)])
