@@ -5,12 +5,14 @@ runtime runs on its reference path (runtime.native says so once)."""
 from setuptools import Extension, setup
 
 SOURCES = ["module.cpp", "cpu_features.cpp", "thread_pool.cpp", "gemm_int8.cpp",
-           "gemm_int8_portable.cpp", "gemm_int8_avx2.cpp", "gemm_int8_avx512_vnni.cpp"]
+           "gemm_int8_portable.cpp", "gemm_int8_avx2.cpp", "gemm_int8_avx512_vnni.cpp",
+           "tensor.cpp", "ops_shape.cpp", "ops_math.cpp", "ops_quant.cpp", "program.cpp"]
+HEADERS = ["cpu_features.h", "gemm_int8.h", "thread_pool.h", "tensor.h", "ops.h", "quant.h", "program.h"]
 
 setup(ext_modules=[Extension(
     "runtime._native",
     sources=[f"runtime/csrc/{s}" for s in SOURCES],
-    depends=["runtime/csrc/cpu_features.h", "runtime/csrc/gemm_int8.h", "runtime/csrc/thread_pool.h"],
+    depends=[f"runtime/csrc/{h}" for h in HEADERS],
     language="c++",
     # no -march=native: the wheel runs on any x86-64; each ISA file names its own target
     extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-fno-math-errno",

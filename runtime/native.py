@@ -45,10 +45,14 @@ def warn_unavailable() -> None:
                       "Reinstall with a C++17 compiler (g++ or clang) to build it.", RuntimeWarning, stacklevel=3)
 
 
-def _core() -> ModuleType:
+def core() -> ModuleType:
+    """The extension module itself (the engine's planner builds programs with it)."""
     if _module is None:
         raise RuntimeError(f"mcq native engine unavailable: {_error}")
     return _module
+
+
+_core = core
 
 
 def features() -> dict[str, bool]:
@@ -85,6 +89,11 @@ class Int8Weight:
             raise TypeError(f"Int8Weight takes a 2-D int8 array, got {weight.dtype} {weight.shape}")
         self.shape: tuple[int, int] = (int(weight.shape[0]), int(weight.shape[1]))
         self._packed = _core().Int8Weight(np.ascontiguousarray(weight), *self.shape)
+
+    @property
+    def packed(self) -> object:
+        """The native packed weight (what `runtime._native.qlinear` takes)."""
+        return self._packed
 
     @property
     def nbytes(self) -> int:

@@ -16,7 +16,7 @@ PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride) 
   p.k4 = (k + 3) / 4;
   p.blocks = (n + 15) / 16;
   p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64), 0);
-  p.colsum.assign(static_cast<size_t>(p.blocks * 16), 0);
+  p.shift.assign(static_cast<size_t>(p.blocks * 16), 0);
   for (int64_t r = 0; r < n; ++r) {
     const int8_t* row = w + r * row_stride;
     const int64_t b = r / 16, c = r % 16;
@@ -25,7 +25,7 @@ PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride) 
       p.data[static_cast<size_t>(64 * (b * p.k4 + kk / 4) + 4 * c + kk % 4)] = row[kk];
       sum += row[kk];
     }
-    p.colsum[static_cast<size_t>(r)] = sum;
+    p.shift[static_cast<size_t>(r)] = static_cast<int32_t>(static_cast<uint32_t>(sum) * 128u);
   }
   return p;
 }
@@ -96,7 +96,7 @@ void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int
   if (m <= 0 || w.n <= 0) return;
   const Isa isa = selected_isa();
   // the activations padded to whole quads (zeros meet the weight's zero padding) and, for
-  // vpdpbusd (unsigned x signed), shifted by 128: the kernel subtracts 128 * colsum after
+  // vpdpbusd (unsigned x signed), shifted by 128: the kernel subtracts 128 * sum_k w after
   thread_local std::vector<uint8_t> prepared;
   const int64_t kp = w.k4 * 4;
   prepared.assign(static_cast<size_t>(m * kp), isa == Isa::avx512_vnni ? 0x80 : 0);
@@ -106,7 +106,7 @@ void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int
     uint8_t* dst = prepared.data() + r * kp;
     for (int64_t kk = 0; kk < w.k; ++kk) dst[kk] = src[kk] ^ flip;
   }
-  ParallelGemm g{{prepared.data(), m, w.data.data(), w.colsum.data(), w.n, w.k4, w.blocks, y, ldy}, nullptr, 1};
+  ParallelGemm g{{prepared.data(), m, w.data.data(), w.shift.data(), w.n, w.k4, w.blocks, y, ldy}, nullptr, 1};
   switch (isa) {
     case Isa::avx512_vnni: g.kernel = gemm_int8_avx512_vnni; break;
     case Isa::avx2: g.kernel = gemm_int8_avx2; break;

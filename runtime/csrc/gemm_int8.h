@@ -17,7 +17,7 @@ struct PackedInt8 {
   int64_t n = 0, k = 0;          // the weight's [N, K]
   int64_t k4 = 0, blocks = 0;    // K / 4 and N / 16, rounded up
   std::vector<int8_t> data;      // blocks * k4 * 64 bytes
-  std::vector<int32_t> colsum;   // sum_k w[n, k] per output (VNNI's unsigned-input shift)
+  std::vector<int32_t> shift;    // 128 * sum_k w[n, k] per output (undoes VNNI's unsigned-input shift)
 };
 
 PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride);
@@ -30,7 +30,7 @@ struct GemmCall {
   const uint8_t* x;       // m rows of k4 * 4 bytes
   int64_t m;
   const int8_t* w;        // PackedInt8::data
-  const int32_t* colsum;  // PackedInt8::colsum (blocks * 16)
+  const int32_t* shift;   // PackedInt8::shift (blocks * 16)
   int64_t n, k4, blocks;
   int32_t* y;             // m rows of ldy int32
   int64_t ldy;

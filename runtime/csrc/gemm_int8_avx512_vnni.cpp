@@ -34,7 +34,7 @@ inline void tile(const GemmCall& c, int64_t row, int64_t block) {
   }
   for (int j = 0; j < NB; ++j) {
     const int64_t first = 16 * (block + j);
-    const __m512i shift = _mm512_slli_epi32(_mm512_loadu_si512(c.colsum + first), 7);
+    const __m512i shift = _mm512_loadu_si512(c.shift + first);
     const int64_t cols = c.n - first;
     const __mmask16 mask = cols >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << cols) - 1);
     for (int i = 0; i < MR; ++i)

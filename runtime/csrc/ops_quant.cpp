@@ -1,0 +1,259 @@
+// The quantized ops of qlevel 4 (spec Q.2-Q.4): integer accumulators exact (equal to the
+// reference bit for bit), float glue in float32 as the reference orders it.
+#include <cmath>
+
+#include "ops.h"
+#include "quant.h"
+
+namespace mcq {
+
+namespace {
+
+inline float round_half_away(float v) { return std::trunc(v + std::copysign(0.5f, v)); }
+
+// per-element scale / zero point index of a spec over a tensor of `shape`
+struct ParamIndex {
+  int64_t axis = -1, count = 1, heads = 0;
+  int64_t stride_after = 1;  // elements per step along axis (contiguous tensor)
+  ParamIndex(const QuantSpec& q, const Tensor& t) {
+    if (q.per_tensor()) return;
+    axis = wrap_dim(q.axis, t.nd);
+    count = static_cast<int64_t>(q.scale.size());
+    for (int d = static_cast<int>(axis) + 1; d < t.nd; ++d) stride_after *= t.sh[d];
+    if (!q.per_head && t.sh[axis] != count)
+      throw EngineError("quantizer: " + std::to_string(count) + " scales for an axis of " + std::to_string(t.sh[axis]));
+  }
+  int64_t operator()(int64_t flat, const Tensor& t) const {
+    if (axis < 0) return 0;
+    const int64_t i = (flat / stride_after) % t.sh[axis];
+    return i % count;
+  }
+};
+
+}  // namespace
+
+Tensor quantizer_input(const Tensor& x0, const QuantSpec& q) {
+  Tensor x = to_dtype(x0, DType::f32);
+  if (q.plain()) return x;
+  Tensor y = empty(DType::f32, x.shape());
+  std::copy(x.data<float>(), x.data<float>() + x.numel(), y.data<float>());
+  const int64_t width = y.nd ? y.sh[y.nd - 1] : 1;
+  const int64_t rows = width ? y.numel() / width : 0;
+  float* p = y.data<float>();
+  if (!q.outliers.empty())
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c : q.outliers) {
+        if (c < 0 || c >= width) throw EngineError("outlier channel out of range");
+        p[r * width + c] = 0.0f;
+      }
+  if (!q.smooth.empty()) {
+    if (static_cast<int64_t>(q.smooth.size()) != width) throw EngineError("smoothing vector does not match the channels");
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < width; ++c) p[r * width + c] /= q.smooth[c];
+  }
+  if (!q.rot_b.empty()) {
+    const int64_t b = q.rot_b_size, a = q.rot_a_size ? q.rot_a_size : width / b;
+    if (a * b != width) throw EngineError("rotation factors do not cover the channels");
+    // X [rows * a, b] @ B^T, then A @ each [a, b] block
+    std::vector<float> bt(static_cast<size_t>(b * b));
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t j = 0; j < b; ++j) bt[j * b + i] = q.rot_b[i * b + j];
+    Tensor z = empty(DType::f32, y.shape());
+    gemm_f32(p, b, bt.data(), b, z.data<float>(), b, rows * a, b, b, false);
+    if (q.rot_a_size) {
+      Tensor u = empty(DType::f32, y.shape());
+      for (int64_t r = 0; r < rows; ++r)
+        gemm_f32(q.rot_a.data(), a, z.data<float>() + r * width, b, u.data<float>() + r * width, b, a, b, a, false);
+      return u;
+    }
+    return z;
+  }
+  return y;
+}
+
+Tensor quantize(const Tensor& x0, const QuantSpec& q) {
+  const Tensor x = quantizer_input(x0, q);
+  Tensor out = empty(q.storage, x.shape());
+  const ParamIndex index(q, x);
+  const int64_t n = x.numel();
+  const float* p = x.data<float>();
+  const bool one_zp = q.zero_point.size() == 1;
+  const float lo = static_cast<float>(q.qmin), hi = static_cast<float>(q.qmax);
+  auto grid = [&](int64_t i) {
+    const int64_t k = index(i, x);
+    float v = round_half_away(p[i] / q.scale[k]) + static_cast<float>(q.zero_point[one_zp ? 0 : k]);
+    // clamp as torch.clamp does: NaN stays NaN (then casts as the reference's cast does)
+    v = v < lo ? lo : v > hi ? hi : v;
+    return v;
+  };
+  if (q.storage == DType::i8) {
+    int8_t* o = out.data<int8_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<int8_t>(static_cast<int32_t>(grid(i)));
+  } else {
+    int16_t* o = out.data<int16_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<int16_t>(static_cast<int32_t>(grid(i)));
+  }
+  return out;
+}
+
+Tensor dequantize(const Tensor& q0, const QuantSpec& spec) {
+  const Tensor q = to_dtype(q0, DType::i32);
+  Tensor out = empty(DType::f32, q.shape());
+  const ParamIndex index(spec, q);
+  const bool one_zp = spec.zero_point.size() == 1;
+  const int32_t* p = q.data<int32_t>();
+  float* o = out.data<float>();
+  for (int64_t i = 0, n = q.numel(); i < n; ++i) {
+    const int64_t k = index(i, q);
+    o[i] = static_cast<float>(p[i] - spec.zero_point[one_zp ? 0 : k]) * spec.scale[k];
+  }
+  return out;
+}
+
+namespace {
+
+template <class T>
+const T& object(const Value& v, const char* what) {
+  const T* p = v.kind == Value::Kind::object ? dynamic_cast<const T*>(v.object.get()) : nullptr;
+  if (p == nullptr) throw EngineError(std::string(what) + ": wrong load-time object");
+  return *p;
+}
+
+Value op_quantize(Args& a) { return Value::Of(quantize(a[0].tensor("quantize"), object<QuantSpec>(a[1], "quantize"))); }
+
+Value op_dequantize(Args& a) {
+  return Value::Of(dequantize(a[0].tensor("dequantize"), object<QuantSpec>(a[1], "dequantize")));
+}
+
+// mcq.qlinear(x, bias, params)
+Value op_qlinear(Args& a) {
+  const Tensor& x = a[0].tensor("qlinear input");
+  const QLinearParams& p = object<QLinearParams>(a[2], "qlinear");
+  const PackedInt8& w = *p.weight;
+  if (x.nd < 1 || x.sh[x.nd - 1] != w.k)
+    throw EngineError("qlinear: input " + shape_str(x) + " for a weight of " + std::to_string(w.k) + " inputs");
+  const Tensor xq = quantize(x, *p.input);
+  const int64_t m = w.k ? xq.numel() / w.k : 0;
+  std::vector<int64_t> shape = x.shape();
+  shape.back() = w.n;
+  Tensor acc = empty(DType::i32, {m, w.n});
+  gemm_int8(xq.data<int8_t>(), m, w.k, w, acc.data<int32_t>(), w.n);
+  Tensor y = empty(DType::f32, shape);
+  float* o = y.data<float>();
+  const int32_t* s = acc.data<int32_t>();
+  const bool corr = !p.correction.empty();
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < w.n; ++c) {
+      const int32_t v = corr ? static_cast<int32_t>(static_cast<uint32_t>(s[r * w.n + c]) -
+                                                    static_cast<uint32_t>(p.correction[c]))
+                             : s[r * w.n + c];
+      o[r * w.n + c] = static_cast<float>(v) * p.out_scale[c];
+    }
+  if (!a[1].is_none()) {
+    const Tensor b = to_dtype(a[1].tensor("qlinear bias"), DType::f32);
+    if (b.numel() != w.n) throw EngineError("qlinear: bias of " + shape_str(b));
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < w.n; ++c) o[r * w.n + c] += b.data<float>()[c];
+  }
+  if (!p.outlier_index.empty()) {
+    // float side path: x[..., outliers] @ outlier_weight^T, added after
+    const Tensor xf = to_dtype(x, DType::f32);
+    const int64_t no = static_cast<int64_t>(p.outlier_index.size());
+    std::vector<float> xs(static_cast<size_t>(m * no)), wt(static_cast<size_t>(no * w.n)), side(static_cast<size_t>(m * w.n));
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < no; ++j) xs[r * no + j] = xf.data<float>()[r * w.k + p.outlier_index[j]];
+    for (int64_t c = 0; c < w.n; ++c)
+      for (int64_t j = 0; j < no; ++j) wt[j * w.n + c] = p.outlier_weight[c * no + j];
+    gemm_f32(xs.data(), no, wt.data(), w.n, side.data(), w.n, m, w.n, no, false);
+    for (int64_t i = 0; i < m * w.n; ++i) o[i] += side[i];
+  }
+  return Value::Of(y);
+}
+
+// mcq.qbmm(a, b, spec_a, spec_b): centered integers, int32 sums, float32(acc) * float32(s_a * s_b)
+Value op_qbmm(Args& args) {
+  const QuantSpec& sa = object<QuantSpec>(args[2], "qbmm");
+  const QuantSpec& sb = object<QuantSpec>(args[3], "qbmm");
+  const Tensor qa = to_dtype(quantize(args[0].tensor("qbmm a"), sa), DType::i32);
+  const Tensor qb = to_dtype(quantize(args[1].tensor("qbmm b"), sb), DType::i32);
+  if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
+    throw EngineError("qbmm: " + shape_str(qa) + " @ " + shape_str(qb));
+  const int64_t bt = qa.sh[0], m = qa.sh[1], k = qa.sh[2], n = qb.sh[2];
+  const ParamIndex ia(sa, qa), ib(sb, qb);
+  // centered operands (q - zp)
+  std::vector<int32_t> ca(static_cast<size_t>(qa.numel())), cb(static_cast<size_t>(qb.numel()));
+  for (int64_t i = 0; i < qa.numel(); ++i)
+    ca[i] = qa.data<int32_t>()[i] - sa.zero_point[sa.zero_point.size() == 1 ? 0 : ia(i, qa)];
+  for (int64_t i = 0; i < qb.numel(); ++i)
+    cb[i] = qb.data<int32_t>()[i] - sb.zero_point[sb.zero_point.size() == 1 ? 0 : ib(i, qb)];
+  Tensor out = empty(DType::f32, {bt, m, n});
+  Tensor acc_shape = empty(DType::i32, {bt, m, n});
+  const ParamIndex oa(sa, acc_shape), ob(sb, acc_shape);
+  std::vector<int32_t> row(static_cast<size_t>(n));
+  for (int64_t b = 0; b < bt; ++b)
+    for (int64_t i = 0; i < m; ++i) {
+      std::fill(row.begin(), row.end(), 0);
+      const int32_t* pa = ca.data() + (b * m + i) * k;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const int32_t v = pa[kk];
+        const int32_t* pb = cb.data() + (b * k + kk) * n;
+        for (int64_t j = 0; j < n; ++j) row[j] += v * pb[j];
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t flat = (b * m + i) * n + j;
+        const float scale = sa.scale[oa(flat, acc_shape)] * sb.scale[ob(flat, acc_shape)];
+        out.data<float>()[flat] = static_cast<float>(row[j]) * scale;
+      }
+    }
+  return Value::Of(out);
+}
+
+// mcq.qembedding(ids, table int8 [V, D], spec (per row), smooth or None)
+Value op_qembedding(Args& a) {
+  const Tensor ids = to_dtype(a[0].tensor("embedding ids"), DType::i64);
+  const Tensor& table = a[1].tensor("embedding table");
+  const QuantSpec& q = object<QuantSpec>(a[2], "qembedding");
+  if (table.nd != 2 || table.dt != DType::i8) throw EngineError("qembedding: table must be int8 [V, D]");
+  const int64_t v = table.sh[0], d = table.sh[1];
+  std::vector<int64_t> shape = ids.shape();
+  shape.push_back(d);
+  Tensor out = empty(DType::f32, shape);
+  const Tensor smooth = a[3].is_none() ? Tensor{} : to_dtype(a[3].tensor("smooth"), DType::f32);
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    int64_t id = ids.data<int64_t>()[i];
+    if (id < -v || id >= v) throw EngineError("token id " + std::to_string(id) + " out of range");
+    if (id < 0) id += v;
+    const int64_t k = q.scale.size() == 1 ? 0 : id;
+    const int32_t zp = q.zero_point[q.zero_point.size() == 1 ? 0 : id];
+    const int8_t* row = table.data<int8_t>() + id * table.st[0];
+    float* o = out.data<float>() + i * d;
+    for (int64_t j = 0; j < d; ++j) {
+      float x = static_cast<float>(static_cast<int32_t>(row[j * table.st[1]]) - zp) * q.scale[k];
+      if (!a[3].is_none()) x /= smooth.data<float>()[j];
+      o[j] = x;
+    }
+  }
+  return Value::Of(out);
+}
+
+}  // namespace
+
+void add_quant_ops(OpTable& t) {
+  t.insert(t.end(), {
+      {"mcq.quantize", op_quantize}, {"mcq.dequantize", op_dequantize}, {"mcq.qlinear", op_qlinear},
+      {"mcq.qbmm", op_qbmm}, {"mcq.qembedding", op_qembedding},
+  });
+}
+
+const OpTable& op_table() {
+  static const OpTable table = [] {
+    OpTable t;
+    add_shape_ops(t);
+    add_math_ops(t);
+    add_quant_ops(t);
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace mcq

@@ -1,0 +1,48 @@
+// Quantization parameters and quantized linears as the planner prepares them at load
+// (runtime/engine/quant.py): the spec's Q.2 quantizer and Q.4 integer linear, on float32.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "gemm_int8.h"
+#include "tensor.h"
+
+namespace mcq {
+
+// One int spec (spec Q.2): per tensor (axis < 0), per channel along `axis`, or per head (index
+// along axis modulo the number of scales). The quantizer's input is x with the outlier channels
+// zeroed, divided by `smooth`, then rotated by A (x) B (A empty: identity) along the last axis.
+struct QuantSpec : Object {
+  std::vector<float> scale;
+  std::vector<int32_t> zero_point;  // one, or one per scale
+  int64_t axis = -1;                // < 0: per tensor
+  bool per_head = false;
+  int64_t qmin = -128, qmax = 127;
+  DType storage = DType::i8;
+  std::vector<float> smooth;
+  std::vector<int64_t> outliers;
+  std::vector<float> rot_a, rot_b;  // row-major square matrices (rot_a may be empty)
+  int64_t rot_a_size = 0, rot_b_size = 0;
+
+  bool per_tensor() const { return axis < 0; }
+  bool plain() const { return smooth.empty() && outliers.empty() && rot_b.empty(); }
+};
+
+// A linear of a per-tensor quantized input and a per-channel (or per-tensor) symmetric int8
+// weight: y = float32(acc - zp_x * rowsum(w)) * float32(s_x * s_w[n]) (+ bias) (+ outliers).
+struct QLinearParams : Object {
+  std::shared_ptr<const QuantSpec> input;
+  std::shared_ptr<const PackedInt8> weight;
+  std::vector<float> out_scale;         // [N]
+  std::vector<int32_t> correction;      // [N] or empty (zero input zero point)
+  std::vector<int64_t> outlier_index;   // input channels of the float side path
+  std::vector<float> outlier_weight;    // [N, outliers]
+};
+
+// x (float) -> the quantizer's input (float32, contiguous): outliers zeroed, smoothed, rotated
+Tensor quantizer_input(const Tensor& x, const QuantSpec& q);
+Tensor quantize(const Tensor& x, const QuantSpec& q);
+Tensor dequantize(const Tensor& q, const QuantSpec& spec);
+
+}  // namespace mcq

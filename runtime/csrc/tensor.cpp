@@ -1,0 +1,193 @@
+#include "tensor.h"
+
+#include <cstdlib>
+#include <new>
+
+namespace mcq {
+
+Storage::~Storage() {
+  if (owned) std::free(data);
+}
+
+size_t dtype_size(DType dt) {
+  switch (dt) {
+    case DType::f32: case DType::i32: return 4;
+    case DType::f64: case DType::i64: return 8;
+    case DType::i16: return 2;
+    default: return 1;
+  }
+}
+
+const char* dtype_name(DType dt) {
+  static const char* names[] = {"float32", "float64", "int64", "int32", "int8", "uint8", "bool", "int16"};
+  return names[static_cast<int>(dt)];
+}
+
+bool Tensor::contiguous() const {
+  int64_t expect = 1;
+  for (int i = nd - 1; i >= 0; --i) {
+    if (sh[i] != 1 && st[i] != expect) return false;
+    expect *= sh[i];
+  }
+  return true;
+}
+
+void set_contiguous_strides(Tensor& t) {
+  int64_t s = 1;
+  for (int i = t.nd - 1; i >= 0; --i) {
+    t.st[i] = s;
+    s *= t.sh[i];
+  }
+}
+
+Tensor empty(DType dt, const std::vector<int64_t>& shape) {
+  if (shape.size() > static_cast<size_t>(kMaxDims)) throw EngineError("tensor of rank > 8");
+  Tensor t;
+  t.dt = dt;
+  t.nd = static_cast<int>(shape.size());
+  int64_t n = 1;
+  for (int i = 0; i < t.nd; ++i) {
+    if (shape[i] < 0) throw EngineError("negative size");
+    t.sh[i] = shape[i];
+    n *= shape[i];
+  }
+  set_contiguous_strides(t);
+  auto s = std::make_shared<Storage>();
+  s->bytes = static_cast<size_t>(n) * dtype_size(dt);
+  // 64-byte aligned: whole cache lines for the vector kernels
+  s->data = std::aligned_alloc(64, (s->bytes + 63) / 64 * 64 + 64);
+  if (s->data == nullptr) throw std::bad_alloc();
+  s->owned = true;
+  t.ptr = static_cast<char*>(s->data);
+  t.storage = std::move(s);
+  return t;
+}
+
+Tensor wrap(DType dt, const std::vector<int64_t>& shape, void* data, std::shared_ptr<Storage> keep) {
+  Tensor t;
+  t.dt = dt;
+  t.nd = static_cast<int>(shape.size());
+  for (int i = 0; i < t.nd; ++i) t.sh[i] = shape[i];
+  set_contiguous_strides(t);
+  t.ptr = static_cast<char*>(data);
+  t.storage = std::move(keep);
+  return t;
+}
+
+namespace {
+
+template <class S, class D>
+void convert(const Tensor& src, Tensor& dst) {
+  // walk src in index order (any strides) into dst (any strides)
+  const int nd = src.nd;
+  int64_t idx[kMaxDims] = {0};
+  const int64_t n = src.numel();
+  const S* s = src.data<S>();
+  D* d = dst.data<D>();
+  if (nd == 0) {
+    if (n) d[0] = static_cast<D>(s[0]);
+    return;
+  }
+  const int64_t inner = src.sh[nd - 1], ss = src.st[nd - 1], ds = dst.st[nd - 1];
+  for (int64_t done = 0; done < n; done += inner) {
+    int64_t so = 0, dof = 0;
+    for (int i = 0; i < nd - 1; ++i) {
+      so += idx[i] * src.st[i];
+      dof += idx[i] * dst.st[i];
+    }
+    for (int64_t j = 0; j < inner; ++j) d[dof + j * ds] = static_cast<D>(s[so + j * ss]);
+    for (int i = nd - 2; i >= 0; --i) {
+      if (++idx[i] < src.sh[i]) break;
+      idx[i] = 0;
+    }
+  }
+}
+
+template <class S>
+void convert_from(const Tensor& src, Tensor& dst) {
+  switch (dst.dt) {
+    case DType::f32: return convert<S, float>(src, dst);
+    case DType::f64: return convert<S, double>(src, dst);
+    case DType::i64: return convert<S, int64_t>(src, dst);
+    case DType::i32: return convert<S, int32_t>(src, dst);
+    case DType::i16: return convert<S, int16_t>(src, dst);
+    case DType::i8: return convert<S, int8_t>(src, dst);
+    case DType::u8: return convert<S, uint8_t>(src, dst);
+    case DType::b8: return convert<S, bool>(src, dst);
+  }
+}
+
+}  // namespace
+
+void copy_into(const Tensor& src, Tensor& dst) {
+  if (src.numel() == 0) return;
+  switch (src.dt) {
+    case DType::f32: return convert_from<float>(src, dst);
+    case DType::f64: return convert_from<double>(src, dst);
+    case DType::i64: return convert_from<int64_t>(src, dst);
+    case DType::i32: return convert_from<int32_t>(src, dst);
+    case DType::i16: return convert_from<int16_t>(src, dst);
+    case DType::i8: return convert_from<int8_t>(src, dst);
+    case DType::u8: return convert_from<uint8_t>(src, dst);
+    case DType::b8: return convert_from<bool>(src, dst);
+  }
+}
+
+Tensor contiguous(const Tensor& t) {
+  if (t.contiguous()) return t;
+  Tensor out = empty(t.dt, t.shape());
+  copy_into(t, out);
+  return out;
+}
+
+Tensor to_dtype(const Tensor& t, DType dt) {
+  if (t.dt == dt) return contiguous(t);
+  Tensor out = empty(dt, t.shape());
+  copy_into(t, out);
+  return out;
+}
+
+double item_double(const Tensor& t) {
+  Tensor one = to_dtype(t, DType::f64);
+  return one.data<double>()[0];
+}
+
+int64_t item_int(const Tensor& t) {
+  Tensor one = to_dtype(t, DType::i64);
+  return one.data<int64_t>()[0];
+}
+
+std::string shape_str(const Tensor& t) {
+  std::string s = "[";
+  for (int i = 0; i < t.nd; ++i) s += (i ? ", " : "") + std::to_string(t.sh[i]);
+  return s + "] " + dtype_name(t.dt);
+}
+
+const Tensor& Value::tensor(const char* what) const {
+  if (kind != Kind::tensor) throw EngineError(std::string(what) + ": expected a tensor");
+  return t;
+}
+
+int64_t Value::integer(const char* what) const {
+  if (kind == Kind::integer || kind == Kind::boolean) return i;
+  if (kind == Kind::tensor && t.numel() == 1) return item_int(t);
+  throw EngineError(std::string(what) + ": expected an integer");
+}
+
+double Value::real(const char* what) const {
+  if (kind == Kind::real) return f;
+  if (kind == Kind::integer || kind == Kind::boolean) return static_cast<double>(i);
+  if (kind == Kind::tensor && t.numel() == 1) return item_double(t);
+  throw EngineError(std::string(what) + ": expected a number");
+}
+
+std::vector<int64_t> Value::ints(const char* what) const {
+  if (kind == Kind::integer) return {i};
+  if (kind != Kind::list) throw EngineError(std::string(what) + ": expected a list of integers");
+  std::vector<int64_t> out;
+  out.reserve(items.size());
+  for (const Value& v : items) out.push_back(v.integer(what));
+  return out;
+}
+
+}  // namespace mcq

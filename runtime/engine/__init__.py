@@ -1,0 +1,65 @@
+"""The native engine: a bundle's entry points as native programs (runtime/csrc), planned at
+load from the graph sections and qformat with numpy only (`plan`), run in one native call each.
+
+`Engine.run(name, inputs)` takes and returns numpy arrays. Entry points the engine cannot plan
+(`Unsupported`: an op or quantized form it has no kernel for) are listed in `unsupported` with
+the reason; callers run those on the reference path."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from runtime import native
+from runtime.engine.plan import plan
+from runtime.engine.quant import CODE_NUMPY, DTYPE_CODES, Unsupported
+from runtime.ir import Graph
+
+__all__ = ["Engine", "Unsupported"]
+
+
+class Engine:
+    def __init__(self, graphs: Mapping[str, Graph], tensor: Callable[[str], np.ndarray],
+                 qformat: Mapping[str, Any] | None, last_position_logits: Sequence[str] = (),
+                 release: Callable[[str], None] | None = None) -> None:
+        self.graphs = dict(graphs)
+        self.programs: dict[tuple[str, bool], Any] = {}
+        self.unsupported: dict[str, str] = {}
+        self._tensor, self._qformat, self._release = tensor, qformat, release
+        self._shared: dict[Any, Any] = {}  # packed weights and specs, shared by the entry points
+        for name in self.graphs:
+            try:
+                self.program(name, name in last_position_logits)
+            except Unsupported as e:
+                self.unsupported[name] = str(e)
+
+    def program(self, name: str, last_position_logits: bool = False) -> Any:
+        key = (name, last_position_logits)
+        if key not in self.programs:
+            self.programs[key] = plan(self.graphs[name], self._tensor, self._qformat, self._shared,
+                                      last_position_logits, self._release)
+        return self.programs[key]
+
+    def supports(self, name: str) -> bool:
+        return name in self.graphs and name not in self.unsupported
+
+    def run(self, name: str, inputs: Sequence[np.ndarray], last_position_logits: bool = False) -> list[np.ndarray]:
+        """The entry point's outputs (numpy, in graph order) for inputs in graph order."""
+        specs = self.graphs[name].inputs
+        if len(inputs) != len(specs):
+            raise ValueError(f"{name}: {len(inputs)} inputs given, the graph takes {len(specs)}")
+        args = []
+        for spec, x in zip(specs, inputs):
+            code = DTYPE_CODES.get(spec.dtype)
+            if code is None:
+                raise Unsupported(f"{name}: input {spec.name!r} of dtype {spec.dtype}")
+            a = np.ascontiguousarray(x, dtype=CODE_NUMPY[code])
+            if not spec.accepts(a.shape):
+                raise ValueError(f"{name}: input {spec.name!r} has shape {list(a.shape)}, the graph takes {spec.shape}")
+            args.append((a, code, list(a.shape)))
+        out = self.program(name, last_position_logits).run(args)
+        return [np.frombuffer(data, dtype=CODE_NUMPY[code]).reshape(shape) for data, code, shape in out]
+
+
+def available() -> bool:
+    return native.available()

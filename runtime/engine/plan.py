@@ -1,0 +1,240 @@
+"""A bundle's graph (runtime.ir) + qformat -> a native Program at qlevel 4: the decisions
+`runtime.lower` makes for the reference path (which quantized form each node takes), emitted as
+engine op calls over numbered slots instead of fx nodes. numpy only: no torch at load.
+
+What the engine has no form for (weight-only linears, fp8, groups, an op outside its table)
+raises `Unsupported` naming the node; the model then runs that entry point on the reference."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from runtime import native
+from runtime.engine import quant
+from runtime.engine.quant import DTYPE_CODES, NUMPY_CODES, Spec, Unsupported
+from runtime.engine.schemas import SchemaError, normalize
+from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
+
+LINEAR, BMM, EMBEDDING, KV_POINT = "aten.linear.default", "aten.bmm.default", "aten.embedding.default", \
+    "mcq.kv_point"
+LAST = 2 ** 63 - 1
+
+
+def past_input_name(layer: int, which: int) -> str:
+    return f"past.{layer}.{'kv'[which]}"
+
+
+class Planner:
+    def __init__(self, graph: Graph, tensor: quant.TensorSource, qformat: Mapping[str, Any] | None,
+                 shared: dict[Any, Any], last_position_logits: bool = False,
+                 release: Callable[[str], None] | None = None) -> None:
+        self.graph, self.tensor, self.shared, self.release = graph, tensor, shared, release
+        self.qnodes: Mapping[str, Any] = (qformat or {}).get("nodes", {})
+        self.slots: dict[str, int] = {}
+        self.code: list[tuple[str, str, int, list[Any]]] = []  # (op, node, out slot, args)
+        self.pending: dict[str, Any] = {}  # past-KV input -> its dequantizing spec (at first use)
+        self.stored: dict[str, int] = {}  # kv point node -> slot of its stored (quantized) form
+        self.constants: dict[str, tuple[Any, ...]] = {}
+        self.last_position_of = {v.name for n, v in graph.outputs if n == "logits" and isinstance(v, Ref)} \
+            if last_position_logits else set()
+
+    def slot(self, name: str) -> int:
+        if name not in self.slots:
+            self.slots[name] = len(self.slots)
+        return self.slots[name]
+
+    def temp(self, hint: str) -> int:
+        return self.slot(f"#{len(self.slots)}:{hint}")
+
+    def emit(self, op: str, node: str, args: list[Any], out: int | None = None) -> int:
+        out = self.temp(node) if out is None else out
+        self.code.append((op, node, out, args))
+        return out
+
+    # -- arguments -----------------------------------------------------------------------------
+    def arg(self, v: Any, node: str) -> tuple[Any, ...]:
+        if isinstance(v, Ref):
+            if v.name in self.pending:
+                spec = self.pending.pop(v.name)
+                self.slots[v.name] = self.emit("mcq.dequantize", node, [("ref", self.slots[v.name]), ("object", spec)])
+            if v.name not in self.slots:
+                raise Unsupported(f"node {node}: reference to unknown value {v.name!r}")
+            return ("ref", self.slots[v.name])
+        if isinstance(v, TensorRef):
+            return self.constant(v.name)
+        if isinstance(v, Symbol):
+            if v.tag == "dtype":
+                if v.name not in DTYPE_CODES:
+                    raise Unsupported(f"node {node}: dtype {v.name} (engine: {', '.join(DTYPE_CODES)})")
+                return ("int", DTYPE_CODES[v.name])
+            raise Unsupported(f"node {node}: a {v.tag} argument where the engine expects a value")
+        if v is None:
+            return ("none",)
+        if isinstance(v, bool):
+            return ("bool", int(v))
+        if isinstance(v, int):
+            return ("int", v)
+        if isinstance(v, float):
+            return ("float", v)
+        if isinstance(v, (list, tuple)):
+            return ("list", [self.arg(x, node) for x in v])
+        raise Unsupported(f"node {node}: argument {v!r} of type {type(v).__name__}")
+
+    def constant(self, name: str) -> tuple[Any, ...]:
+        if name not in self.constants:
+            a = self.tensor(name)
+            code = NUMPY_CODES.get(a.dtype)
+            if code is None:
+                raise Unsupported(f"stored tensor {name!r} of dtype {a.dtype}")
+            self.constants[name] = ("tensor", np.ascontiguousarray(a), code, list(a.shape))
+        return self.constants[name]
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def build(self) -> tuple[Any, int]:
+        kv_specs = self._kv_specs()
+        inputs = []
+        for spec in self.graph.inputs:
+            inputs.append(self.slot(spec.name))
+            if spec.name in kv_specs:
+                self.pending[spec.name] = kv_specs[spec.name].native
+        for node in self.graph.nodes:
+            self.node(node)
+        outputs = []
+        for name, v in self.graph.outputs:
+            if not isinstance(v, Ref):
+                raise Unsupported(f"output {name!r} is not a graph value")
+            outputs.append(self.stored.get(v.name, self.slots.get(v.name, -1)))
+            if outputs[-1] < 0:
+                raise Unsupported(f"output {name!r} refers to unknown value {v.name!r}")
+        return self._program(inputs, outputs), len(self.code)
+
+    def _program(self, inputs: list[int], outputs: list[int]) -> Any:
+        last_use: dict[int, int] = {}
+        for i, (_, _, _, args) in enumerate(self.code):
+            for s in _refs(args):
+                last_use[s] = i
+        keep = set(outputs)
+        release: list[list[int]] = [[] for _ in self.code]
+        for s, i in last_use.items():
+            if s not in keep:
+                release[i].append(s)
+        for i, (_, _, out, _) in enumerate(self.code):  # values nobody reads
+            if out not in last_use and out not in keep:
+                release[i].append(out)
+        program = native.core().Program(len(self.slots), inputs, outputs)
+        for (op, node, out, args), rel in zip(self.code, release):
+            program.add(op, node, out, args, rel)
+        return program
+
+    def _kv_specs(self) -> dict[str, Spec]:
+        specs = {}
+        for node in self.graph.nodes:
+            if node.op == KV_POINT and node.qkey in self.qnodes:
+                layer, which = int(node.args[1]), int(node.args[2])
+                specs[past_input_name(layer, which)] = self.spec(self.qnodes[node.qkey]["inputs"]["x"])
+        return specs
+
+    def spec(self, spec: Mapping[str, Any]) -> Spec:
+        key = ("spec", repr(sorted((k, repr(v)) for k, v in spec.items())))
+        if key not in self.shared:
+            self.shared[key] = Spec(spec, self.tensor)
+        return self.shared[key]
+
+    def node(self, node: Node) -> None:
+        q = self.qnodes.get(node.qkey) if node.qkey else None
+        out = self.slot(node.name)
+        if node.op == LINEAR and (q is not None or node.name in self.last_position_of):
+            return self.linear(node, q, out)
+        if q is None:
+            if node.op == KV_POINT:
+                self.slots[node.name] = self.slots[_ref(node.args[0], node).name]
+                return None
+            return self.plain(node, out)
+        if node.op == BMM:
+            return self.bmm(node, q, out)
+        if node.op == KV_POINT:
+            return self.kv_point(node, q, out)
+        if node.op == EMBEDDING:
+            return self.embedding(node, q, out)
+        raise Unsupported(f"node {node.name}: no quantized form of {node.op}")
+
+    def plain(self, node: Node, out: int, args: list[Any] | None = None) -> None:
+        try:
+            values = normalize(node.op, list(node.args) if args is None else args, dict(node.kwargs))
+        except SchemaError as e:
+            raise Unsupported(f"node {node.name}: {e}") from None
+        self.emit(node.op, node.name, [self.arg(v, node.name) for v in values], out)
+
+    def linear(self, node: Node, q: Mapping[str, Any] | None, out: int) -> None:
+        x = self.arg(node.args[0], node.name)
+        if node.name in self.last_position_of:  # x[..., -1:, :]
+            x = ("ref", self.emit("aten.slice.Tensor", node.name,
+                                  [x, ("int", -2), ("int", -1), ("int", LAST), ("int", 1)]))
+        bias = self.arg(node.args[2], node.name) if len(node.args) > 2 else ("none",)
+        if q is None:
+            self.emit(LINEAR, node.name, [x, self.arg(node.args[1], node.name), bias], out)
+            return
+        w_ref = node.args[1]
+        if not isinstance(w_ref, TensorRef):
+            raise Unsupported(f"node {node.name}: a quantized linear whose weight is not a stored tensor")
+        key = ("qlinear", node.qkey, w_ref.name)
+        if key not in self.shared:
+            try:
+                self.shared[key] = quant.linear_params(q, w_ref.name, self.tensor, self.release)
+            except Unsupported as e:
+                raise Unsupported(f"node {node.name} ({node.qkey}): {e}") from None
+        self.emit("mcq.qlinear", node.name, [x, bias, ("object", self.shared[key])], out)
+
+    def bmm(self, node: Node, q: Mapping[str, Any], out: int) -> None:
+        aspec, bspec = q["inputs"].get("a"), q["inputs"].get("b")
+        if aspec is None or bspec is None:
+            raise Unsupported(f"node {node.name}: a bmm with one quantized operand")
+        a, b = self.spec(aspec), self.spec(bspec)
+        if a.rotated or b.rotated:
+            raise Unsupported(f"node {node.name}: rotated bmm operands")
+        self.emit("mcq.qbmm", node.name, [self.arg(node.args[0], node.name), self.arg(node.args[1], node.name),
+                                          ("object", a.native), ("object", b.native)], out)
+
+    def kv_point(self, node: Node, q: Mapping[str, Any], out: int) -> None:
+        spec = self.spec(q["inputs"]["x"])
+        stored = self.emit("mcq.quantize", node.name, [self.arg(node.args[0], node.name), ("object", spec.native)])
+        self.stored[node.name] = stored
+        self.emit("mcq.dequantize", node.name, [("ref", stored), ("object", spec.native)], out)
+
+    def embedding(self, node: Node, q: Mapping[str, Any], out: int) -> None:
+        spec = q.get("weight")
+        table = node.args[0]
+        if not spec or not isinstance(table, TensorRef):
+            return self.plain(node, out)
+        if spec.get("dtype") != "int8" or spec.get("granularity") != "channel" or spec.get("axis") != 0:
+            raise Unsupported(f"node {node.name}: embedding table format {spec.get('dtype')}/{spec.get('granularity')}")
+        params = self.spec({k: v for k, v in spec.items() if k not in ("smooth", "granularity", "axis")})
+        smooth = self.constant(spec["smooth"]) if spec.get("smooth") else ("none",)
+        self.emit("mcq.qembedding", node.name, [self.arg(node.args[1], node.name), self.constant(table.name),
+                                               ("object", params.native), smooth], out)
+        return None
+
+
+def _ref(v: Any, node: Node) -> Ref:
+    if not isinstance(v, Ref):
+        raise Unsupported(f"node {node.name}: expected a graph value")
+    return v
+
+
+def _refs(args: list[Any]) -> list[int]:
+    found: list[int] = []
+    for a in args:
+        if a[0] == "ref":
+            found.append(a[1])
+        elif a[0] == "list":
+            found.extend(_refs(a[1]))
+    return found
+
+
+def plan(graph: Graph, tensor: quant.TensorSource, qformat: Mapping[str, Any] | None, shared: dict[Any, Any],
+         last_position_logits: bool = False, release: Callable[[str], None] | None = None) -> Any:
+    """The native Program of `graph` (qlevel 4 where the qformat quantizes it), or Unsupported."""
+    program, _ = Planner(graph, tensor, qformat, shared, last_position_logits, release).build()
+    return program
+
