@@ -375,6 +375,7 @@ PyObject* Program_add(ProgramObject* self, PyObject* args) {
   ins.fn = mcq::find_op(op);
   if (ins.fn == nullptr) return PyErr_Format(PyExc_ValueError, "the engine has no op %s", op), nullptr;
   ins.node = node;
+  ins.op = op;
   ins.out = out;
   if (out < 0 || out >= self->program->slots) return PyErr_SetString(PyExc_ValueError, "slot out of range"), nullptr;
   PyObject* seq = PySequence_Fast(arg_list, "args");
@@ -479,7 +480,31 @@ PyObject* Program_len(ProgramObject* self, void*) {
   return PyLong_FromSize_t(self->program == nullptr ? 0 : self->program->code.size());
 }
 
+PyObject* Program_set_profiling(ProgramObject* self, PyObject* args) {
+  int on;
+  if (!PyArg_ParseTuple(args, "p", &on)) return nullptr;
+  self->program->profiling = on != 0;
+  self->program->seconds.assign(self->program->code.size(), 0.0);
+  Py_RETURN_NONE;
+}
+
+PyObject* Program_profile(ProgramObject* self, PyObject*) {
+  const mcq::Program& p = *self->program;
+  PyObject* out = PyList_New(0);
+  for (size_t i = 0; i < p.code.size(); ++i) {
+    PyObject* row = Py_BuildValue("(ssd)", p.code[i].node.c_str(), p.code[i].op.c_str(),
+                                  i < p.seconds.size() ? p.seconds[i] : 0.0);
+    PyList_Append(out, row);
+    Py_DECREF(row);
+  }
+  return out;
+}
+
 PyMethodDef Program_methods[] = {
+    {"set_profiling", reinterpret_cast<PyCFunction>(Program_set_profiling), METH_VARARGS,
+     "set_profiling(on): time each op call from now on (zeroes the sums)"},
+    {"profile", reinterpret_cast<PyCFunction>(Program_profile), METH_NOARGS,
+     "[(node, op, seconds summed over runs), ...] in program order"},
     {"add", reinterpret_cast<PyCFunction>(Program_add), METH_VARARGS,
      "add(op, node, out_slot, args, release): append one op call"},
     {"run", reinterpret_cast<PyCFunction>(Program_run), METH_VARARGS,

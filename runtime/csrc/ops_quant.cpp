@@ -28,6 +28,17 @@ struct ParamIndex {
     const int64_t i = (flat / stride_after) % t.sh[axis];
     return i % count;
   }
+  // f(k, first, length) over the runs of a contiguous tensor's elements that share parameter k
+  template <class F>
+  void runs(const Tensor& t, F f) const {
+    const int64_t n = t.numel();
+    if (axis < 0) {
+      if (n) f(int64_t{0}, int64_t{0}, n);
+      return;
+    }
+    const int64_t along = t.sh[axis];
+    for (int64_t first = 0, i = 0; first < n; first += stride_after, i = (i + 1) % along) f(i % count, first, stride_after);
+  }
 };
 
 }  // namespace
@@ -71,42 +82,53 @@ Tensor quantizer_input(const Tensor& x0, const QuantSpec& q) {
   return y;
 }
 
+namespace {
+
+// clamp(round_half_away(v / s) + zp) as torch.clamp does it: NaN stays NaN (then casts as the
+// reference's cast does)
+inline float grid(float v, float scale, float zp, float lo, float hi) {
+  const float g = round_half_away(v / scale) + zp;
+  return g < lo ? lo : g > hi ? hi : g;
+}
+
+template <class Q>
+void quantize_into(const float* p, const QuantSpec& q, const ParamIndex& index, const Tensor& x, Q* o) {
+  const float lo = static_cast<float>(q.qmin), hi = static_cast<float>(q.qmax);
+  const bool one_zp = q.zero_point.size() == 1;
+  index.runs(x, [&](int64_t k, int64_t first, int64_t length) {
+    const float s = q.scale[k], zp = static_cast<float>(q.zero_point[one_zp ? 0 : k]);
+    for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<Q>(static_cast<int32_t>(grid(p[i], s, zp, lo, hi)));
+  });
+}
+
+}  // namespace
+
 Tensor quantize(const Tensor& x0, const QuantSpec& q) {
   const Tensor x = quantizer_input(x0, q);
   Tensor out = empty(q.storage, x.shape());
   const ParamIndex index(q, x);
-  const int64_t n = x.numel();
-  const float* p = x.data<float>();
-  const bool one_zp = q.zero_point.size() == 1;
-  const float lo = static_cast<float>(q.qmin), hi = static_cast<float>(q.qmax);
-  auto grid = [&](int64_t i) {
-    const int64_t k = index(i, x);
-    float v = round_half_away(p[i] / q.scale[k]) + static_cast<float>(q.zero_point[one_zp ? 0 : k]);
-    // clamp as torch.clamp does: NaN stays NaN (then casts as the reference's cast does)
-    v = v < lo ? lo : v > hi ? hi : v;
-    return v;
-  };
-  if (q.storage == DType::i8) {
-    int8_t* o = out.data<int8_t>();
-    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<int8_t>(static_cast<int32_t>(grid(i)));
-  } else {
-    int16_t* o = out.data<int16_t>();
-    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<int16_t>(static_cast<int32_t>(grid(i)));
-  }
+  if (q.storage == DType::i8) quantize_into(x.data<float>(), q, index, x, out.data<int8_t>());
+  else quantize_into(x.data<float>(), q, index, x, out.data<int16_t>());
   return out;
 }
 
 Tensor dequantize(const Tensor& q0, const QuantSpec& spec) {
-  const Tensor q = to_dtype(q0, DType::i32);
-  Tensor out = empty(DType::f32, q.shape());
+  Tensor out = empty(DType::f32, q0.shape());
+  float* o = out.data<float>();
+  const Tensor q = q0.dt == DType::i8 ? contiguous(q0) : to_dtype(q0, DType::i32);
   const ParamIndex index(spec, q);
   const bool one_zp = spec.zero_point.size() == 1;
-  const int32_t* p = q.data<int32_t>();
-  float* o = out.data<float>();
-  for (int64_t i = 0, n = q.numel(); i < n; ++i) {
-    const int64_t k = index(i, q);
-    o[i] = static_cast<float>(p[i] - spec.zero_point[one_zp ? 0 : k]) * spec.scale[k];
-  }
+  index.runs(q, [&](int64_t k, int64_t first, int64_t length) {
+    const int32_t zp = spec.zero_point[one_zp ? 0 : k];
+    const float s = spec.scale[k];
+    if (q.dt == DType::i8) {
+      const int8_t* p = q.data<int8_t>();
+      for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<float>(static_cast<int32_t>(p[i]) - zp) * s;
+    } else {
+      const int32_t* p = q.data<int32_t>();
+      for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<float>(p[i] - zp) * s;
+    }
+  });
   return out;
 }
 
@@ -170,22 +192,34 @@ Value op_qlinear(Args& a) {
   return Value::Of(y);
 }
 
+// q - zp of x's quantization, int32 (exact: |q - zp| < 2^16)
+Tensor centered(const Tensor& x0, const QuantSpec& q) {
+  const Tensor x = quantizer_input(x0, q);
+  Tensor out = empty(DType::i32, x.shape());
+  const ParamIndex index(q, x);
+  const float lo = static_cast<float>(q.qmin), hi = static_cast<float>(q.qmax);
+  const float* p = x.data<float>();
+  int32_t* o = out.data<int32_t>();
+  const bool one_zp = q.zero_point.size() == 1;
+  index.runs(x, [&](int64_t k, int64_t first, int64_t length) {
+    const int32_t zp = q.zero_point[one_zp ? 0 : k];
+    const float s = q.scale[k], zf = static_cast<float>(zp);
+    for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<int32_t>(grid(p[i], s, zf, lo, hi)) - zp;
+  });
+  return out;
+}
+
 // mcq.qbmm(a, b, spec_a, spec_b): centered integers, int32 sums, float32(acc) * float32(s_a * s_b)
 Value op_qbmm(Args& args) {
   const QuantSpec& sa = object<QuantSpec>(args[2], "qbmm");
   const QuantSpec& sb = object<QuantSpec>(args[3], "qbmm");
-  const Tensor qa = to_dtype(quantize(args[0].tensor("qbmm a"), sa), DType::i32);
-  const Tensor qb = to_dtype(quantize(args[1].tensor("qbmm b"), sb), DType::i32);
+  const Tensor qa = centered(args[0].tensor("qbmm a"), sa);
+  const Tensor qb = centered(args[1].tensor("qbmm b"), sb);
   if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
     throw EngineError("qbmm: " + shape_str(qa) + " @ " + shape_str(qb));
   const int64_t bt = qa.sh[0], m = qa.sh[1], k = qa.sh[2], n = qb.sh[2];
-  const ParamIndex ia(sa, qa), ib(sb, qb);
-  // centered operands (q - zp)
-  std::vector<int32_t> ca(static_cast<size_t>(qa.numel())), cb(static_cast<size_t>(qb.numel()));
-  for (int64_t i = 0; i < qa.numel(); ++i)
-    ca[i] = qa.data<int32_t>()[i] - sa.zero_point[sa.zero_point.size() == 1 ? 0 : ia(i, qa)];
-  for (int64_t i = 0; i < qb.numel(); ++i)
-    cb[i] = qb.data<int32_t>()[i] - sb.zero_point[sb.zero_point.size() == 1 ? 0 : ib(i, qb)];
+  const int32_t* ca = qa.data<int32_t>();
+  const int32_t* cb = qb.data<int32_t>();
   Tensor out = empty(DType::f32, {bt, m, n});
   Tensor acc_shape = empty(DType::i32, {bt, m, n});
   const ParamIndex oa(sa, acc_shape), ob(sb, acc_shape);
@@ -193,16 +227,21 @@ Value op_qbmm(Args& args) {
   for (int64_t b = 0; b < bt; ++b)
     for (int64_t i = 0; i < m; ++i) {
       std::fill(row.begin(), row.end(), 0);
-      const int32_t* pa = ca.data() + (b * m + i) * k;
+      const int32_t* pa = ca + (b * m + i) * k;
       for (int64_t kk = 0; kk < k; ++kk) {
         const int32_t v = pa[kk];
-        const int32_t* pb = cb.data() + (b * k + kk) * n;
+        const int32_t* pb = cb + (b * k + kk) * n;
         for (int64_t j = 0; j < n; ++j) row[j] += v * pb[j];
       }
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t flat = (b * m + i) * n + j;
-        const float scale = sa.scale[oa(flat, acc_shape)] * sb.scale[ob(flat, acc_shape)];
-        out.data<float>()[flat] = static_cast<float>(row[j]) * scale;
+      float* o = out.data<float>() + (b * m + i) * n;
+      if (sa.per_tensor() && sb.per_tensor()) {
+        const float scale = sa.scale[0] * sb.scale[0];
+        for (int64_t j = 0; j < n; ++j) o[j] = static_cast<float>(row[j]) * scale;
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t flat = (b * m + i) * n + j;
+          o[j] = static_cast<float>(row[j]) * (sa.scale[oa(flat, acc_shape)] * sb.scale[ob(flat, acc_shape)]);
+        }
       }
     }
   return Value::Of(out);

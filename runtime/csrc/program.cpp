@@ -1,5 +1,6 @@
 #include "program.h"
 
+#include <chrono>
 #include <unordered_map>
 
 namespace mcq {
@@ -37,7 +38,10 @@ std::vector<Value> Program::run(std::vector<Value> in) const {
   std::vector<Value> values(static_cast<size_t>(slots));
   for (size_t i = 0; i < in.size(); ++i) values[static_cast<size_t>(inputs[i])] = std::move(in[i]);
   Args args;
-  for (const Instruction& ins : code) {
+  if (profiling) seconds.resize(code.size(), 0.0);
+  for (size_t i = 0; i < code.size(); ++i) {
+    const Instruction& ins = code[i];
+    const auto start = profiling ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     args.clear();
     for (const Arg& a : ins.args) args.push_back(evaluate(a, values));
     try {
@@ -45,6 +49,7 @@ std::vector<Value> Program::run(std::vector<Value> in) const {
     } catch (const EngineError& e) {
       throw EngineError("node " + ins.node + ": " + e.what());
     }
+    if (profiling) seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     for (int r : ins.release) values[static_cast<size_t>(r)] = Value();
   }
   std::vector<Value> out;

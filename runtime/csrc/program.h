@@ -21,6 +21,7 @@ struct Arg {
 
 struct Instruction {
   OpFn fn = nullptr;
+  std::string op;    // the op's name
   std::string node;  // the graph node's name, for errors
   std::vector<Arg> args;
   int out = -1;
@@ -31,6 +32,8 @@ struct Program {
   int slots = 0;
   std::vector<int> inputs, outputs;
   std::vector<Instruction> code;
+  bool profiling = false;
+  mutable std::vector<double> seconds;  // per instruction, summed over runs while profiling
 
   std::vector<Value> run(std::vector<Value> in) const;
 };

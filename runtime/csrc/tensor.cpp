@@ -1,12 +1,67 @@
 #include "tensor.h"
 
 #include <cstdlib>
+#include <mutex>
 #include <new>
 
 namespace mcq {
 
+// Freed buffers are kept by size class and handed out again: a decode step allocates the
+// same sizes every time, and fresh large allocations (glibc mmaps them) fault in zeroed pages
+// on every call. Bounded: at most kCacheBytes are kept.
+namespace {
+
+constexpr size_t kCacheBytes = size_t{256} << 20;
+
+struct BufferCache {
+  std::mutex mutex;
+  std::vector<std::vector<void*>> free_by_class = std::vector<std::vector<void*>>(64);
+  size_t cached = 0;
+
+  static int size_class(size_t bytes, size_t* rounded) {
+    int c = 6;  // 64 bytes at least
+    while ((size_t{1} << c) < bytes) ++c;
+    *rounded = size_t{1} << c;
+    return c;
+  }
+  void* take(size_t bytes, size_t* rounded) {
+    const int c = size_class(bytes, rounded);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto& list = free_by_class[static_cast<size_t>(c)];
+      if (!list.empty()) {
+        void* p = list.back();
+        list.pop_back();
+        cached -= *rounded;
+        return p;
+      }
+    }
+    return std::aligned_alloc(64, *rounded);
+  }
+  void give(void* p, size_t rounded) {
+    size_t r;
+    const int c = size_class(rounded, &r);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (cached + r <= kCacheBytes) {
+        free_by_class[static_cast<size_t>(c)].push_back(p);
+        cached += r;
+        return;
+      }
+    }
+    std::free(p);
+  }
+};
+
+BufferCache& cache() {
+  static BufferCache* c = new BufferCache;  // never destroyed: storages may outlive statics
+  return *c;
+}
+
+}  // namespace
+
 Storage::~Storage() {
-  if (owned) std::free(data);
+  if (owned) cache().give(data, capacity);
 }
 
 size_t dtype_size(DType dt) {
@@ -55,7 +110,7 @@ Tensor empty(DType dt, const std::vector<int64_t>& shape) {
   auto s = std::make_shared<Storage>();
   s->bytes = static_cast<size_t>(n) * dtype_size(dt);
   // 64-byte aligned: whole cache lines for the vector kernels
-  s->data = std::aligned_alloc(64, (s->bytes + 63) / 64 * 64 + 64);
+  s->data = cache().take(s->bytes + 64, &s->capacity);
   if (s->data == nullptr) throw std::bad_alloc();
   s->owned = true;
   t.ptr = static_cast<char*>(s->data);

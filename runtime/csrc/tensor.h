@@ -29,6 +29,7 @@ struct EngineError : std::runtime_error {
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
+  size_t capacity = 0;  // allocated bytes (owned storage)
   bool owned = false;
   Storage() = default;
   Storage(const Storage&) = delete;

@@ -19,30 +19,32 @@ inline void cpu_relax() {
 #endif
 }
 
-// ~30-100 us of pause instructions before a worker sleeps
-constexpr int kSpins = 20000;
+// pause instructions before an idle worker sleeps, or before a waiting caller starts yielding
+// its core (tens of microseconds: a decode step's next loop comes sooner)
+constexpr int kSpins = 2000;
 
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
 }
 
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
-    generation_.fetch_add(1);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::take_tasks() {
+void ThreadPool::take_tasks(Job& job) {
   for (;;) {
-    const int64_t task = next_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= tasks_) break;
-    fn_(ctx_, task);
+    const int64_t task = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (task >= job.tasks) return;
+    job.fn(job.ctx, task);
+    job.done.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -52,40 +54,47 @@ void ThreadPool::run(int64_t tasks, Task fn, void* ctx) {
     for (int64_t t = 0; t < tasks; ++t) fn(ctx, t);
     return;
   }
+  Job job;
+  job.fn = fn;
+  job.ctx = ctx;
+  job.tasks = tasks;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    tasks_ = tasks;
-    fn_ = fn;
-    ctx_ = ctx;
-    next_.store(0, std::memory_order_relaxed);
-    busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    job_ = &job;
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
-  take_tasks();
-  while (busy_.load(std::memory_order_acquire) != 0) cpu_relax();
+  take_tasks(job);
+  // the tasks workers took: wait for them, spinning briefly, then giving the core away (a
+  // worker descheduled mid-task needs it when the machine is shared)
+  for (int spins = 0; job.done.load(std::memory_order_acquire) != tasks; ++spins) {
+    if (spins < kSpins) cpu_relax();
+    else std::this_thread::yield();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = nullptr;  // no worker picks it up from now on
+  }
+  while (job.users.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
-void ThreadPool::work(int) {
-  uint64_t seen = 0;
+void ThreadPool::work() {
+  uint64_t seen = generation_.load(std::memory_order_acquire);
   for (;;) {
-    int spins = 0;
-    while (generation_.load(std::memory_order_acquire) == seen && spins < kSpins) {
-      cpu_relax();
-      ++spins;
-    }
-    if (generation_.load(std::memory_order_acquire) == seen) {
+    for (int spins = 0; spins < kSpins && generation_.load(std::memory_order_acquire) == seen; ++spins) cpu_relax();
+    Job* job;
+    {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-    }
-    {
-      // the task range and function were published under the mutex before the generation moved
-      std::lock_guard<std::mutex> lock(mutex_);
       seen = generation_.load(std::memory_order_acquire);
       if (stop_) return;
+      job = job_;
+      if (job != nullptr) job->users.fetch_add(1, std::memory_order_acq_rel);
     }
-    take_tasks();
-    busy_.fetch_sub(1, std::memory_order_acq_rel);
+    if (job != nullptr) {
+      take_tasks(*job);
+      job->users.fetch_sub(1, std::memory_order_acq_rel);
+    }
   }
 }
 

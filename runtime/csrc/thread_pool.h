@@ -2,8 +2,9 @@
 //
 // Why not OpenMP: its workers spin for a long time after each region (OMP_WAIT_POLICY), which
 // collapses throughput when anything else shares the cores (measured here: docs/benchmarks.md).
-// These workers spin briefly (a decode step's next loop comes within microseconds), then sleep
-// on a condition variable, so an idle engine costs nothing and needs no environment set-up.
+// Here the caller takes tasks too and a loop ends when its tasks are done, not when every
+// worker has checked in: a worker the OS has not scheduled costs nothing (the caller does its
+// share), idle workers spin briefly then sleep, and nothing asks for environment set-up.
 #pragma once
 
 #include <atomic>
@@ -29,18 +30,23 @@ class ThreadPool {
   void run(int64_t tasks, Task fn, void* ctx);
 
  private:
-  void work(int index);
-  void take_tasks();
+  struct Job {
+    Task fn;
+    void* ctx;
+    int64_t tasks;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::atomic<int> users{0};  // workers holding a pointer to this job
+  };
+
+  void work();
+  static void take_tasks(Job& job);
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int64_t> next_{0};
-  std::atomic<int> busy_{0};
-  int64_t tasks_ = 0;
-  Task fn_ = nullptr;
-  void* ctx_ = nullptr;
+  Job* job_ = nullptr;  // the loop in progress (guarded by mutex_)
   bool stop_ = false;
 };
 
