@@ -1,35 +1,54 @@
 """mcq runtime: load a `.mcq` bundle and run it (any entry point; prefill, decode, generate for
 causal LMs; embed for encoders).
 
-Imports torch, numpy, msgpack, safetensors-compatible `mcq_format` (and `tokenizers` for text);
+Two execution paths (spec "Qlevels"): the reference path rebuilds the graphs as torch.fx at
+qlevel 2/3/4 (torch tensors in and out); the native engine (`engine="native"`, runtime.engine)
+runs a bundle's qlevel-4 graphs as native programs on numpy arrays, with no torch imported.
+Imports numpy, msgpack, `mcq_format` and `tokenizers`; torch only for the reference path;
 never the toolkit or transformers.
 """
 from __future__ import annotations
 
 import gc
 import os
-from typing import Callable
-
-import torch
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
 
 import mcq_format
 
-from runtime.lower import numpy_to_torch
-from runtime.memory import release_free_heap
-from runtime.model import EntryPointError, KVCache, Model, from_sections
+if TYPE_CHECKING:
+    import torch
+
+    from runtime.engine.model import EngineModel
+    from runtime.model import EntryPointError, KVCache, Model
 
 __all__ = ["EntryPointError", "KVCache", "Model", "load", "tensor_source"]
 
-_BIT_VIEWS = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn}
+ENGINES = ("reference", "native", "auto")
+_LAZY = {"EntryPointError": "runtime.model", "KVCache": "runtime.model", "Model": "runtime.model"}
 
 
-def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], torch.Tensor]:
+def __getattr__(name: str) -> Any:
+    # the reference path's names import torch: only when asked for
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+
+
+def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], "torch.Tensor"]:
     """name -> torch tensor of an open bundle: zero-copy views of the memory map."""
+    import torch
+
+    from runtime.lower import numpy_to_torch
+
+    bit_views = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn}
 
     def tensor(name: str) -> torch.Tensor:
         t = numpy_to_torch(bundle.tensor(name))
         # dtypes numpy lacks come as same-size unsigned bits: reinterpret, no copy
-        viewed = _BIT_VIEWS.get(bundle.tensor_info(name).dtype)
+        viewed = bit_views.get(bundle.tensor_info(name).dtype)
         return t.view(viewed) if viewed is not None else t
 
     # lowering calls this for a tensor it copied into a kernel's layout (W4A16's packed weights):
@@ -38,29 +57,71 @@ def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], torch.Tensor]:
     return tensor
 
 
-def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool = False) -> Model:
+_warned_fallback: set[str] = set()
+
+
+def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, engine: str) -> "EngineModel | None":
+    """The bundle on the native engine, or None (engine="auto": the reason is warned once)."""
+    from runtime import native
+
+    why = None
+    bundle_qlevel = int(bundle.sections["manifest"].get("quant", {}).get("qlevel", 4))
+    if compile:
+        why = "compile=True is a reference-path option"
+    elif (qlevel if qlevel is not None else bundle_qlevel) not in (3, 4) and (bundle.sections.get("qformat") or {}).get("nodes"):
+        why = f"the engine runs qlevel 4 (equal to 3), not {qlevel if qlevel is not None else bundle_qlevel}"
+    elif not native.available():
+        why = f"the native core is not built ({native.load_error()})"
+    if why is None:
+        from runtime.engine import Unsupported
+        from runtime.engine.model import EngineModel
+
+        try:
+            return EngineModel(bundle.sections, bundle)
+        except Unsupported as e:
+            why = str(e)
+    if engine == "native":
+        raise ValueError(f"{bundle.path}: cannot run on the native engine: {why}")
+    if why not in _warned_fallback:
+        _warned_fallback.add(why)
+        warnings.warn(f"running the reference path: {why}", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool = False,
+         engine: str = "reference") -> "Model | EngineModel":
     """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own).
 
-    compile=True compiles each entry point with Inductor at its first call for each input
-    pattern (fused float glue, 1.5-4x faster decode on SmolLM2, outputs equal to the
-    interpreted graph's bit for bit; one to three minutes per pattern cold, less with Inductor's
-    disk cache warm; the interpreted graph is the fallback, see `runtime.compiled`). Weights stay
-    memory-mapped from the file either way. The graph sections are released once decoded
+    engine="reference" (default): the graphs as torch.fx; compile=True compiles each entry point
+    with Inductor at its first call for each input pattern (fused float glue, outputs equal to
+    the interpreted graph's bit for bit; minutes per pattern cold; see `runtime.compiled`).
+    engine="native": the native engine (runtime.engine: numpy arrays in and out, no torch; a
+    ValueError names what it cannot run); engine="auto": native where it can, else the reference
+    path with a warning. Weights stay memory-mapped from the file (the engine packs its int8
+    weights once and releases their file pages). The graph sections are released once decoded
     (`model.bundle.sections` keeps the other sections)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     # the cyclic garbage collector would walk the growing object graph (decoded sections, fx
     # nodes) again and again while nothing here is garbage: 0.7 s of a 1.8 s load on SmolLM2
     collecting = gc.isenabled()
     gc.disable()
     try:
         bundle = mcq_format.read(path)
-        model = from_sections(bundle.sections, tensor_source(bundle), qlevel, compile)
-        # the model holds its graphs decoded (runtime.ir): the msgpack form is dead weight (6 MiB
-        # of small Python objects on SmolLM2)
+        model: Any = _native_model(bundle, qlevel, compile, engine) if engine != "reference" else None
+        if model is None:
+            from runtime.model import from_sections
+
+            model = from_sections(bundle.sections, tensor_source(bundle), qlevel, compile)
+        # the model holds its graphs decoded: the msgpack form is dead weight (6 MiB of small
+        # Python objects on SmolLM2)
         for ep in bundle.sections["manifest"]["entry_points"].values():
             bundle.sections.pop(ep["graph"], None)
     finally:
         if collecting:
             gc.enable()
     model.bundle = bundle  # keeps the memory map open for the model's lifetime
+    from runtime.memory import release_free_heap
+
     release_free_heap()
     return model

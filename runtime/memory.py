@@ -4,9 +4,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # the engine path calls release_free_heap without torch in the process
+    import torch
 
 
 def release_free_heap() -> None:
@@ -51,6 +52,8 @@ class Arena:
         if nbytes == 0 or nbytes > self.BLOCK_BYTES // 4:  # big ones are their own mapping already
             return t.contiguous()
         if self._block is None or self._used + nbytes > self.BLOCK_BYTES:
+            import torch
+
             self._block, self._used = torch.empty(self.BLOCK_BYTES, dtype=torch.uint8), 0
         start = self._used
         self._used = -(-(start + nbytes) // self.ALIGN) * self.ALIGN

@@ -70,3 +70,18 @@ def hf_reference():
             return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
 
     return logits
+
+
+@pytest.fixture(params=["portable", "avx2", "avx512_vnni"])
+def native_isa(request):
+    """Each kernel path of the native core this CPU can run, selected for the test (then restored)."""
+    from runtime import native
+
+    if not native.available():
+        pytest.skip(f"native core not built: {native.load_error()}")
+    if request.param not in native.usable_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    previous = native.isa()
+    native.set_isa(request.param)
+    yield request.param
+    native.set_isa(previous)

@@ -19,22 +19,12 @@ SHAPES = [(1, 1, 1), (1, 576, 576), (1, 1536, 576), (1, 576, 1536), (2, 17, 5), 
           (8, 16, 64), (9, 33, 1537), (13, 100, 7), (64, 192, 576), (5, 49, 1024)]
 
 
-@pytest.fixture(params=["portable", "avx2", "avx512_vnni"])
-def isa(request):
-    if request.param not in native.usable_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    previous = native.isa()
-    native.set_isa(request.param)
-    yield request.param
-    native.set_isa(previous)
-
-
 def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (x.astype(np.int64) @ w.astype(np.int64).T).astype(np.int32)  # wraps as int32 does
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_int8_matmul_equals_int64_reference(isa, m, n, k):
+def test_int8_matmul_equals_int64_reference(native_isa, m, n, k):
     rng = np.random.default_rng(m * 1000003 + n * 1009 + k)
     x = rng.integers(-128, 128, (m, k), dtype=np.int8)
     w = rng.integers(-128, 128, (n, k), dtype=np.int8)
@@ -46,7 +36,7 @@ def test_int8_matmul_equals_int64_reference(isa, m, n, k):
     np.testing.assert_array_equal(got, _reference(x, w))
 
 
-def test_int8_matmul_wraps_as_int32_accumulation_does(isa):
+def test_int8_matmul_wraps_as_int32_accumulation_does(native_isa):
     k = 140_000  # 127 * 127 * k > 2^31
     x = np.full((2, k), 127, dtype=np.int8)
     x[1] = -128
@@ -57,7 +47,7 @@ def test_int8_matmul_wraps_as_int32_accumulation_does(isa):
     np.testing.assert_array_equal(got, want)
 
 
-def test_int8_matmul_takes_batched_rows_and_writes_into_out(isa):
+def test_int8_matmul_takes_batched_rows_and_writes_into_out(native_isa):
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, (2, 3, 40), dtype=np.int8)
     w = rng.integers(-128, 128, (20, 40), dtype=np.int8)
@@ -66,7 +56,7 @@ def test_int8_matmul_takes_batched_rows_and_writes_into_out(isa):
     np.testing.assert_array_equal(out, _reference(x.reshape(6, 40), w).reshape(2, 3, 20))
 
 
-def test_int8_matmul_is_the_same_on_one_thread_and_many(isa):
+def test_int8_matmul_is_the_same_on_one_thread_and_many(native_isa):
     rng = np.random.default_rng(2)
     x = rng.integers(-128, 128, (5, 300), dtype=np.int8)
     w = rng.integers(-128, 128, (1000, 300), dtype=np.int8)

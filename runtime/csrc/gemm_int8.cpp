@@ -9,7 +9,7 @@
 
 namespace mcq {
 
-PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride) {
+PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride) {
   PackedInt8 p;
   p.n = n;
   p.k = k;
@@ -22,8 +22,9 @@ PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride) 
     const int64_t b = r / 16, c = r % 16;
     int32_t sum = 0;
     for (int64_t kk = 0; kk < k; ++kk) {
-      p.data[static_cast<size_t>(64 * (b * p.k4 + kk / 4) + 4 * c + kk % 4)] = row[kk];
-      sum += row[kk];
+      const int8_t v = row[kk * col_stride];
+      p.data[static_cast<size_t>(64 * (b * p.k4 + kk / 4) + 4 * c + kk % 4)] = v;
+      sum += v;
     }
     p.shift[static_cast<size_t>(r)] = static_cast<int32_t>(static_cast<uint32_t>(sum) * 128u);
   }
@@ -92,7 +93,7 @@ bool set_isa(Isa isa) {
   return true;
 }
 
-void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy) {
+void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy, bool serial) {
   if (m <= 0 || w.n <= 0) return;
   const Isa isa = selected_isa();
   // the activations padded to whole quads (zeros meet the weight's zero padding) and, for
@@ -111,6 +112,10 @@ void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int
     case Isa::avx512_vnni: g.kernel = gemm_int8_avx512_vnni; break;
     case Isa::avx2: g.kernel = gemm_int8_avx2; break;
     default: g.kernel = gemm_int8_portable; break;
+  }
+  if (serial) {
+    g.kernel(g.call, 0, w.blocks);
+    return;
   }
   ThreadPool& tp = pool();
   // contiguous runs of 16-column blocks, a few per thread (an uneven last one is small)

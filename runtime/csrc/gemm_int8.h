@@ -20,7 +20,9 @@ struct PackedInt8 {
   std::vector<int32_t> shift;    // 128 * sum_k w[n, k] per output (undoes VNNI's unsigned-input shift)
 };
 
-PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride);
+// w[r][kk] at w + r * row_stride + kk * col_stride (col_stride 1: the stored [N, K] layout;
+// row_stride 1: a [K, N] matrix packed as its transpose)
+PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride = 1);
 
 // One kernel call: output blocks [block_begin, block_end) of rows x (prepared by `prepare_x`:
 // padded to k4 * 4 bytes per row, signed or shifted to unsigned as the ISA asks).
@@ -49,7 +51,9 @@ void gemm_int8_portable(const GemmCall& c, int64_t block_begin, int64_t block_en
 void gemm_int8_avx2(const GemmCall& c, int64_t block_begin, int64_t block_end);
 void gemm_int8_avx512_vnni(const GemmCall& c, int64_t block_begin, int64_t block_end);
 
-// y = x @ w^T for x [m, k] int8 (row stride ldx), on the process's thread pool
-void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy);
+// y = x @ w^T for x [m, k] int8 (row stride ldx), on the process's thread pool; `serial`: on
+// the calling thread only (a caller that parallelizes over several products itself)
+void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy,
+               bool serial = false);
 
 }  // namespace mcq

@@ -405,31 +405,38 @@ PyObject* Program_run(ProgramObject* self, PyObject* args) {
   std::vector<Buffer> buffers(static_cast<size_t>(n));
   std::vector<mcq::Value> values;
   for (Py_ssize_t i = 0; i < n; ++i) {
-    // (array, dtype code, shape)
+    // (array, dtype code): the buffer's own shape and strides are used (any strided view, no copy)
     PyObject* item = PySequence_Fast_GET_ITEM(seq, i);
-    PyObject *arr, *shape_obj;
+    PyObject* arr;
     long long code;
-    if (!PyArg_ParseTuple(item, "OLO", &arr, &code, &shape_obj) || code < 0 || code > 7) {
+    if (!PyArg_ParseTuple(item, "OL", &arr, &code) || code < 0 || code > 7) {
       if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "input: unknown dtype code");
       Py_DECREF(seq);
       return nullptr;
     }
     const mcq::DType dt = static_cast<mcq::DType>(code);
-    std::vector<int> shape_i;
-    if (!int_list(shape_obj, &shape_i, "input shape") ||
-        !buffers[i].get(arr, PyBUF_SIMPLE, static_cast<Py_ssize_t>(mcq::dtype_size(dt)), "input")) {
+    Buffer& b = buffers[static_cast<size_t>(i)];
+    if (PyObject_GetBuffer(arr, &b.view, PyBUF_STRIDED_RO) != 0) {
       Py_DECREF(seq);
       return nullptr;
     }
-    std::vector<int64_t> shape(shape_i.begin(), shape_i.end());
-    int64_t count = 1;
-    for (int64_t s : shape) count *= s;
-    if (shape.size() > static_cast<size_t>(mcq::kMaxDims) ||
-        buffers[i].view.len != static_cast<Py_ssize_t>(count * static_cast<int64_t>(mcq::dtype_size(dt)))) {
-      Py_DECREF(seq);
-      return PyErr_SetString(PyExc_ValueError, "input: buffer size does not match its shape"), nullptr;
+    b.held = true;
+    const Py_ssize_t es = static_cast<Py_ssize_t>(mcq::dtype_size(dt));
+    bool ok = b.view.itemsize == es && b.view.ndim <= mcq::kMaxDims;
+    mcq::Tensor t;
+    t.dt = dt;
+    t.nd = b.view.ndim;
+    for (int d = 0; ok && d < t.nd; ++d) {
+      t.sh[d] = b.view.shape[d];
+      ok = b.view.strides[d] >= 0 && b.view.strides[d] % es == 0;
+      t.st[d] = ok ? b.view.strides[d] / es : 0;
     }
-    values.push_back(mcq::Value::Of(mcq::wrap(dt, shape, buffers[i].view.buf, nullptr)));
+    if (!ok) {
+      Py_DECREF(seq);
+      return PyErr_SetString(PyExc_ValueError, "input: element size or strides do not match its dtype"), nullptr;
+    }
+    t.ptr = static_cast<char*>(b.view.buf);
+    values.push_back(mcq::Value::Of(t));
   }
   Py_DECREF(seq);
   std::vector<mcq::Value> results;
@@ -508,7 +515,7 @@ PyMethodDef Program_methods[] = {
     {"add", reinterpret_cast<PyCFunction>(Program_add), METH_VARARGS,
      "add(op, node, out_slot, args, release): append one op call"},
     {"run", reinterpret_cast<PyCFunction>(Program_run), METH_VARARGS,
-     "run([(array, dtype_code, shape), ...]) -> [(bytes, dtype_code, shape), ...]"},
+     "run([(array, dtype_code), ...]) -> [(bytes, dtype_code, shape), ...]"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef Program_getset[] = {

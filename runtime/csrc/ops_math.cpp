@@ -7,6 +7,9 @@
 #include <functional>
 #include <limits>
 
+#include "activations.h"
+#include "gemm_f32.h"
+#include "gemm_int8.h"
 #include "ops.h"
 #include "thread_pool.h"
 
@@ -256,8 +259,19 @@ FLOAT_UNARY(op_sin, std::sin(x))
 FLOAT_UNARY(op_cos, std::cos(x))
 FLOAT_UNARY(op_tanh, std::tanh(x))
 FLOAT_UNARY(op_erf, std::erf(x))
-FLOAT_UNARY(op_sigmoid, 1 / (1 + std::exp(-x)))
-FLOAT_UNARY(op_silu, x / (1 + std::exp(-x)))
+FLOAT_UNARY(op_sigmoid_generic, 1 / (1 + std::exp(-x)))
+FLOAT_UNARY(op_silu_generic, x / (1 + std::exp(-x)))
+
+// float32 rows through the ISA's vector functions; anything else through the generic loop
+template <Value (*generic)(Args&), void (*RowFunctions::*fn)(const float*, float*, int64_t)>
+Value row_unary(Args& a) {
+  const Tensor& t = a[0].tensor("unary op");
+  if (t.dt != DType::f32) return generic(a);
+  const Tensor x = contiguous(t);
+  Tensor out = empty(DType::f32, x.shape());
+  (row_functions().*fn)(x.data<float>(), out.data<float>(), x.numel());
+  return Value::Of(out);
+}
 
 // f over a tensor of any dtype, keeping it (bool: refused)
 template <class F>
@@ -514,6 +528,7 @@ Value op_cumsum(Args& a) {
 
 Value softmax(const Value& x, const Value& dim, bool log) {
   const Tensor& t = x.tensor("softmax");
+  const RowFunctions& rows = row_functions();
   const DType dt = is_float(t.dt) ? t.dt : DType::f32;
   Tensor out = along_dim(t, dim.integer("dim"), dt, [&](char* in, char* o, int64_t n) {
     if (dt == DType::f32) {
@@ -521,11 +536,8 @@ Value softmax(const Value& x, const Value& dim, bool log) {
       float* q = reinterpret_cast<float*>(o);
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
-      double s = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        q[j] = std::exp(p[j] - m);
-        s += q[j];
-      }
+      if (m == -std::numeric_limits<float>::infinity()) m = 0.0f;  // a fully masked row: exp(-inf) = 0
+      const double s = rows.exp_shifted_sum(p, q, n, m);
       if (log) {
         const float ls = static_cast<float>(std::log(s));
         for (int64_t j = 0; j < n; ++j) q[j] = p[j] - m - ls;
@@ -648,36 +660,45 @@ Value op_addmm(Args& a) {
 
 }  // namespace
 
-struct GemmTask {
-  const float *a, *b;
-  float* c;
-  int64_t lda, ldb, ldc, m, n, k, rows_per_task;
-  bool accumulate;
+namespace {
+
+struct ParallelF32 {
+  F32Call call;
+  void (*kernel)(const F32Call&, int64_t, int64_t, int64_t, int64_t);
+  int64_t row_tasks, rows_per_task, cols_per_task;
 };
 
-static void gemm_rows(void* ctx, int64_t task) {
-  const auto* g = static_cast<const GemmTask*>(ctx);
-  const int64_t r0 = task * g->rows_per_task, r1 = std::min(g->m, r0 + g->rows_per_task);
-  for (int64_t i = r0; i < r1; ++i) {
-    float* c = g->c + i * g->ldc;
-    if (!g->accumulate) std::fill(c, c + g->n, 0.0f);
-    const float* a = g->a + i * g->lda;
-    for (int64_t kk = 0; kk < g->k; ++kk) {
-      const float s = a[kk];
-      const float* b = g->b + kk * g->ldb;
-      for (int64_t j = 0; j < g->n; ++j) c[j] += s * b[j];
-    }
-  }
+void gemm_f32_task(void* ctx, int64_t task) {
+  const auto* p = static_cast<const ParallelF32*>(ctx);
+  const int64_t r0 = (task % p->row_tasks) * p->rows_per_task, c0 = (task / p->row_tasks) * p->cols_per_task;
+  p->kernel(p->call, r0, std::min(p->call.m, r0 + p->rows_per_task), c0, std::min(p->call.n, c0 + p->cols_per_task));
 }
+
+}  // namespace
 
 void gemm_f32(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
               int64_t k, bool accumulate) {
-  GemmTask g{a, b, c, lda, ldb, ldc, m, n, k, 1, accumulate};
+  if (m <= 0 || n <= 0) return;
+  ParallelF32 p{{a, lda, b, ldb, c, ldc, m, n, k, accumulate}, gemm_f32_portable, 1, m, n};
+  switch (selected_isa()) {
+    case Isa::avx512_vnni: p.kernel = gemm_f32_avx512; break;
+    case Isa::avx2: p.kernel = gemm_f32_avx2; break;
+    default: break;
+  }
   ThreadPool& tp = pool();
-  const int64_t work = m * n * k;
-  const int64_t tasks = work < (1 << 16) ? 1 : std::min<int64_t>(m, tp.threads() * 4);
-  g.rows_per_task = (m + tasks - 1) / tasks;
-  tp.run((m + g.rows_per_task - 1) / g.rows_per_task, gemm_rows, &g);
+  if (m * n * k >= (int64_t{1} << 16) && tp.threads() > 1) {
+    // split the longer side into a few tasks per thread, in whole tiles (6 rows, 32 columns)
+    const int64_t want = tp.threads() * 4;
+    if (m >= n) {
+      p.rows_per_task = std::max<int64_t>(6, ((m + want - 1) / want + 5) / 6 * 6);
+      p.row_tasks = (m + p.rows_per_task - 1) / p.rows_per_task;
+    } else {
+      p.cols_per_task = std::max<int64_t>(32, ((n + want - 1) / want + 31) / 32 * 32);
+      p.rows_per_task = m;
+    }
+  }
+  const int64_t col_tasks = (n + p.cols_per_task - 1) / p.cols_per_task;
+  tp.run(p.row_tasks * col_tasks, gemm_f32_task, &p);
 }
 
 void add_math_ops(OpTable& t) {
@@ -689,7 +710,8 @@ void add_math_ops(OpTable& t) {
       {"aten.gt.Tensor", bin_op<Bin::gt>}, {"aten.le.Tensor", bin_op<Bin::le>}, {"aten.lt.Tensor", bin_op<Bin::lt>},
       {"aten.rsqrt.default", op_rsqrt}, {"aten.sqrt.default", op_sqrt}, {"aten.exp.default", op_exp},
       {"aten.sin.default", op_sin}, {"aten.cos.default", op_cos}, {"aten.tanh.default", op_tanh},
-      {"aten.erf.default", op_erf}, {"aten.sigmoid.default", op_sigmoid}, {"aten.silu.default", op_silu},
+      {"aten.erf.default", op_erf}, {"aten.sigmoid.default", row_unary<op_sigmoid_generic, &RowFunctions::sigmoid>},
+      {"aten.silu.default", row_unary<op_silu_generic, &RowFunctions::silu>},
       {"aten.relu.default", op_relu}, {"aten.gelu.default", op_gelu}, {"aten.neg.default", op_neg},
       {"aten.logical_not.default", op_logical_not}, {"aten.bitwise_not.default", op_bitwise_not},
       {"aten.pow.Tensor_Scalar", op_pow_scalar}, {"aten.where.self", op_where},

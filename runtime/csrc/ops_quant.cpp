@@ -4,6 +4,7 @@
 
 #include "ops.h"
 #include "quant.h"
+#include "thread_pool.h"
 
 namespace mcq {
 
@@ -209,10 +210,63 @@ Tensor centered(const Tensor& x0, const QuantSpec& q) {
   return out;
 }
 
+// per-tensor int8 operands on the packed int8 GEMM, one batch per pool task:
+// sum (qa - za)(qb - zb) = sum qa qb - zb sum_k qa - za sum_k qb + k za zb (int32, wrapping:
+// the exact sum fits, so it equals the reference's)
+struct Int8Bmm {
+  const int8_t *qa, *qb;
+  int64_t m, k, n;
+  const QuantSpec *sa, *sb;  // per tensor, or one parameter per batch (axis 0, by batch % count)
+  float* out;
+};
+
+int64_t batch_param(const QuantSpec& q, int64_t b) { return q.per_tensor() ? 0 : b % static_cast<int64_t>(q.scale.size()); }
+
+void int8_bmm_batch(void* ctx, int64_t b) {
+  const auto* p = static_cast<const Int8Bmm*>(ctx);
+  const int64_t m = p->m, k = p->k, n = p->n;
+  const int8_t* a = p->qa + b * m * k;
+  const int8_t* bb = p->qb + b * k * n;
+  const PackedInt8 w = pack_int8(bb, n, k, 1, n);  // b [k, n] as the [n, k] weight it multiplies
+  std::vector<int32_t> acc(static_cast<size_t>(m * n));
+  gemm_int8(a, m, k, w, acc.data(), n, true);
+  std::vector<int32_t> colsum(static_cast<size_t>(n), 0);
+  for (int64_t kk = 0; kk < k; ++kk)
+    for (int64_t j = 0; j < n; ++j) colsum[j] += bb[kk * n + j];
+  const int64_t ia = batch_param(*p->sa, b), ib = batch_param(*p->sb, b);
+  const int32_t za = p->sa->zero_point[p->sa->zero_point.size() == 1 ? 0 : ia];
+  const int32_t zb = p->sb->zero_point[p->sb->zero_point.size() == 1 ? 0 : ib];
+  const float scale = p->sa->scale[ia] * p->sb->scale[ib];
+  const uint32_t kzz = static_cast<uint32_t>(k) * static_cast<uint32_t>(za) * static_cast<uint32_t>(zb);
+  for (int64_t i = 0; i < m; ++i) {
+    int32_t rowsum = 0;
+    for (int64_t kk = 0; kk < k; ++kk) rowsum += a[i * k + kk];
+    const uint32_t row_term = static_cast<uint32_t>(zb) * static_cast<uint32_t>(rowsum);
+    float* o = p->out + (b * m + i) * n;
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t v = static_cast<uint32_t>(acc[i * n + j]) - row_term -
+                         static_cast<uint32_t>(za) * static_cast<uint32_t>(colsum[j]) + kzz;
+      o[j] = static_cast<float>(static_cast<int32_t>(v)) * scale;
+    }
+  }
+}
+
 // mcq.qbmm(a, b, spec_a, spec_b): centered integers, int32 sums, float32(acc) * float32(s_a * s_b)
 Value op_qbmm(Args& args) {
   const QuantSpec& sa = object<QuantSpec>(args[2], "qbmm");
   const QuantSpec& sb = object<QuantSpec>(args[3], "qbmm");
+  // per tensor or per batch (axis 0): the int8 GEMM path
+  auto by_batch = [](const QuantSpec& q) { return q.per_tensor() || q.axis == 0; };
+  if (by_batch(sa) && by_batch(sb) && sa.storage == DType::i8 && sb.storage == DType::i8) {
+    const Tensor qa = quantize(args[0].tensor("qbmm a"), sa);
+    const Tensor qb = quantize(args[1].tensor("qbmm b"), sb);
+    if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
+      throw EngineError("qbmm: " + shape_str(qa) + " @ " + shape_str(qb));
+    Tensor out = empty(DType::f32, {qa.sh[0], qa.sh[1], qb.sh[2]});
+    Int8Bmm p{qa.data<int8_t>(), qb.data<int8_t>(), qa.sh[1], qa.sh[2], qb.sh[2], &sa, &sb, out.data<float>()};
+    pool().run(qa.sh[0], int8_bmm_batch, &p);
+    return Value::Of(out);
+  }
   const Tensor qa = centered(args[0].tensor("qbmm a"), sa);
   const Tensor qb = centered(args[1].tensor("qbmm b"), sb);
   if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])

@@ -1,0 +1,50 @@
+// AVX2 + FMA: the row functions of activations.h (activations_vec.h) on 8-lane vectors.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <immintrin.h>
+
+#include "activations.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace mcq {
+namespace {
+
+struct Avx2 {
+  using V = __m256;
+  static constexpr int W = 8;
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V setzero() { return _mm256_setzero_ps(); }
+  static V loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V scale_by_pow2(V p, V n) {
+    // p * 2^n through the exponent bits (n in [-126, 127] after the clamps)
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+  static V zero_below(V v, V x, V lo) { return _mm256_and_ps(v, _mm256_cmp_ps(x, lo, _CMP_GE_OQ)); }
+};
+
+}  // namespace
+}  // namespace mcq
+
+#include "activations_vec.h"
+
+namespace mcq {
+
+const RowFunctions kRowsAvx2 = {exp_shifted_sum<Avx2>, sigmoid<Avx2>, silu<Avx2>};
+
+}  // namespace mcq
+
+#pragma GCC pop_options

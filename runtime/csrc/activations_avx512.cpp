@@ -1,0 +1,46 @@
+// AVX-512: the row functions of activations.h (activations_vec.h) on 16-lane vectors.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <immintrin.h>
+
+#include "activations.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
+
+namespace mcq {
+namespace {
+
+struct Avx512 {
+  using V = __m512;
+  static constexpr int W = 16;
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V setzero() { return _mm512_setzero_ps(); }
+  static V loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V scale_by_pow2(V p, V n) { return _mm512_scalef_ps(p, n); }
+  static V zero_below(V v, V x, V lo) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), v); }
+};
+
+}  // namespace
+}  // namespace mcq
+
+#include "activations_vec.h"
+
+namespace mcq {
+
+const RowFunctions kRowsAvx512 = {exp_shifted_sum<Avx512>, sigmoid<Avx512>, silu<Avx512>};
+
+}  // namespace mcq
+
+#pragma GCC pop_options

@@ -1,0 +1,35 @@
+#include <cmath>
+
+#include "activations.h"
+#include "gemm_int8.h"
+
+namespace mcq {
+namespace {
+
+float exp_shifted_sum(const float* x, float* y, int64_t n, float shift) {
+  float s = 0.0f;
+  for (int64_t i = 0; i < n; ++i) s += y[i] = std::exp(x[i] - shift);
+  return s;
+}
+
+void sigmoid(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = 1.0f / (1.0f + std::exp(-x[i]));
+}
+
+void silu(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+}  // namespace
+
+const RowFunctions kRowsPortable = {exp_shifted_sum, sigmoid, silu};
+
+const RowFunctions& row_functions() {
+  switch (selected_isa()) {
+    case Isa::avx512_vnni: return kRowsAvx512;
+    case Isa::avx2: return kRowsAvx2;
+    default: return kRowsPortable;
+  }
+}
+
+}  // namespace mcq

@@ -1,0 +1,170 @@
+"""A bundle served by the native engine: prefill, decode and generate on numpy arrays, with no
+torch in the process (runtime.load(path, engine=True)). Same entry points and arguments as
+`runtime.Model`; arrays in and out are numpy, and the KV cache lives in buffers preallocated for
+the prompt plus the new tokens, grown by doubling, written in place by each decode step."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from runtime.engine import Engine, Unsupported
+from runtime.ir import Graph
+from runtime.tokenizer import Tokenizer
+
+MIN_PREFILL_LEN = 2  # the prefill graph is exported for seq >= 2 (as runtime.model)
+
+
+class EngineCache:
+    """Per-layer keys/values [batch, kv_heads, length, head_dim] (the KV dtype) and the attention
+    mask [batch, length], as views of buffers with room for more positions. A cache is a value:
+    decoding from an older cache again (a branch) copies the buffers first."""
+
+    def __init__(self, tensors: Sequence[np.ndarray], mask: np.ndarray, reserve: int = 0) -> None:
+        length = int(mask.shape[1])
+        capacity = length + max(0, reserve)
+        self._buffers = [np.empty((*t.shape[:2], capacity, *t.shape[3:]), dtype=t.dtype) for t in tensors]
+        for buf, t in zip(self._buffers, tensors):
+            buf[:, :, :length] = t
+        self._mask = np.ones((mask.shape[0], capacity), dtype=np.int64)
+        self._mask[:, :length] = mask
+        self._filled = [length]  # shared by the caches over these buffers
+        self.length = length
+
+    @property
+    def tensors(self) -> list[np.ndarray]:
+        return [b[:, :, : self.length] for b in self._buffers]
+
+    @property
+    def attention_mask(self) -> np.ndarray:
+        return self._mask[:, : self.length]
+
+    def grown(self, new: Sequence[np.ndarray], new_mask: np.ndarray) -> EngineCache:
+        n = int(new_mask.shape[1])
+        end = self.length + n
+        if self._filled[0] != self.length or end > self._buffers[0].shape[2]:
+            # a branch, or full: fresh buffers with doubled room
+            fresh = EngineCache(self.tensors, self.attention_mask, reserve=max(self.length, n))
+            return fresh.grown(new, new_mask)
+        for buf, t in zip(self._buffers, new):
+            buf[:, :, self.length : end] = t
+        self._mask[:, self.length : end] = new_mask
+        self._filled[0] = end
+        grown = object.__new__(EngineCache)
+        grown._buffers, grown._mask, grown._filled, grown.length = self._buffers, self._mask, self._filled, end
+        return grown
+
+
+class EngineModel:
+    """Serving entry points of one bundle on the native engine (qlevel 4)."""
+
+    def __init__(self, sections: Mapping[str, Any], bundle: Any) -> None:
+        manifest = sections["manifest"]
+        self.manifest, self.bundle = manifest, bundle
+        self.qformat = sections.get("qformat")
+        self.qlevel = 4 if (self.qformat or {}).get("nodes") else 0
+        graphs = {name: Graph.decode(sections[ep["graph"]]) for name, ep in manifest["entry_points"].items()}
+        self.tokenizer = Tokenizer(sections["tokenizer"]) if sections.get("tokenizer") else None
+        causal = "prefill" in graphs and "decode" in graphs
+        self.engine = Engine(graphs, bundle.tensor, self.qformat, ("prefill",) if causal else (),
+                             release=bundle.release_pages)
+        if self.engine.unsupported:
+            name, why = next(iter(self.engine.unsupported.items()))
+            raise Unsupported(f"entry point {name!r}: {why}")
+        special = manifest.get("tokenizer") or {}
+        self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
+        self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
+
+    @property
+    def entry_points(self) -> list[str]:
+        return list(self.engine.graphs)
+
+    def run(self, entry_point: str, *args: Any) -> Any:
+        """One entry point on its inputs (graph order); its outputs as numpy arrays."""
+        if entry_point not in self.engine.graphs:
+            raise KeyError(f"this bundle has no {entry_point!r} entry point; it has {', '.join(self.entry_points)}")
+        out = self.engine.run(entry_point, [np.asarray(a) for a in args])
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def prefill(self, input_ids: Any, attention_mask: Any = None, all_logits: bool = True,
+                reserve: int = 0) -> tuple[np.ndarray, EngineCache]:
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[None]
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        short = MIN_PREFILL_LEN - ids.shape[1]
+        if short > 0:  # left-padded, as the reference path does
+            ids = np.pad(ids, ((0, 0), (short, 0)), constant_values=self.pad_token_id)
+            mask = np.pad(mask, ((0, 0), (short, 0)), constant_values=0)
+        logits, *kv = self.engine.run("prefill", [ids, mask], last_position_logits=not all_logits)
+        return logits, EngineCache(kv, mask, reserve=reserve)
+
+    def decode(self, token_ids: Any, cache: EngineCache) -> tuple[np.ndarray, EngineCache]:
+        tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
+        ones = np.ones_like(tokens)
+        mask = np.concatenate([cache.attention_mask, ones], axis=1)
+        logits, *new = self.engine.run("decode", [tokens, mask, *cache.tensors])
+        return logits[:, -1], cache.grown(new, ones)
+
+    def generate(self, prompt: Any, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Any:
+        """Greedy or sampled continuation: text in gives text out, ids in give ids out. Greedy
+        tokens are the reference path's; sampling draws from numpy's generator (seeded), so its
+        tokens differ from the reference path's torch draws."""
+        texts = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], str))
+        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], (int, np.integer)))
+        if texts:
+            if self.tokenizer is None:
+                raise ValueError("this bundle has no tokenizer: pass token ids")
+            batch = [self.tokenizer.encode(p) for p in ([prompt] if isinstance(prompt, str) else prompt)]
+        else:
+            batch = [list(map(int, p)) for p in ([prompt] if single else prompt)]
+        if any(len(b) == 0 for b in batch):
+            raise ValueError("empty prompt")
+        width = max(len(b) for b in batch)
+        ids = np.array([[self.pad_token_id] * (width - len(b)) + b for b in batch], dtype=np.int64)
+        mask = np.array([[0] * (width - len(b)) + [1] * len(b) for b in batch], dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        logits, cache = self.prefill(ids, mask, all_logits=False, reserve=max_new_tokens)
+        step_logits = logits[:, -1]
+        out: list[list[int]] = [[] for _ in batch]
+        done = np.zeros(len(batch), dtype=bool)
+        eos = np.array(self.eos_token_ids, dtype=np.int64)
+        for step in range(max_new_tokens):
+            tok = np.where(done, self.pad_token_id, _pick(step_logits, do_sample, temperature, top_k, top_p, rng))
+            for i, t in enumerate(tok.tolist()):
+                if not done[i]:
+                    out[i].append(int(t))
+            if stop_at_eos and eos.size:
+                done |= np.isin(tok, eos)
+                if done.all():
+                    break
+            if step + 1 < max_new_tokens:
+                step_logits, cache = self.decode(tok, cache)
+        if texts:
+            assert self.tokenizer is not None
+            decoded = [self.tokenizer.decode([t for t in o if t not in self.eos_token_ids]) for o in out]
+            return decoded[0] if isinstance(prompt, str) else decoded
+        return out[0] if single else out
+
+
+def _pick(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, top_p: float,
+          rng: np.random.Generator) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    if not do_sample:
+        return logits.argmax(axis=-1)
+    logits = logits / max(temperature, 1e-6)
+    if top_k > 0:
+        kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        ranked = np.take_along_axis(logits, order, axis=-1)
+        probs = np.exp(ranked - ranked[:, :1])
+        probs /= probs.sum(axis=-1, keepdims=True)
+        drop = np.cumsum(probs, axis=-1) - probs > top_p
+        ranked = np.where(drop, -np.inf, ranked)
+        np.put_along_axis(logits, order, ranked, axis=-1)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(probs.shape[-1], p=p) for p in probs], dtype=np.int64)

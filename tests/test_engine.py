@@ -1,0 +1,126 @@
+"""The native engine (runtime.engine) against the reference path and numpy: its models,
+its float kernels on every ISA path this CPU has, and a serving path without torch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native core not built: {native.load_error()}")
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT / "spec" / "conformance" / "v1.0" / "valid"
+LLAMA = VECTORS / "llama-tiny-w8a8kv8.mcq"
+GPTJ = VECTORS / "gptj-tiny-w8a8kv8.mcq"
+W8A16 = VECTORS / "gpt2-tiny-w8a16.mcq"
+
+
+def _program(op: str, *args):
+    """A one-op program over numpy inputs: returns a function of the inputs."""
+    core = native.core()
+    n_in = sum(1 for a in args if a is None)
+    program = core.Program(n_in + 1, list(range(n_in)), [n_in])
+    encoded, slot = [], 0
+    for a in args:
+        if a is None:
+            encoded.append(("ref", slot))
+            slot += 1
+        else:
+            encoded.append(a)
+    program.add(op, "test", n_in, encoded, [])
+
+    def run(*inputs):
+        codes = {np.dtype(np.float32): 0, np.dtype(np.int64): 2}
+        (data, code, shape), = program.run([(x, codes[x.dtype]) for x in inputs])
+        return np.frombuffer(data, dtype=np.float32 if code == 0 else np.int64).reshape(shape)
+
+    return run
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 576, 64), (5, 7, 33), (13, 64, 17), (64, 100, 200), (7, 300, 31)])
+def test_float_matmul_is_within_float32_rounding_of_float64(native_isa, m, k, n):
+    rng = np.random.default_rng(m * 7 + k * 11 + n)
+    a, b = rng.normal(size=(m, k)).astype(np.float32), rng.normal(size=(k, n)).astype(np.float32)
+    got = _program("aten.mm.default", None, None)(a, b)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    bound = 2.0 ** -24 * k * (np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64))  # sum of |terms|
+    assert got.shape == (m, n) and np.all(np.abs(got - want) <= bound)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 512])
+def test_softmax_sigmoid_and_silu_are_within_float32_rounding(native_isa, n):
+    rng = np.random.default_rng(n)
+    x = (rng.normal(size=(3, n)) * 8).astype(np.float32)
+    x[2, : n // 2] = -np.inf  # masked positions: exactly 0 after softmax
+    got = _program("aten._softmax.default", None, ("int", -1), ("bool", 0))(x)
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
+    # the row sum adds n float32 terms: a few ulps of it at most
+    np.testing.assert_allclose(got, e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-30)
+    assert np.all(got[2, : n // 2] == 0)
+    y = x[:2]
+    np.testing.assert_allclose(_program("aten.sigmoid.default", None)(y), 1 / (1 + np.exp(-y.astype(np.float64))),
+                               rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(_program("aten.silu.default", None)(y), y / (1 + np.exp(-y.astype(np.float64))),
+                               rtol=2e-6, atol=1e-30)
+
+
+def test_an_op_error_names_the_node_and_is_a_value_error():
+    run = _program("aten.view.default", None, ("list", [("int", 5)]))
+    with pytest.raises(native.core().EngineError, match="node test: view: 5 elements requested, tensor has 6"):
+        run(np.zeros(6, np.float32))
+    assert issubclass(native.core().EngineError, ValueError)
+
+
+@pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama", "gptj"])
+def test_engine_generation_equals_the_reference_path(path):
+    import runtime
+
+    engine, reference = runtime.load(path, engine="native"), runtime.load(path)
+    prompts = [[3, 17, 5, 9], [8, 1, 1, 2, 30, 12], [4]]
+    for prompt in prompts:
+        assert engine.generate(prompt, max_new_tokens=12) == reference.generate(prompt, max_new_tokens=12)
+    assert engine.generate(prompts, max_new_tokens=8) == reference.generate(prompts, max_new_tokens=8)  # padded batch
+
+
+def test_engine_cache_is_a_value_decoding_twice_from_it_branches():
+    import runtime
+
+    model = runtime.load(LLAMA, engine="native")
+    _, cache = model.prefill(np.array([[3, 17, 5, 9]]), reserve=4)
+    a_logits, a = model.decode([11], cache)
+    b_logits, b = model.decode([12], cache)  # a branch: must not see the first decode's entry
+    c_logits, _ = model.decode([12], model.prefill(np.array([[3, 17, 5, 9]]))[1])
+    np.testing.assert_array_equal(b_logits, c_logits)
+    assert a.length == b.length == 5 and not np.array_equal(a_logits, b_logits)
+    np.testing.assert_array_equal(a.tensors[0][:, :, :4], b.tensors[0][:, :, :4])
+
+
+def test_native_refuses_what_it_cannot_run_and_auto_falls_back_with_a_warning():
+    import runtime
+
+    with pytest.raises(ValueError, match="weight-only"):
+        runtime.load(W8A16, engine="native")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        runtime.load(W8A16, engine="fast")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = runtime.load(W8A16, engine="auto")
+    assert isinstance(model, runtime.Model)
+    assert any("running the reference path" in str(w.message) and "weight-only" in str(w.message) for w in caught)
+
+
+def test_serving_on_the_engine_never_imports_torch():
+    code = ("import sys, runtime; m = runtime.load(sys.argv[1], engine='native'); "
+            "print(m.generate([3, 17, 5], max_new_tokens=4)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(LLAMA)], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout.split("\n")
+    assert out[1] == "False", out
+    assert len(eval(out[0])) == 4  # noqa: S307 - our own printed list
