@@ -22,14 +22,15 @@ AGREEMENT_PROMPTS = (
 
 def perplexity(model: Any, ids: Sequence[int], window: int = 512, progress: bool = False) -> float:
     """exp(mean NLL) of every token after the first of each `window`-token chunk (last chunk kept
-    if it has >= 2 tokens). `model` is a runtime Model (anything with prefill(ids) -> (logits, _))."""
+    if it has >= 2 tokens). `model` is a runtime Model (anything with prefill(ids) -> (logits, _),
+    logits a torch tensor or, from the native engine, a numpy array)."""
     ids = list(ids)
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
     chunks = [c for c in chunks if len(c) >= 2]
     total, count = 0.0, 0
     for c in tqdm(chunks, desc="perplexity", unit="window", disable=not progress):
         x = torch.tensor([c])
-        logits, _ = model.prefill(x)
+        logits = torch.as_tensor(model.prefill(x)[0])
         logp = torch.log_softmax(logits[0, :-1].to(torch.float64), dim=-1)
         nll = -logp.gather(1, x[0, 1:, None]).sum()
         total += float(nll)
