@@ -124,3 +124,28 @@ def test_serving_on_the_engine_never_imports_torch():
                          env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout.split("\n")
     assert out[1] == "False", out
     assert len(eval(out[0])) == 4  # noqa: S307 - our own printed list
+
+
+@pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama-gqa", "gptj"])
+def test_attention_reads_the_int8_cache_and_changes_no_value(path, monkeypatch):
+    """Q·Kᵀ takes the cached integers (runtime.engine.kv_shadow) instead of requantizing the
+    dequantized past: the decode step's outputs equal the requantizing plan's bit for bit."""
+    import mcq_format
+    from runtime.engine import Engine, kv_shadow
+    from runtime.ir import Graph
+
+    bundle = mcq_format.read(path)
+    graphs = {n: Graph.decode(bundle.sections[ep["graph"]])
+              for n, ep in bundle.sections["manifest"]["entry_points"].items()}
+    fast = Engine(graphs, bundle.tensor, bundle.sections["qformat"])
+    monkeypatch.setattr(kv_shadow, "ENABLED", False)
+    plain = Engine(graphs, bundle.tensor, bundle.sections["qformat"])
+    ops = [op for _, op, _ in fast.program("decode").profile()]
+    assert "mcq.qbmm_int8b" in ops and "mcq.qbmm" not in ops
+    assert "mcq.qbmm_int8b" not in [op for _, op, _ in plain.program("decode").profile()]
+    rng = np.random.default_rng(0)
+    for past in (3, 17):
+        logits, *kv = fast.run("prefill", [rng.integers(0, 100, (2, past)), np.ones((2, past), np.int64)])
+        inputs = [rng.integers(0, 100, (2, 1)), np.ones((2, past + 1), np.int64), *kv]
+        for a, b in zip(fast.run("decode", inputs), plain.run("decode", inputs)):
+            np.testing.assert_array_equal(a, b)

@@ -251,22 +251,35 @@ void int8_bmm_batch(void* ctx, int64_t b) {
   }
 }
 
+Value int8_bmm(const Tensor& qa, const Tensor& qb, const QuantSpec& sa, const QuantSpec& sb) {
+  if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
+    throw EngineError("qbmm: " + shape_str(qa) + " @ " + shape_str(qb));
+  Tensor out = empty(DType::f32, {qa.sh[0], qa.sh[1], qb.sh[2]});
+  Int8Bmm p{qa.data<int8_t>(), qb.data<int8_t>(), qa.sh[1], qa.sh[2], qb.sh[2], &sa, &sb, out.data<float>()};
+  pool().run(qa.sh[0], int8_bmm_batch, &p);
+  return Value::Of(out);
+}
+
+bool by_batch(const QuantSpec& q) { return q.per_tensor() || q.axis == 0; }
+
+// mcq.qbmm_int8b(a, b_int8, spec_a, spec_b): b is already on spec_b's grid (the int8 KV cache,
+// runtime/engine/kv_shadow.py): only a is quantized
+Value op_qbmm_int8b(Args& args) {
+  const QuantSpec& sa = object<QuantSpec>(args[2], "qbmm");
+  const QuantSpec& sb = object<QuantSpec>(args[3], "qbmm");
+  const Tensor& b = args[1].tensor("qbmm b");
+  if (!by_batch(sa) || !by_batch(sb) || sa.storage != DType::i8 || b.dt != DType::i8)
+    throw EngineError("qbmm_int8b: int8 operands quantized per tensor or per batch, got b " + shape_str(b));
+  return int8_bmm(quantize(args[0].tensor("qbmm a"), sa), contiguous(b), sa, sb);
+}
+
 // mcq.qbmm(a, b, spec_a, spec_b): centered integers, int32 sums, float32(acc) * float32(s_a * s_b)
 Value op_qbmm(Args& args) {
   const QuantSpec& sa = object<QuantSpec>(args[2], "qbmm");
   const QuantSpec& sb = object<QuantSpec>(args[3], "qbmm");
   // per tensor or per batch (axis 0): the int8 GEMM path
-  auto by_batch = [](const QuantSpec& q) { return q.per_tensor() || q.axis == 0; };
-  if (by_batch(sa) && by_batch(sb) && sa.storage == DType::i8 && sb.storage == DType::i8) {
-    const Tensor qa = quantize(args[0].tensor("qbmm a"), sa);
-    const Tensor qb = quantize(args[1].tensor("qbmm b"), sb);
-    if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
-      throw EngineError("qbmm: " + shape_str(qa) + " @ " + shape_str(qb));
-    Tensor out = empty(DType::f32, {qa.sh[0], qa.sh[1], qb.sh[2]});
-    Int8Bmm p{qa.data<int8_t>(), qb.data<int8_t>(), qa.sh[1], qa.sh[2], qb.sh[2], &sa, &sb, out.data<float>()};
-    pool().run(qa.sh[0], int8_bmm_batch, &p);
-    return Value::Of(out);
-  }
+  if (by_batch(sa) && by_batch(sb) && sa.storage == DType::i8 && sb.storage == DType::i8)
+    return int8_bmm(quantize(args[0].tensor("qbmm a"), sa), quantize(args[1].tensor("qbmm b"), sb), sa, sb);
   const Tensor qa = centered(args[0].tensor("qbmm a"), sa);
   const Tensor qb = centered(args[1].tensor("qbmm b"), sb);
   if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
@@ -334,7 +347,7 @@ Value op_qembedding(Args& a) {
 void add_quant_ops(OpTable& t) {
   t.insert(t.end(), {
       {"mcq.quantize", op_quantize}, {"mcq.dequantize", op_dequantize}, {"mcq.qlinear", op_qlinear},
-      {"mcq.qbmm", op_qbmm}, {"mcq.qembedding", op_qembedding},
+      {"mcq.qbmm", op_qbmm}, {"mcq.qbmm_int8b", op_qbmm_int8b}, {"mcq.qembedding", op_qembedding},
   });
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime import native
 from runtime.engine.plan import plan
-from runtime.engine.quant import CODE_NUMPY, DTYPE_CODES, Unsupported
+from runtime.engine.quant import CODE_NUMPY, Unsupported
 from runtime.ir import Graph
 
 __all__ = ["Engine", "Unsupported"]
@@ -23,7 +23,7 @@ class Engine:
                  qformat: Mapping[str, Any] | None, last_position_logits: Sequence[str] = (),
                  release: Callable[[str], None] | None = None) -> None:
         self.graphs = dict(graphs)
-        self.programs: dict[tuple[str, bool], Any] = {}
+        self.programs: dict[tuple[str, bool], tuple[Any, list[int]]] = {}
         self.unsupported: dict[str, str] = {}
         self._tensor, self._qformat, self._release = tensor, qformat, release
         self._shared: dict[Any, Any] = {}  # packed weights and specs, shared by the entry points
@@ -34,6 +34,9 @@ class Engine:
                 self.unsupported[name] = str(e)
 
     def program(self, name: str, last_position_logits: bool = False) -> Any:
+        return self._planned(name, last_position_logits)[0]
+
+    def _planned(self, name: str, last_position_logits: bool) -> tuple[Any, list[int]]:
         key = (name, last_position_logits)
         if key not in self.programs:
             self.programs[key] = plan(self.graphs[name], self._tensor, self._qformat, self._shared,
@@ -48,18 +51,16 @@ class Engine:
         specs = self.graphs[name].inputs
         if len(inputs) != len(specs):
             raise ValueError(f"{name}: {len(inputs)} inputs given, the graph takes {len(specs)}")
+        program, codes = self._planned(name, last_position_logits)
         args = []
-        for spec, x in zip(specs, inputs):
-            code = DTYPE_CODES.get(spec.dtype)
-            if code is None:
-                raise Unsupported(f"{name}: input {spec.name!r} of dtype {spec.dtype}")
+        for spec, code, x in zip(specs, codes, inputs):
             a = np.asarray(x, dtype=CODE_NUMPY[code])  # strided views go in as they are
             if any(s < 0 for s in a.strides):
                 a = np.ascontiguousarray(a)
             if not spec.accepts(a.shape):
                 raise ValueError(f"{name}: input {spec.name!r} has shape {list(a.shape)}, the graph takes {spec.shape}")
             args.append((a, code))
-        out = self.program(name, last_position_logits).run(args)
+        out = program.run(args)
         return [np.frombuffer(data, dtype=CODE_NUMPY[code]).reshape(shape) for data, code, shape in out]
 
 

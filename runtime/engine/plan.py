@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from runtime import native
-from runtime.engine import quant
+from runtime.engine import kv_shadow, quant
 from runtime.engine.quant import DTYPE_CODES, NUMPY_CODES, Spec, Unsupported
 from runtime.engine.schemas import SchemaError, normalize
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
@@ -36,6 +36,11 @@ class Planner:
         self.pending: dict[str, Any] = {}  # past-KV input -> its dequantizing spec (at first use)
         self.stored: dict[str, int] = {}  # kv point node -> slot of its stored (quantized) form
         self.constants: dict[str, tuple[Any, ...]] = {}
+        # int8 KV values behind float ones (runtime.engine.kv_shadow): name -> shadow, the node
+        # that makes it, and its int8 slot once emitted
+        self.shadows: dict[str, kv_shadow.Shadow] = {}
+        self.shadow_nodes: dict[str, Node] = {}
+        self.shadow_slots: dict[str, int] = {}
         self.last_position_of = {v.name for n, v in graph.outputs if n == "logits" and isinstance(v, Ref)} \
             if last_position_logits else set()
 
@@ -91,13 +96,21 @@ class Planner:
         return self.constants[name]
 
     # -- nodes ---------------------------------------------------------------------------------
-    def build(self) -> tuple[Any, int]:
+    def build(self) -> tuple[Any, list[int]]:
+        """(the native Program, each input's dtype code: the graph's, or the KV storage dtype for
+        a past-KV input, which holds the quantized cache at qlevel 4)."""
         kv_specs = self._kv_specs()
-        inputs = []
+        inputs, codes = [], []
         for spec in self.graph.inputs:
+            if spec.dtype not in DTYPE_CODES:
+                raise Unsupported(f"input {spec.name!r} of dtype {spec.dtype}")
+            codes.append(kv_specs[spec.name].storage if spec.name in kv_specs else DTYPE_CODES[spec.dtype])
             inputs.append(self.slot(spec.name))
             if spec.name in kv_specs:
                 self.pending[spec.name] = kv_specs[spec.name].native
+                shadow = kv_shadow.source(self.slots[spec.name], kv_specs[spec.name], spec.shape)
+                if shadow is not None:
+                    self.shadows[spec.name], self.shadow_slots[spec.name] = shadow, self.slots[spec.name]
         for node in self.graph.nodes:
             self.node(node)
         outputs = []
@@ -107,9 +120,17 @@ class Planner:
             outputs.append(self.stored.get(v.name, self.slots.get(v.name, -1)))
             if outputs[-1] < 0:
                 raise Unsupported(f"output {name!r} refers to unknown value {v.name!r}")
-        return self._program(inputs, outputs), len(self.code)
+        return self._program(inputs, outputs), codes
 
     def _program(self, inputs: list[int], outputs: list[int]) -> Any:
+        # drop op calls whose values nobody reads (float paths an int8 shadow replaced)
+        live = set(outputs)
+        kept = []
+        for op, node, out, args in reversed(self.code):
+            if out in live:
+                kept.append((op, node, out, args))
+                live.update(_refs(args))
+        self.code = kept[::-1]
         last_use: dict[int, int] = {}
         for i, (_, _, _, args) in enumerate(self.code):
             for s in _refs(args):
@@ -165,6 +186,23 @@ class Planner:
         except SchemaError as e:
             raise Unsupported(f"node {node.name}: {e}") from None
         self.emit(node.op, node.name, [self.arg(v, node.name) for v in values], out)
+        if node.op in kv_shadow.VIEW_OPS:
+            shadow = kv_shadow.follow(node, [self.shadows.get(r.name) for r in kv_shadow.tensor_refs(node)])
+            if shadow is not None:
+                self.shadows[node.name], self.shadow_nodes[node.name] = shadow, node
+
+    def shadow_slot(self, name: str) -> int:
+        """The int8 value behind `name` (its view chain emitted on the integers, once)."""
+        if name not in self.shadow_slots:
+            node = self.shadow_nodes[name]
+            values = normalize(node.op, list(node.args), dict(node.kwargs))
+            if node.op == "aten.cat.default":
+                first = ("list", [("ref", self.shadow_slot(r.name)) for r in values[0]])
+            else:
+                first = ("ref", self.shadow_slot(values[0].name))
+            args = [first] + [self.arg(v, node.name) for v in values[1:]]
+            self.shadow_slots[name] = self.emit(node.op, node.name + "#int8", args)
+        return self.shadow_slots[name]
 
     def linear(self, node: Node, q: Mapping[str, Any] | None, out: int) -> None:
         x = self.arg(node.args[0], node.name)
@@ -193,6 +231,13 @@ class Planner:
         a, b = self.spec(aspec), self.spec(bspec)
         if a.rotated or b.rotated:
             raise Unsupported(f"node {node.name}: rotated bmm operands")
+        shadow = self.shadows.get(node.args[1].name) if isinstance(node.args[1], Ref) else None
+        if shadow is not None and kv_shadow.ENABLED and kv_shadow.matches(shadow, b):
+            # K from the int8 cache as it is: the integers the quantizer would give back
+            self.emit("mcq.qbmm_int8b", node.name, [self.arg(node.args[0], node.name),
+                                                    ("ref", self.shadow_slot(node.args[1].name)),
+                                                    ("object", a.native), ("object", b.native)], out)
+            return
         self.emit("mcq.qbmm", node.name, [self.arg(node.args[0], node.name), self.arg(node.args[1], node.name),
                                           ("object", a.native), ("object", b.native)], out)
 
@@ -200,6 +245,9 @@ class Planner:
         spec = self.spec(q["inputs"]["x"])
         stored = self.emit("mcq.quantize", node.name, [self.arg(node.args[0], node.name), ("object", spec.native)])
         self.stored[node.name] = stored
+        shadow = kv_shadow.source(stored, spec, ())
+        if shadow is not None:
+            self.shadows[node.name], self.shadow_slots[node.name] = shadow, stored
         self.emit("mcq.dequantize", node.name, [("ref", stored), ("object", spec.native)], out)
 
     def embedding(self, node: Node, q: Mapping[str, Any], out: int) -> None:
@@ -234,7 +282,7 @@ def _refs(args: list[Any]) -> list[int]:
 
 def plan(graph: Graph, tensor: quant.TensorSource, qformat: Mapping[str, Any] | None, shared: dict[Any, Any],
          last_position_logits: bool = False, release: Callable[[str], None] | None = None) -> Any:
-    """The native Program of `graph` (qlevel 4 where the qformat quantizes it), or Unsupported."""
-    program, _ = Planner(graph, tensor, qformat, shared, last_position_logits, release).build()
-    return program
+    """(the native Program of `graph` at qlevel 4 where the qformat quantizes it, its inputs' dtype
+    codes), or Unsupported."""
+    return Planner(graph, tensor, qformat, shared, last_position_logits, release).build()
 

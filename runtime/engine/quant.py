@@ -68,6 +68,7 @@ class Spec:
             self.scale, self.zero_point, -1 if per_tensor else self._axis_code(spec), self.per_head, self.qmin,
             self.qmax, self.storage, self.smooth, self.outliers, rot_a, rot_b)
         self.per_tensor = per_tensor
+        self.axis = None if per_tensor else int(spec["axis"])
 
     @staticmethod
     def _axis_code(spec: Mapping[str, Any]) -> int:
