@@ -17,15 +17,24 @@ PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, 
   p.blocks = (n + 15) / 16;
   p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64), 0);
   p.shift.assign(static_cast<size_t>(p.blocks * 16), 0);
+  p.rowsum.assign(static_cast<size_t>(p.blocks * 16), 0);
   for (int64_t r = 0; r < n; ++r) {
     const int8_t* row = w + r * row_stride;
-    const int64_t b = r / 16, c = r % 16;
+    int8_t* dst = p.data.data() + 64 * (r / 16) * p.k4 + 4 * (r % 16);
     int32_t sum = 0;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const int8_t v = row[kk * col_stride];
-      p.data[static_cast<size_t>(64 * (b * p.k4 + kk / 4) + 4 * c + kk % 4)] = v;
-      sum += v;
+    if (col_stride == 1) {  // whole quads at once (a stored weight, a K cache row)
+      int64_t kk = 0;
+      for (; kk + 4 <= k; kk += 4) std::memcpy(dst + 16 * kk, row + kk, 4);
+      for (; kk < k; ++kk) dst[16 * (kk & ~int64_t{3}) + kk % 4] = row[kk];
+      for (kk = 0; kk < k; ++kk) sum += row[kk];
+    } else {
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const int8_t v = row[kk * col_stride];
+        dst[16 * (kk & ~int64_t{3}) + kk % 4] = v;
+        sum += v;
+      }
     }
+    p.rowsum[static_cast<size_t>(r)] = sum;
     p.shift[static_cast<size_t>(r)] = static_cast<int32_t>(static_cast<uint32_t>(sum) * 128u);
   }
   return p;

@@ -18,6 +18,7 @@ struct PackedInt8 {
   int64_t k4 = 0, blocks = 0;    // K / 4 and N / 16, rounded up
   std::vector<int8_t> data;      // blocks * k4 * 64 bytes
   std::vector<int32_t> shift;    // 128 * sum_k w[n, k] per output (undoes VNNI's unsigned-input shift)
+  std::vector<int32_t> rowsum;   // sum_k w[n, k] per output
 };
 
 // w[r][kk] at w + r * row_stride + kk * col_stride (col_stride 1: the stored [N, K] layout;

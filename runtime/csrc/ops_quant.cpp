@@ -1,6 +1,7 @@
 // The quantized ops of qlevel 4 (spec Q.2-Q.4): integer accumulators exact (equal to the
 // reference bit for bit), float glue in float32 as the reference orders it.
 #include <cmath>
+#include <cstring>
 
 #include "ops.h"
 #include "quant.h"
@@ -216,6 +217,7 @@ Tensor centered(const Tensor& x0, const QuantSpec& q) {
 struct Int8Bmm {
   const int8_t *qa, *qb;
   int64_t m, k, n;
+  int64_t b_batch, b_k, b_n;  // b's strides (elements): any view, packed from where it lies
   const QuantSpec *sa, *sb;  // per tensor, or one parameter per batch (axis 0, by batch % count)
   float* out;
 };
@@ -226,13 +228,11 @@ void int8_bmm_batch(void* ctx, int64_t b) {
   const auto* p = static_cast<const Int8Bmm*>(ctx);
   const int64_t m = p->m, k = p->k, n = p->n;
   const int8_t* a = p->qa + b * m * k;
-  const int8_t* bb = p->qb + b * k * n;
-  const PackedInt8 w = pack_int8(bb, n, k, 1, n);  // b [k, n] as the [n, k] weight it multiplies
+  const int8_t* bb = p->qb + b * p->b_batch;
+  const PackedInt8 w = pack_int8(bb, n, k, p->b_n, p->b_k);  // b [k, n] as the [n, k] weight it multiplies
   std::vector<int32_t> acc(static_cast<size_t>(m * n));
   gemm_int8(a, m, k, w, acc.data(), n, true);
-  std::vector<int32_t> colsum(static_cast<size_t>(n), 0);
-  for (int64_t kk = 0; kk < k; ++kk)
-    for (int64_t j = 0; j < n; ++j) colsum[j] += bb[kk * n + j];
+  const std::vector<int32_t>& colsum = w.rowsum;
   const int64_t ia = batch_param(*p->sa, b), ib = batch_param(*p->sb, b);
   const int32_t za = p->sa->zero_point[p->sa->zero_point.size() == 1 ? 0 : ia];
   const int32_t zb = p->sb->zero_point[p->sb->zero_point.size() == 1 ? 0 : ib];
@@ -251,11 +251,13 @@ void int8_bmm_batch(void* ctx, int64_t b) {
   }
 }
 
+// qa contiguous; qb any strided int8 view
 Value int8_bmm(const Tensor& qa, const Tensor& qb, const QuantSpec& sa, const QuantSpec& sb) {
   if (qa.nd != 3 || qb.nd != 3 || qa.sh[0] != qb.sh[0] || qa.sh[2] != qb.sh[1])
     throw EngineError("qbmm: " + shape_str(qa) + " @ " + shape_str(qb));
   Tensor out = empty(DType::f32, {qa.sh[0], qa.sh[1], qb.sh[2]});
-  Int8Bmm p{qa.data<int8_t>(), qb.data<int8_t>(), qa.sh[1], qa.sh[2], qb.sh[2], &sa, &sb, out.data<float>()};
+  Int8Bmm p{qa.data<int8_t>(), qb.data<int8_t>(), qa.sh[1], qa.sh[2], qb.sh[2], qb.st[0], qb.st[1], qb.st[2],
+            &sa, &sb, out.data<float>()};
   pool().run(qa.sh[0], int8_bmm_batch, &p);
   return Value::Of(out);
 }
@@ -270,7 +272,7 @@ Value op_qbmm_int8b(Args& args) {
   const Tensor& b = args[1].tensor("qbmm b");
   if (!by_batch(sa) || !by_batch(sb) || sa.storage != DType::i8 || b.dt != DType::i8)
     throw EngineError("qbmm_int8b: int8 operands quantized per tensor or per batch, got b " + shape_str(b));
-  return int8_bmm(quantize(args[0].tensor("qbmm a"), sa), contiguous(b), sa, sb);
+  return int8_bmm(quantize(args[0].tensor("qbmm a"), sa), b, sa, sb);
 }
 
 // mcq.qbmm(a, b, spec_a, spec_b): centered integers, int32 sums, float32(acc) * float32(s_a * s_b)
