@@ -129,7 +129,8 @@ def test_serving_on_the_engine_never_imports_torch():
 @pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama-gqa", "gptj"])
 def test_attention_reads_the_int8_cache_and_changes_no_value(path, monkeypatch):
     """Q·Kᵀ takes the cached integers (runtime.engine.kv_shadow) instead of requantizing the
-    dequantized past: the decode step's outputs equal the requantizing plan's bit for bit."""
+    dequantized past, P·V dequantizes them inside the product: the decode step's outputs equal
+    the float-path plan's bit for bit."""
     import mcq_format
     from runtime.engine import Engine, kv_shadow
     from runtime.ir import Graph
@@ -141,8 +142,9 @@ def test_attention_reads_the_int8_cache_and_changes_no_value(path, monkeypatch):
     monkeypatch.setattr(kv_shadow, "ENABLED", False)
     plain = Engine(graphs, bundle.tensor, bundle.sections["qformat"])
     ops = [op for _, op, _ in fast.program("decode").profile()]
-    assert "mcq.qbmm_int8b" in ops and "mcq.qbmm" not in ops
-    assert "mcq.qbmm_int8b" not in [op for _, op, _ in plain.program("decode").profile()]
+    assert "mcq.qbmm_int8b" in ops and "mcq.qbmm" not in ops  # Q·Kᵀ on the integers
+    assert "mcq.bmm_int8b" in ops and "aten.bmm.default" not in ops  # P·V too
+    assert not {"mcq.qbmm_int8b", "mcq.bmm_int8b"} & {op for _, op, _ in plain.program("decode").profile()}
     rng = np.random.default_rng(0)
     for past in (3, 17):
         logits, *kv = fast.run("prefill", [rng.integers(0, 100, (2, past)), np.ones((2, past), np.int64)])

@@ -275,6 +275,42 @@ Value op_qbmm_int8b(Args& args) {
   return int8_bmm(quantize(args[0].tensor("qbmm a"), sa), b, sa, sb);
 }
 
+// mcq.bmm_int8b(a, b_int8, spec): the float bmm a @ dequantize(b) with b's integers dequantized
+// per batch as `dequantize` does, then the same float32 GEMM as aten.bmm: the same values
+struct DequantBmm {
+  const float* a;
+  const int8_t* b;
+  int64_t m, k, n, b_batch, b_k, b_n;
+  const QuantSpec* spec;
+  float* out;
+};
+
+void dequant_bmm_batch(const DequantBmm& p, int64_t i, std::vector<float>& buf) {
+  const int64_t ip = batch_param(*p.spec, i);
+  const int32_t zp = p.spec->zero_point[p.spec->zero_point.size() == 1 ? 0 : ip];
+  const float s = p.spec->scale[ip];
+  const int8_t* b = p.b + i * p.b_batch;
+  buf.resize(static_cast<size_t>(p.k * p.n));
+  for (int64_t kk = 0; kk < p.k; ++kk)
+    for (int64_t j = 0; j < p.n; ++j)
+      buf[kk * p.n + j] = static_cast<float>(static_cast<int32_t>(b[kk * p.b_k + j * p.b_n]) - zp) * s;
+  gemm_f32(p.a + i * p.m * p.k, p.k, buf.data(), p.n, p.out + i * p.m * p.n, p.n, p.m, p.n, p.k, false);
+}
+
+Value op_bmm_int8b(Args& args) {
+  const Tensor a = to_dtype(args[0].tensor("bmm a"), DType::f32);
+  const Tensor& b = args[1].tensor("bmm b");
+  const QuantSpec& spec = object<QuantSpec>(args[2], "bmm_int8b");
+  if (a.nd != 3 || b.nd != 3 || b.dt != DType::i8 || a.sh[0] != b.sh[0] || a.sh[2] != b.sh[1] || !by_batch(spec))
+    throw EngineError("bmm_int8b: " + shape_str(a) + " @ " + shape_str(b));
+  Tensor out = empty(DType::f32, {a.sh[0], a.sh[1], b.sh[2]});
+  DequantBmm p{a.data<float>(), b.data<int8_t>(), a.sh[1], a.sh[2], b.sh[2], b.st[0], b.st[1], b.st[2], &spec,
+               out.data<float>()};
+  std::vector<float> buf;
+  for (int64_t i = 0; i < a.sh[0]; ++i) dequant_bmm_batch(p, i, buf);
+  return Value::Of(out);
+}
+
 // mcq.qbmm(a, b, spec_a, spec_b): centered integers, int32 sums, float32(acc) * float32(s_a * s_b)
 Value op_qbmm(Args& args) {
   const QuantSpec& sa = object<QuantSpec>(args[2], "qbmm");
@@ -349,7 +385,8 @@ Value op_qembedding(Args& a) {
 void add_quant_ops(OpTable& t) {
   t.insert(t.end(), {
       {"mcq.quantize", op_quantize}, {"mcq.dequantize", op_dequantize}, {"mcq.qlinear", op_qlinear},
-      {"mcq.qbmm", op_qbmm}, {"mcq.qbmm_int8b", op_qbmm_int8b}, {"mcq.qembedding", op_qembedding},
+      {"mcq.qbmm", op_qbmm}, {"mcq.qbmm_int8b", op_qbmm_int8b},
+      {"mcq.bmm_int8b", op_bmm_int8b}, {"mcq.qembedding", op_qembedding},
   });
 }
 

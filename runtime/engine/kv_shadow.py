@@ -160,6 +160,21 @@ def matches(s: Shadow, consumer: Any, heads: int | None = None) -> bool:
     return all(_same(consumer, i % len(consumer.scale), kv, i // s.rep) for i in range(h))
 
 
+def batch_parameters(s: Shadow) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, zero point) per index of a bmm operand's batch axis (its first H, repeating), for
+    dequantizing the shadowed integers there; None where the shadow does not say."""
+    kv = s.spec
+    if kv.smooth is not None or kv.outliers is not None or kv.rotated:
+        return None
+    if s.axis is None:
+        return kv.scale[:1].copy(), kv.zero_point[:1].copy()
+    if s.axis != 0 or s.modulus is None:
+        return None
+    source = np.arange(s.modulus) // s.rep
+    zps = kv.zero_point if kv.zero_point.size > 1 else np.repeat(kv.zero_point, kv.scale.size)
+    return np.ascontiguousarray(kv.scale[source]), np.ascontiguousarray(zps[source])
+
+
 def _same(a: Any, i: int, b: Any, j: int) -> bool:
     za = a.zero_point[0 if a.zero_point.size == 1 else i]
     zb = b.zero_point[0 if b.zero_point.size == 1 else j]

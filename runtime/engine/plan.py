@@ -181,6 +181,8 @@ class Planner:
         raise Unsupported(f"node {node.name}: no quantized form of {node.op}")
 
     def plain(self, node: Node, out: int, args: list[Any] | None = None) -> None:
+        if node.op == BMM and self._float_bmm_on_int8(node, out):
+            return
         try:
             values = normalize(node.op, list(node.args) if args is None else args, dict(node.kwargs))
         except SchemaError as e:
@@ -190,6 +192,22 @@ class Planner:
             shadow = kv_shadow.follow(node, [self.shadows.get(r.name) for r in kv_shadow.tensor_refs(node)])
             if shadow is not None:
                 self.shadows[node.name], self.shadow_nodes[node.name] = shadow, node
+
+    def _float_bmm_on_int8(self, node: Node, out: int) -> bool:
+        """A float bmm whose right operand is the int8 cache dequantized (P·V): dequantized per
+        batch inside the op, the same float32 values and products as the float path's."""
+        b = node.args[1] if len(node.args) > 1 else None
+        shadow = self.shadows.get(b.name) if isinstance(b, Ref) and kv_shadow.ENABLED else None
+        params = kv_shadow.batch_parameters(shadow) if shadow is not None else None
+        if params is None:
+            return False
+        kv = shadow.spec
+        scale, zp = params
+        spec = native.core().quant_spec(scale, zp, -1 if scale.size == 1 else 0, scale.size > 1, kv.qmin, kv.qmax,
+                                        kv.storage, None, None, None, None)
+        self.emit("mcq.bmm_int8b", node.name, [self.arg(node.args[0], node.name), ("ref", self.shadow_slot(b.name)),
+                                               ("object", spec)], out)
+        return True
 
     def shadow_slot(self, name: str) -> int:
         """The int8 value behind `name` (its view chain emitted on the integers, once)."""
