@@ -145,12 +145,12 @@ def _join_torchrun() -> bool:
     return True
 
 
-def _load(path: Path, qlevel: int | None):
+def _load(path: Path, qlevel: int | None, engine: str = "reference"):
     import runtime
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return runtime.load(path, qlevel=qlevel)
+    return runtime.load(path, qlevel=qlevel, engine=engine)
 
 
 @main.command()
@@ -167,11 +167,18 @@ def _load(path: Path, qlevel: int | None):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ids", is_flag=True, help="Prompts are space-separated token ids; print token ids "
                                           "(for bundles without a tokenizer).")
+@click.option("--engine", type=click.Choice(["reference", "native", "auto"]), default="reference",
+              show_default=True,
+              help="reference: the graphs as torch.fx; native: the C++ engine (qlevel 4, no torch; "
+                   "errors naming what it cannot run); auto: native where it can, else reference.")
 @_friendly_errors
 def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: str | None, sample: bool,
-             temperature: float, top_k: int, top_p: float, seed: int, ids: bool) -> None:
-    """Continue each PROMPT with the model in FILE (a .mcq bundle)."""
-    model = _load(file, int(qlevel) if qlevel else None)
+             temperature: float, top_k: int, top_p: float, seed: int, ids: bool, engine: str) -> None:
+    """Continue each PROMPT with the model in FILE (a .mcq bundle).
+
+    Greedy decoding by default; --engine native runs the bundle on the C++ engine (same greedy
+    tokens up to float-rounding flips, spec Q.4b; sampling draws from numpy's generator)."""
+    model = _load(file, int(qlevel) if qlevel else None, engine)
     batch: list = list(prompts)
     if not ids and model.tokenizer is None:
         raise ValueError(f"{file}: this bundle has no tokenizer; give token ids with --ids")

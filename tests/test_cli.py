@@ -318,3 +318,19 @@ def test_report_on_a_weight_only_bundle_alone_says_what_it_needs(tmp_path):
     mcq.quantize(model, mcq.preset("W8A16"), tokenizer=tok, max_samples=2, seq_len=16,
                  progress=False).save(tmp_path / "w8a16.mcq")
     assert_one_line_error(run("report", tmp_path / "w8a16.mcq"), "weight-only bundle", "--bundle")
+
+
+def test_generate_on_the_native_engine_equals_the_reference_and_refuses_what_it_cannot_run():
+    from runtime import native
+
+    if not native.available():
+        pytest.skip(f"native core not built: {native.load_error()}")
+    from pathlib import Path
+
+    vectors = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "v1.0" / "valid"
+    args = ["generate", vectors / "llama-tiny-w8a8kv8.mcq", "--ids", "--prompt", "3 17 5", "--max-new-tokens", 6]
+    native_run, reference_run = run(*args, "--engine", "native"), run(*args)
+    assert native_run.exit_code == 0 and native_run.output == reference_run.output
+    assert len(native_run.output.split("->")[1].split()) == 6
+    refused = run("generate", vectors / "gpt2-tiny-w8a16.mcq", "--ids", "--prompt", "3", "--engine", "native")
+    assert refused.exit_code != 0 and "weight-only linear" in refused.output
