@@ -108,7 +108,8 @@ def linear_params(q: Mapping[str, Any], weight_name: str, tensor: TensorSource,
     zp = int(x.zero_point[0])
     correction = None
     if zp:
-        correction = (np.int64(zp) * w.astype(np.int64).sum(axis=1)).astype(np.int32)  # int32 wrap
+        # row sums through a buffered int64 reduction (no int64 copy of the weight: 8x its bytes)
+        correction = (np.int64(zp) * w.sum(axis=1, dtype=np.int64)).astype(np.int32)  # int32 wrap
     outlier_index = outlier_weight = None
     if q.get("outlier_weight"):
         if x.outliers is None:
