@@ -7,14 +7,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from runtime import lower
+from runtime.batching import EMBEDDING_OUTPUT, MIN_PREFILL_LEN, embedding_entry, encode_texts, padded_batches
 from runtime.compiled import CompiledEntryPoint
 from runtime.ir import Graph
 from runtime.memory import release_free_heap
 from runtime.ops import DTYPES
 from runtime.tokenizer import Tokenizer
 
-MIN_PREFILL_LEN = 2  # the prefill graph is exported for seq >= 2; shorter prompts are left-padded
-EMBEDDING_OUTPUT = "sentence_embedding"  # encoder bundles: mean-pooled, L2-normalized states
 
 
 class EntryPointError(ValueError):
@@ -167,24 +166,16 @@ class Model:
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Sentence embeddings [n, dim] (float32) of texts with the bundle's tokenizer: the
         `forward` entry point's `sentence_embedding` output (a str is one text, n = 1)."""
-        name = next((n for n, g in self._graphs.items() if EMBEDDING_OUTPUT in dict(g.outputs)), None)
-        if name is None:
+        found = embedding_entry(self._graphs)
+        if found is None:
             raise EntryPointError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output "
                                   f"(entry points: {', '.join(self._graphs)}); embed needs an encoder bundle")
-        if self.tokenizer is None:
-            raise ValueError("this bundle has no tokenizer: run the entry point on token ids with model.run")
-        index = [o for o, _ in self._graphs[name].outputs].index(EMBEDDING_OUTPUT)
-        encoded = [self.tokenizer.encode(t) for t in ([texts] if isinstance(texts, str) else texts)]
-        if not encoded:
-            raise ValueError("embed: no texts")
+        name, index = found
+        encoded = encode_texts(self.tokenizer, texts)
         rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths pad less
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = max(MIN_PREFILL_LEN, *(len(encoded[i]) for i in chunk))
-            ids = torch.tensor([encoded[i] + [self.pad_token_id] * (width - len(encoded[i])) for i in chunk])
-            mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk])
-            for i, row in zip(chunk, self.run(name, input_ids=ids, attention_mask=mask)[index]):
+        for chunk, ids, mask in padded_batches(encoded, batch_size, self.pad_token_id):
+            out = self.run(name, input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))[index]
+            for i, row in zip(chunk, out):
                 rows[i] = row.to(torch.float32)
         return torch.stack(rows)
 

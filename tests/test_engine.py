@@ -151,3 +151,19 @@ def test_attention_reads_the_int8_cache_and_changes_no_value(path, monkeypatch):
         inputs = [rng.integers(0, 100, (2, 1)), np.ones((2, past + 1), np.int64), *kv]
         for a, b in zip(fast.run("decode", inputs), plain.run("decode", inputs)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_encoder_embeddings_on_the_engine_match_the_reference(tmp_path):
+    import mcq
+    import runtime
+    from mcq.examples import load_example
+
+    model, tok = load_example("bert-tiny")
+    path = tmp_path / "bert.mcq"
+    mcq.quantize(model, mcq.preset("W8A8"), tokenizer=tok, progress=False).save(path)
+    texts = ["hello world", "a longer sentence about quantization and its runtime", "x"]
+    engine, reference = runtime.load(path, engine="native"), runtime.load(path)
+    got, want = engine.embed(texts), reference.embed(texts).numpy()
+    assert got.shape == want.shape == (3, want.shape[1])
+    np.testing.assert_allclose(got, want, atol=1e-5)  # float glue within rounding (spec Q.4b)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)

@@ -8,11 +8,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from runtime.batching import EMBEDDING_OUTPUT, MIN_PREFILL_LEN, embedding_entry, encode_texts, padded_batches
 from runtime.engine import Engine, Unsupported
 from runtime.ir import Graph
 from runtime.tokenizer import Tokenizer
-
-MIN_PREFILL_LEN = 2  # the prefill graph is exported for seq >= 2 (as runtime.model)
 
 
 class EngineCache:
@@ -85,6 +84,22 @@ class EngineModel:
             raise KeyError(f"this bundle has no {entry_point!r} entry point; it has {', '.join(self.entry_points)}")
         out = self.engine.run(entry_point, [np.asarray(a) for a in args])
         return out[0] if len(out) == 1 else tuple(out)
+
+    def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings [n, dim] (float32) of texts: the encoder entry point's
+        `sentence_embedding` output, batched as the reference path batches them."""
+        found = embedding_entry(self.engine.graphs)
+        if found is None:
+            raise KeyError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output; embed needs an "
+                           "encoder bundle")
+        name, index = found
+        encoded = encode_texts(self.tokenizer, texts)
+        rows: list[np.ndarray] = [np.empty(0)] * len(encoded)
+        for chunk, ids, mask in padded_batches(encoded, batch_size, self.pad_token_id):
+            out = self.engine.run(name, [ids, mask])[index]
+            for i, row in zip(chunk, out):
+                rows[i] = row.astype(np.float32)
+        return np.stack(rows)
 
     def prefill(self, input_ids: Any, attention_mask: Any = None, all_logits: bool = True,
                 reserve: int = 0) -> tuple[np.ndarray, EngineCache]:

@@ -1,0 +1,42 @@
+"""How texts become padded batches for an encoder's entry point, shared by the reference path
+(runtime.model) and the engine (runtime.engine.model): torch-free."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+EMBEDDING_OUTPUT = "sentence_embedding"  # encoder bundles: mean-pooled, L2-normalized states
+MIN_PREFILL_LEN = 2  # graphs are exported for seq >= 2; shorter inputs are padded
+
+
+def embedding_entry(graphs: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(entry point, index of its sentence-embedding output), or None for a bundle without one."""
+    for name, graph in graphs.items():
+        names = [o for o, _ in graph.outputs]
+        if EMBEDDING_OUTPUT in names:
+            return name, names.index(EMBEDDING_OUTPUT)
+    return None
+
+
+def padded_batches(encoded: Sequence[Sequence[int]], batch_size: int,
+                   pad_id: int) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+    """(indices into `encoded`, ids [n, width], mask [n, width]) per batch: right-padded, texts of
+    similar lengths together (they pad less)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(MIN_PREFILL_LEN, *(len(encoded[i]) for i in chunk))
+        ids = np.array([list(encoded[i]) + [pad_id] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
+        mask = np.array([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
+        yield chunk, ids, mask
+
+
+def encode_texts(tokenizer: Any, texts: str | Sequence[str]) -> list[list[int]]:
+    """Token ids of each text (a str is one text), or ValueError naming what is missing."""
+    if tokenizer is None:
+        raise ValueError("this bundle has no tokenizer: run the entry point on token ids with model.run")
+    encoded = [tokenizer.encode(t) for t in ([texts] if isinstance(texts, str) else texts)]
+    if not encoded:
+        raise ValueError("embed: no texts")
+    return encoded
