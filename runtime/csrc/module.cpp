@@ -326,6 +326,15 @@ bool parse_arg(ProgramObject* self, PyObject* obj, mcq::Arg* out) {
       }
     }
     Py_DECREF(seq);
+    bool constant = true;
+    for (const mcq::Arg& item : out->items) constant = constant && item.kind == K::constant;
+    if (constant) {  // a list of literals (permute dims, fixed sizes): made once, not per call
+      std::vector<mcq::Value> values;
+      for (mcq::Arg& item : out->items) values.push_back(std::move(item.constant));
+      out->items.clear();
+      out->kind = K::constant;
+      out->constant = mcq::Value::List(std::move(values));
+    }
     return true;
   }
   if (tag == "object") {
