@@ -99,11 +99,13 @@ void map_n(Tensor& out, const Tensor* in, F f) {
     flat = flat && in[k].contiguous() && in[k].numel() == n;
   }
   if (flat || nd == 0) {
-    for (int64_t i = 0; i < n; ++i) {
-      if constexpr (N == 1) o[i] = f(p[0][i]);
-      if constexpr (N == 2) o[i] = f(p[0][i], p[1][i]);
-      if constexpr (N == 3) o[i] = f(p[0][i], p[1][i], p[2][i]);
-    }
+    parallel_for(n, int64_t{1} << 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        if constexpr (N == 1) o[i] = f(p[0][i]);
+        if constexpr (N == 2) o[i] = f(p[0][i], p[1][i]);
+        if constexpr (N == 3) o[i] = f(p[0][i], p[1][i], p[2][i]);
+      }
+    });
     return;
   }
   const int64_t inner = out.sh[nd - 1];
@@ -269,7 +271,10 @@ Value row_unary(Args& a) {
   if (t.dt != DType::f32) return generic(a);
   const Tensor x = contiguous(t);
   Tensor out = empty(DType::f32, x.shape());
-  (row_functions().*fn)(x.data<float>(), out.data<float>(), x.numel());
+  const RowFunctions& rows = row_functions();
+  parallel_for(x.numel(), int64_t{1} << 16, [&](int64_t b, int64_t e) {
+    (rows.*fn)(x.data<float>() + b, out.data<float>() + b, e - b);
+  });
   return Value::Of(out);
 }
 
@@ -497,7 +502,10 @@ Tensor along_dim(const Tensor& t, int64_t dim, DType dt, F f) {
   Tensor res = empty(dt, src.shape());
   const int64_t len = t.nd ? t.sh[d] : 1;
   const int64_t rows = len ? src.numel() / len : 0;
-  for (int64_t i = 0; i < rows; ++i) f(src.ptr + i * len * dtype_size(dt), res.ptr + i * len * dtype_size(dt), len);
+  // rows are independent: a few chunks per thread once there is enough work
+  parallel_for(rows, len > 0 ? std::max<int64_t>(1, (int64_t{1} << 15) / len) : rows + 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) f(src.ptr + i * len * dtype_size(dt), res.ptr + i * len * dtype_size(dt), len);
+  });
   if (!t.nd || d == t.nd - 1) return res;
   // back to t's dim order
   std::vector<int64_t> inverse(t.nd);

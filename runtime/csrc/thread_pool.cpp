@@ -39,18 +39,27 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+namespace {
+// set while this thread runs a pool task: a loop started from inside one runs inline (the pool
+// has one job at a time, and its workers are busy with the outer loop anyway)
+thread_local bool in_task = false;
+}  // namespace
+
 void ThreadPool::take_tasks(Job& job) {
+  const bool outer = in_task;
+  in_task = true;
   for (;;) {
     const int64_t task = job.next.fetch_add(1, std::memory_order_relaxed);
-    if (task >= job.tasks) return;
+    if (task >= job.tasks) break;
     job.fn(job.ctx, task);
     job.done.fetch_add(1, std::memory_order_release);
   }
+  in_task = outer;
 }
 
 void ThreadPool::run(int64_t tasks, Task fn, void* ctx) {
   if (tasks <= 0) return;
-  if (workers_.empty() || tasks == 1) {
+  if (workers_.empty() || tasks == 1 || in_task) {
     for (int64_t t = 0; t < tasks; ++t) fn(ctx, t);
     return;
   }

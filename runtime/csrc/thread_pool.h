@@ -7,6 +7,7 @@
 // share), idle workers spin briefly then sleep, and nothing asks for environment set-up.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -55,5 +56,26 @@ class ThreadPool {
 ThreadPool& pool();
 void set_threads(int threads);
 int default_threads();
+
+// f(begin, end) over [0, n) in a few chunks per thread where n reaches `grain` (else inline)
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& f) {
+  ThreadPool& tp = pool();
+  if (n < grain || tp.threads() == 1) {
+    if (n > 0) f(int64_t{0}, n);
+    return;
+  }
+  struct Ctx {
+    F* f;
+    int64_t n, chunk;
+  } ctx{&f, n, 0};
+  const int64_t tasks = std::min<int64_t>(n / (grain / 2 > 0 ? grain / 2 : 1) + 1, tp.threads() * 4);
+  ctx.chunk = (n + tasks - 1) / tasks;
+  tp.run((n + ctx.chunk - 1) / ctx.chunk, [](void* c, int64_t t) {
+    auto* x = static_cast<Ctx*>(c);
+    const int64_t b = t * x->chunk, e = b + x->chunk < x->n ? b + x->chunk : x->n;
+    (*x->f)(b, e);
+  }, &ctx);
+}
 
 }  // namespace mcq
