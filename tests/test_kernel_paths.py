@@ -22,13 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 LOWERED = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-@pytest.mark.parametrize("env", [LOWERED, {"ATEN_CPU_CAPABILITY": "avx2"}], ids=["lowered", "aten-avx2"])
-def test_conformance_and_numerics_hold_on_other_kernel_paths(env):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/conformance", "tests/test_numerics.py"]
+def _child_pytest_passes(env: dict[str, str], *args: str) -> None:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
     tail = done.stdout[-4000:] + done.stderr[-2000:]
     assert done.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail
+
+
+@pytest.mark.parametrize("env", [LOWERED, {"ATEN_CPU_CAPABILITY": "avx2"}], ids=["lowered", "aten-avx2"])
+def test_conformance_and_numerics_hold_on_other_kernel_paths(env):
+    _child_pytest_passes(env, "tests/conformance", "tests/test_numerics.py")
 
 
 def test_the_lowered_path_takes_the_exact_int8_fallback():
@@ -71,3 +75,14 @@ def test_a_bundle_is_byte_identical_on_every_kernel_path(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         digests[name] = done.stdout.split()[-1]
     assert len(set(digests.values())) == 1, digests
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_the_engine_holds_on_every_forced_native_kernel_path(isa):
+    """The engine's tests and its conformance vectors again with the native core forced onto a
+    slower ISA (MCQ_NATIVE_ISA, read once at process start): the default run covers the best one."""
+    from runtime import native
+
+    if not native.available() or isa not in native.usable_isas():
+        pytest.skip(f"the native {isa} path is not available here")
+    _child_pytest_passes({"MCQ_NATIVE_ISA": isa}, "tests/test_engine.py", "tests/conformance", "-k", "engine")
