@@ -52,32 +52,30 @@ def core() -> ModuleType:
     return _module
 
 
-_core = core
-
 
 def features() -> dict[str, bool]:
     """CPU features this process can use (asked of cpuid and the OS)."""
-    return dict(_core().features())
+    return dict(core().features())
 
 
 def usable_isas() -> list[str]:
-    return list(_core().usable_isas())
+    return list(core().usable_isas())
 
 
 def isa() -> str:
-    return str(_core().isa())
+    return str(core().isa())
 
 
 def set_isa(name: str) -> None:
-    _core().set_isa(name)
+    core().set_isa(name)
 
 
 def threads() -> int:
-    return int(_core().threads())
+    return int(core().threads())
 
 
 def set_threads(n: int) -> None:
-    _core().set_threads(int(n))
+    core().set_threads(int(n))
 
 
 class Int8Weight:
@@ -88,7 +86,7 @@ class Int8Weight:
         if weight.dtype != np.int8 or weight.ndim != 2:
             raise TypeError(f"Int8Weight takes a 2-D int8 array, got {weight.dtype} {weight.shape}")
         self.shape: tuple[int, int] = (int(weight.shape[0]), int(weight.shape[1]))
-        self._packed = _core().Int8Weight(np.ascontiguousarray(weight), *self.shape)
+        self._packed = core().Int8Weight(np.ascontiguousarray(weight), *self.shape)
 
     @property
     def packed(self) -> object:

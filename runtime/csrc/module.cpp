@@ -216,11 +216,11 @@ PyObject* py_qlinear(PyObject*, PyObject* args) {
   p->weight = *reinterpret_cast<Int8Weight*>(weight)->packed;
   if (!read_vector(out_scale, &p->out_scale, "out_scale") || !read_vector(correction, &p->correction, "correction") ||
       !read_vector(outlier_index, &p->outlier_index, "outlier_index") ||
-      !read_vector(outlier_weight, &p->outlier_weight, "outlier_weight"))
+      !read_vector(outlier_weight, &p->outlier_weight_t, "outlier_weight"))
     return nullptr;
   const size_t n = static_cast<size_t>(p->weight->n);
   if (p->out_scale.size() != n || (!p->correction.empty() && p->correction.size() != n) ||
-      p->outlier_weight.size() != n * p->outlier_index.size()) {
+      p->outlier_weight_t.size() != n * p->outlier_index.size()) {
     PyErr_SetString(PyExc_ValueError, "qlinear: parameter sizes do not match the weight");
     return nullptr;
   }
@@ -615,7 +615,7 @@ PyMethodDef module_methods[] = {
     {"quant_spec", py_quant_spec, METH_VARARGS,
      "quant_spec(scale, zero_point, axis, per_head, qmin, qmax, storage_code, smooth, outliers, rot_a, rot_b)"},
     {"qlinear", py_qlinear, METH_VARARGS,
-     "qlinear(input_spec, Int8Weight, out_scale, correction, outlier_index, outlier_weight)"},
+     "qlinear(input_spec, Int8Weight, out_scale, correction, outlier_index, outlier_weight_t [outliers, N])"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_native", "mcq runtime's native engine core", -1,

@@ -15,7 +15,7 @@ inline float round_half_away(float v) { return std::trunc(v + std::copysign(0.5f
 
 // per-element scale / zero point index of a spec over a tensor of `shape`
 struct ParamIndex {
-  int64_t axis = -1, count = 1, heads = 0;
+  int64_t axis = -1, count = 1;
   int64_t stride_after = 1;  // elements per step along axis (contiguous tensor)
   ParamIndex(const QuantSpec& q, const Tensor& t) {
     if (q.per_tensor()) return;
@@ -183,12 +183,10 @@ Value op_qlinear(Args& a) {
     // float side path: x[..., outliers] @ outlier_weight^T, added after
     const Tensor xf = to_dtype(x, DType::f32);
     const int64_t no = static_cast<int64_t>(p.outlier_index.size());
-    std::vector<float> xs(static_cast<size_t>(m * no)), wt(static_cast<size_t>(no * w.n)), side(static_cast<size_t>(m * w.n));
+    std::vector<float> xs(static_cast<size_t>(m * no)), side(static_cast<size_t>(m * w.n));
     for (int64_t r = 0; r < m; ++r)
       for (int64_t j = 0; j < no; ++j) xs[r * no + j] = xf.data<float>()[r * w.k + p.outlier_index[j]];
-    for (int64_t c = 0; c < w.n; ++c)
-      for (int64_t j = 0; j < no; ++j) wt[j * w.n + c] = p.outlier_weight[c * no + j];
-    gemm_f32(xs.data(), no, wt.data(), w.n, side.data(), w.n, m, w.n, no, false);
+    gemm_f32(xs.data(), no, p.outlier_weight_t.data(), w.n, side.data(), w.n, m, w.n, no, false);
     for (int64_t i = 0; i < m * w.n; ++i) o[i] += side[i];
   }
   return Value::Of(y);
@@ -326,7 +324,9 @@ Value op_qbmm(Args& args) {
   const int32_t* ca = qa.data<int32_t>();
   const int32_t* cb = qb.data<int32_t>();
   Tensor out = empty(DType::f32, {bt, m, n});
-  Tensor acc_shape = empty(DType::i32, {bt, m, n});
+  Tensor acc_shape;  // the accumulator's shape only (what the parameter index reads)
+  acc_shape.nd = 3;
+  acc_shape.sh[0] = bt, acc_shape.sh[1] = m, acc_shape.sh[2] = n;
   const ParamIndex oa(sa, acc_shape), ob(sb, acc_shape);
   std::vector<int32_t> row(static_cast<size_t>(n));
   for (int64_t b = 0; b < bt; ++b)

@@ -37,7 +37,7 @@ struct QLinearParams : Object {
   std::vector<float> out_scale;         // [N]
   std::vector<int32_t> correction;      // [N] or empty (zero input zero point)
   std::vector<int64_t> outlier_index;   // input channels of the float side path
-  std::vector<float> outlier_weight;    // [N, outliers]
+  std::vector<float> outlier_weight_t;  // [outliers, N]: transposed once at load, as the GEMM reads it
 };
 
 // x (float) -> the quantizer's input (float32, contiguous): outliers zeroed, smoothed, rotated

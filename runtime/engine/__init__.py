@@ -10,7 +10,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from runtime import native
 from runtime.engine.plan import plan
 from runtime.engine.quant import CODE_NUMPY, Unsupported
 from runtime.ir import Graph
@@ -43,8 +42,6 @@ class Engine:
                                       last_position_logits, self._release)
         return self.programs[key]
 
-    def supports(self, name: str) -> bool:
-        return name in self.graphs and name not in self.unsupported
 
     def run(self, name: str, inputs: Sequence[np.ndarray], last_position_logits: bool = False) -> list[np.ndarray]:
         """The entry point's outputs (numpy, in graph order) for inputs in graph order."""
@@ -63,6 +60,3 @@ class Engine:
         out = program.run(args)
         return [np.frombuffer(data, dtype=CODE_NUMPY[code]).reshape(shape) for data, code, shape in out]
 
-
-def available() -> bool:
-    return native.available()

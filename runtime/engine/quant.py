@@ -115,7 +115,8 @@ def linear_params(q: Mapping[str, Any], weight_name: str, tensor: TensorSource,
         if x.outliers is None:
             raise Unsupported("outlier weight without outlier channels")
         outlier_index = x.outliers
-        outlier_weight = np.ascontiguousarray(tensor(q["outlier_weight"]), dtype=np.float32)
+        # [N, outliers] stored; the kernel reads it as [outliers, N]: transposed once, here
+        outlier_weight = np.ascontiguousarray(np.asarray(tensor(q["outlier_weight"]), dtype=np.float32).T)
     packed = native.Int8Weight(w)
     if release is not None:
         release(weight_name)  # the packed copy is what the kernels read
