@@ -85,3 +85,22 @@ def native_isa(request):
     native.set_isa(request.param)
     yield request.param
     native.set_isa(previous)
+
+
+@pytest.fixture
+def engine_pair(monkeypatch):
+    """engine_pair(path, module): the bundle's engine planned as shipped, and planned again with
+    `module.ENABLED` off (a planner pass switched off), for bit-for-bit comparisons."""
+    def make(path, module):
+        import mcq_format
+        from runtime.engine import Engine
+        from runtime.ir import Graph
+
+        bundle = mcq_format.read(path)
+        graphs = {n: Graph.decode(bundle.sections[ep["graph"]])
+                  for n, ep in bundle.sections["manifest"]["entry_points"].items()}
+        on = Engine(graphs, bundle.tensor, bundle.sections["qformat"])
+        monkeypatch.setattr(module, "ENABLED", False)
+        return on, Engine(graphs, bundle.tensor, bundle.sections["qformat"])
+
+    return make

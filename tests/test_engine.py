@@ -127,20 +127,13 @@ def test_serving_on_the_engine_never_imports_torch():
 
 
 @pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama-gqa", "gptj"])
-def test_attention_reads_the_int8_cache_and_changes_no_value(path, monkeypatch):
+def test_attention_reads_the_int8_cache_and_changes_no_value(path, engine_pair):
     """Q·Kᵀ takes the cached integers (runtime.engine.kv_shadow) instead of requantizing the
     dequantized past, P·V dequantizes them inside the product: the decode step's outputs equal
     the float-path plan's bit for bit."""
-    import mcq_format
-    from runtime.engine import Engine, kv_shadow
-    from runtime.ir import Graph
+    from runtime.engine import kv_shadow
 
-    bundle = mcq_format.read(path)
-    graphs = {n: Graph.decode(bundle.sections[ep["graph"]])
-              for n, ep in bundle.sections["manifest"]["entry_points"].items()}
-    fast = Engine(graphs, bundle.tensor, bundle.sections["qformat"])
-    monkeypatch.setattr(kv_shadow, "ENABLED", False)
-    plain = Engine(graphs, bundle.tensor, bundle.sections["qformat"])
+    fast, plain = engine_pair(path, kv_shadow)
     ops = [op for _, op, _ in fast.program("decode").profile()]
     assert "mcq.qbmm_int8b" in ops and "mcq.qbmm" not in ops  # Q·Kᵀ on the integers
     assert "mcq.bmm_int8b" in ops and "aten.bmm.default" not in ops  # P·V too

@@ -3,11 +3,59 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <new>
 
 #include "cpu_features.h"
 #include "thread_pool.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace mcq {
+
+namespace {
+
+void* aligned(size_t align, size_t bytes) {
+  void* p = nullptr;
+  if (posix_memalign(&p, align, bytes > 0 ? bytes : align) != 0) throw std::bad_alloc();
+  return p;
+}
+
+struct Arena {
+  static constexpr size_t kPage = size_t{2} << 20;
+  std::shared_ptr<void> memory;
+  size_t size = 0, used = 0;
+};
+
+}  // namespace
+
+void WeightBytes::assign(size_t bytes) {
+  const size_t padded = (bytes + 63) / 64 * 64;
+  if (padded < (size_t{64} << 10)) {  // small (a K cache packed per step): plain memory
+    owner_ = std::shared_ptr<void>(aligned(64, padded), std::free);
+    ptr_ = static_cast<int8_t*>(owner_.get());
+  } else {
+    static std::mutex mutex;
+    static Arena current;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!current.memory || current.used + padded > current.size) {
+      const size_t size = std::max<size_t>(size_t{32} << 20, (padded + Arena::kPage - 1) / Arena::kPage * Arena::kPage);
+      current.memory = std::shared_ptr<void>(aligned(Arena::kPage, size), std::free);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+      madvise(current.memory.get(), size, MADV_HUGEPAGE);  // a hint: refused or unsupported changes nothing
+#endif
+      current.size = size;
+      current.used = 0;
+    }
+    ptr_ = static_cast<int8_t*>(current.memory.get()) + current.used;
+    current.used += padded;
+    owner_ = current.memory;
+  }
+  std::memset(ptr_, 0, padded);
+  size_ = bytes;
+}
 
 PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride) {
   PackedInt8 p;
@@ -15,7 +63,7 @@ PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, 
   p.k = k;
   p.k4 = (k + 3) / 4;
   p.blocks = (n + 15) / 16;
-  p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64), 0);
+  p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64));
   p.shift.assign(static_cast<size_t>(p.blocks * 16), 0);
   p.rowsum.assign(static_cast<size_t>(p.blocks * 16), 0);
   for (int64_t r = 0; r < n; ++r) {

@@ -18,6 +18,7 @@ using OpTable = std::vector<std::pair<std::string, OpFn>>;
 void add_shape_ops(OpTable& table);   // ops_shape.cpp: views, creation, indexing, int arithmetic
 void add_math_ops(OpTable& table);    // ops_math.cpp: elementwise, reductions, norms, float GEMMs
 void add_quant_ops(OpTable& table);   // ops_quant.cpp: quantize, dequantize, integer linear / bmm
+void add_fused_ops(OpTable& table);   // ops_fused.cpp: float chains the planner fuses (rms_norm, rotary, silu_mul)
 const OpTable& op_table();
 
 // shared helpers

@@ -396,6 +396,7 @@ const OpTable& op_table() {
     add_shape_ops(t);
     add_math_ops(t);
     add_quant_ops(t);
+    add_fused_ops(t);
     return t;
   }();
   return table;

@@ -38,6 +38,14 @@ class EngineCache:
     def attention_mask(self) -> np.ndarray:
         return self._mask[:, : self.length]
 
+    def mask_with_next(self) -> np.ndarray:
+        """The mask of a decode step's input: this cache's, then ones for the new position."""
+        if self.length < self._mask.shape[1]:
+            m = self._mask[:, : self.length + 1].copy()
+            m[:, self.length] = 1
+            return m
+        return np.concatenate([self.attention_mask, np.ones((self._mask.shape[0], 1), np.int64)], axis=1)
+
     def grown(self, new: Sequence[np.ndarray], new_mask: np.ndarray) -> EngineCache:
         n = int(new_mask.shape[1])
         end = self.length + n
@@ -116,9 +124,12 @@ class EngineModel:
 
     def decode(self, token_ids: Any, cache: EngineCache) -> tuple[np.ndarray, EngineCache]:
         tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
+        if tokens.shape[0] != cache.attention_mask.shape[0]:
+            raise ValueError(f"decode: {tokens.shape[0]} tokens for a cache of {cache.attention_mask.shape[0]} sequences")
         ones = np.ones_like(tokens)
-        mask = np.concatenate([cache.attention_mask, ones], axis=1)
-        logits, *new = self.engine.run("decode", [tokens, mask, *cache.tensors])
+        mask = cache.mask_with_next()
+        # the mask and past tensors are the cache's own, already of the graph's shapes
+        logits, *new = self.engine.run("decode", [tokens, mask, *cache.tensors], checked=1)
         return logits[:, -1], cache.grown(new, ones)
 
     def generate(self, prompt: Any, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from runtime import native
-from runtime.engine import kv_shadow, quant
+from runtime.engine import fuse, kv_shadow, quant
 from runtime.engine.quant import DTYPE_CODES, NUMPY_CODES, Spec, Unsupported
 from runtime.engine.schemas import SchemaError, normalize
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
@@ -41,6 +41,7 @@ class Planner:
         self.shadows: dict[str, kv_shadow.Shadow] = {}
         self.shadow_nodes: dict[str, Node] = {}
         self.shadow_slots: dict[str, int] = {}
+        self.fusions = fuse.Matcher(graph, tensor) if fuse.float32_graph(graph) else None
         self.last_position_of = {v.name for n, v in graph.outputs if n == "logits" and isinstance(v, Ref)} \
             if last_position_logits else set()
 
@@ -170,6 +171,10 @@ class Planner:
         if q is None:
             if node.op == KV_POINT:
                 self.slots[node.name] = self.slots[_ref(node.args[0], node).name]
+                return None
+            fused = self.fusions.match(node) if self.fusions is not None else None
+            if fused is not None:  # the chain's other nodes drop out unless something else reads them
+                self.emit(fused[0], node.name, [self.arg(v, node.name) for v in fused[1]], out)
                 return None
             return self.plain(node, out)
         if node.op == BMM:
