@@ -7,7 +7,8 @@ Contenders (each measured in its own subprocess, so load time and peak RSS are i
 passes interleave contenders because the machine is noisy; the table keeps each figure's best
 pass):
 - mcq W8A8KV8, W8A16, W4A16 at qlevel 4: interpreted (`runtime.load(path)`) and compiled
-  (`runtime.load(path, compile=True)`; its first-call compile time is reported apart);
+  (`runtime.load(path, compile=True)`; its first-call compile time is reported apart); W8A8KV8 on
+  the native engine (`runtime.load(path, engine="native")`, a process without torch);
 - Hugging Face transformers fp32 and bf16 (eager, from an fp32 safetensors folder);
 - onnxruntime-genai fp32 / int8 / int4 and llama.cpp Q8_0 (`benchmarks/external_contenders.py`),
   when those packages are installed.
@@ -82,7 +83,7 @@ def prepare(workdir: Path, names: list[str]) -> dict[str, Path]:
                     captured = mcq.capture_model(model)
                 print(f"quantizing {preset} ...", flush=True)
                 mcq.quantize(captured, mcq.preset(preset), tokenizer=tok).save(path)
-            for mode in ("interp", "compiled"):
+            for mode in ("interp", "compiled", "engine"):
                 out[f"mcq-{preset}-{mode}"] = path
     for n in ("hf-fp32", "hf-bf16"):
         out[n] = hf_dir
@@ -194,6 +195,53 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
     return res
 
 
+def worker_engine(path: Path, new_tokens: int, prompts: dict) -> dict:
+    """The same measurements on the native engine (`runtime.load(path, engine="native")`): numpy
+    in and out, no torch in the process (checked); its load includes `import runtime`."""
+    import numpy as np
+
+    baseline = _rss_mib()
+    t = time.perf_counter()
+    import runtime
+    from mcq_format import read
+
+    m = runtime.load(path, engine="native")
+    load_s = time.perf_counter() - t
+    long_prompt, short = prompts["long"], prompts["short"]
+    res = {"load_s": load_s, "file_mib": path.stat().st_size / 2**20}
+    first = time.perf_counter()
+    for batch in (short[:1], short):
+        logits, cache = m.prefill(np.array(batch), all_logits=False)
+        tok = logits[:, -1].argmax(-1)
+        for _ in range(3):
+            step, cache = m.decode(tok, cache)
+            tok = step.argmax(-1)
+    m.prefill(np.array([long_prompt]), all_logits=False)
+    res["first_calls_s"] = time.perf_counter() - first
+    peak_before_warm_calls = _peak_rss_mib()
+    reset = _reset_peak_rss()
+    res["prefill_tok_s"] = len(long_prompt) / min(
+        _timed(lambda: m.prefill(np.array([long_prompt]), all_logits=False)) for _ in range(2))
+    for batch_size in (1, 8):
+        logits, cache = m.prefill(np.array(short[:batch_size]), all_logits=False, reserve=new_tokens)
+        tok = logits[:, -1].argmax(-1)
+        t = time.perf_counter()
+        for _ in range(new_tokens):
+            logits, cache = m.decode(tok, cache)
+            tok = logits.argmax(-1)
+        res[f"decode_b{batch_size}_tok_s"] = batch_size * new_tokens / (time.perf_counter() - t)
+        if batch_size == 1:
+            res["kv_mib"] = sum(x.nbytes for x in cache.tensors) / 2**20
+            res["rss_after_b1_generation_mib"] = _rss_mib() - baseline
+    res["peak_rss_mib"] = _peak_rss_mib() if reset else max(_peak_rss_mib(), peak_before_warm_calls)
+    res["peak_rss_first_calls_mib"] = peak_before_warm_calls
+    res["peak_rss_over_baseline_mib"] = res["peak_rss_mib"] - baseline
+    bundle = read(path)
+    res["weights_mib"] = sum(bundle.tensor(n).nbytes for n in bundle.tensor_names()) / 2**20
+    res["torch_imported"] = "torch" in sys.modules
+    return res
+
+
 def worker_hf(path: Path, dtype_name: str, new_tokens: int, prompts: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -223,6 +271,8 @@ def worker_hf(path: Path, dtype_name: str, new_tokens: int, prompts: dict) -> di
 
 
 def worker(name: str, path: Path, new_tokens: int, prompts: dict) -> dict:
+    if name.startswith("mcq-") and name.endswith("-engine"):
+        return worker_engine(path, new_tokens, prompts)
     if name.startswith("mcq-"):
         return worker_mcq(path, name.endswith("-compiled"), new_tokens, prompts)
     if name.startswith("hf-"):
@@ -304,7 +354,11 @@ def ratios(rows: dict[str, dict]) -> list[str]:
         return r.get(key) if "error" not in r else None
 
     out = []
-    for ours, theirs, key in (("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "decode_b1_tok_s"),
+    for ours, theirs, key in (("mcq-W8A8KV8-engine", "llamacpp-Q8_0", "decode_b1_tok_s"),
+                              ("mcq-W8A8KV8-engine", "llamacpp-Q8_0", "decode_b8_tok_s"),
+                              ("mcq-W8A8KV8-engine", "llamacpp-Q8_0", "prefill_tok_s"),
+                              ("mcq-W8A8KV8-engine", "ortgenai-int8", "decode_b1_tok_s"),
+                              ("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "decode_b1_tok_s"),
                               ("mcq-W8A8KV8-compiled", "ortgenai-int8", "decode_b1_tok_s"),
                               ("mcq-W4A16-compiled", "ortgenai-int4", "decode_b1_tok_s"),
                               ("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "prefill_tok_s"),
@@ -319,7 +373,7 @@ def ratios(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-ALL = [f"mcq-{p}-{m}" for p in MCQ_PRESETS for m in ("interp", "compiled")] + \
+ALL = [f"mcq-{p}-{m}" for p in MCQ_PRESETS for m in ("interp", "compiled")] + ["mcq-W8A8KV8-engine"] + \
       ["hf-fp32", "hf-bf16", "ortgenai-fp32", "ortgenai-int8", "ortgenai-int4", "llamacpp-Q8_0"]
 
 

@@ -227,10 +227,29 @@ void int8_bmm_batch(void* ctx, int64_t b) {
   const int64_t m = p->m, k = p->k, n = p->n;
   const int8_t* a = p->qa + b * m * k;
   const int8_t* bb = p->qb + b * p->b_batch;
-  const PackedInt8 w = pack_int8(bb, n, k, p->b_n, p->b_k);  // b [k, n] as the [n, k] weight it multiplies
-  std::vector<int32_t> acc(static_cast<size_t>(m * n));
-  gemm_int8(a, m, k, w, acc.data(), n, true);
-  const std::vector<int32_t>& colsum = w.rowsum;
+  thread_local std::vector<int32_t> acc, colsum;
+  acc.assign(static_cast<size_t>(m * n), 0);
+  if (m <= 2 && p->b_k == 1) {
+    // a decode step's Q·Kᵀ: one or two rows against K's rows as they lie (k contiguous), plain
+    // dot products; packing K for the GEMM kernel would cost as much as the product
+    colsum.assign(static_cast<size_t>(n), 0);
+    for (int64_t j = 0; j < n; ++j) {
+      const int8_t* col = bb + j * p->b_n;
+      int32_t s = 0;
+      for (int64_t kk = 0; kk < k; ++kk) s += col[kk];
+      colsum[static_cast<size_t>(j)] = s;
+      for (int64_t i = 0; i < m; ++i) {
+        const int8_t* row = a + i * k;
+        int32_t dot = 0;
+        for (int64_t kk = 0; kk < k; ++kk) dot += static_cast<int32_t>(row[kk]) * static_cast<int32_t>(col[kk]);
+        acc[static_cast<size_t>(i * n + j)] = dot;
+      }
+    }
+  } else {
+    const PackedInt8 w = pack_int8(bb, n, k, p->b_n, p->b_k);  // b [k, n] as the [n, k] weight it multiplies
+    gemm_int8(a, m, k, w, acc.data(), n, true);
+    colsum.assign(w.rowsum.begin(), w.rowsum.begin() + n);
+  }
   const int64_t ia = batch_param(*p->sa, b), ib = batch_param(*p->sb, b);
   const int32_t za = p->sa->zero_point[p->sa->zero_point.size() == 1 ? 0 : ia];
   const int32_t zb = p->sb->zero_point[p->sb->zero_point.size() == 1 ? 0 : ib];
@@ -304,8 +323,11 @@ Value op_bmm_int8b(Args& args) {
   Tensor out = empty(DType::f32, {a.sh[0], a.sh[1], b.sh[2]});
   DequantBmm p{a.data<float>(), b.data<int8_t>(), a.sh[1], a.sh[2], b.sh[2], b.st[0], b.st[1], b.st[2], &spec,
                out.data<float>()};
-  std::vector<float> buf;
-  for (int64_t i = 0; i < a.sh[0]; ++i) dequant_bmm_batch(p, i, buf);
+  // one batch per pool task (the GEMM inside runs on that thread: the same kernel, the same sums)
+  pool().run(a.sh[0], [](void* ctx, int64_t i) {
+    thread_local std::vector<float> buf;
+    dequant_bmm_batch(*static_cast<const DequantBmm*>(ctx), i, buf);
+  }, &p);
   return Value::Of(out);
 }
 

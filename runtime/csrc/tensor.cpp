@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
+#include <type_traits>
 
 namespace mcq {
 
@@ -132,11 +133,26 @@ Tensor wrap(DType dt, const std::vector<int64_t>& shape, void* data, std::shared
 namespace {
 
 template <class S, class D>
-void convert(const Tensor& src, Tensor& dst) {
-  // walk src in index order (any strides) into dst (any strides)
-  const int nd = src.nd;
+void convert(const Tensor& src0, Tensor& dst0) {
+  // walk src in index order (any strides) into dst (any strides), over the fewest dims: adjacent
+  // dims both sides store as one (a cat's slab, a contiguous copy) merge, size-1 dims drop
+  Tensor src = src0, dst = dst0;
+  int nd = 0;
+  for (int i = 0; i < src0.nd; ++i) {
+    if (src0.sh[i] == 1) continue;
+    if (nd > 0 && src.st[nd - 1] == src0.sh[i] * src0.st[i] && dst.st[nd - 1] == src0.sh[i] * dst0.st[i]) {
+      src.sh[nd - 1] *= src0.sh[i];
+      src.st[nd - 1] = src0.st[i];
+      dst.st[nd - 1] = dst0.st[i];
+      continue;
+    }
+    src.sh[nd] = src0.sh[i];
+    src.st[nd] = src0.st[i];
+    dst.st[nd] = dst0.st[i];
+    ++nd;
+  }
   int64_t idx[kMaxDims] = {0};
-  const int64_t n = src.numel();
+  const int64_t n = src0.numel();
   const S* s = src.data<S>();
   D* d = dst.data<D>();
   if (nd == 0) {
@@ -144,13 +160,15 @@ void convert(const Tensor& src, Tensor& dst) {
     return;
   }
   const int64_t inner = src.sh[nd - 1], ss = src.st[nd - 1], ds = dst.st[nd - 1];
+  const bool rows = std::is_same_v<S, D> && ss == 1 && ds == 1;
   for (int64_t done = 0; done < n; done += inner) {
     int64_t so = 0, dof = 0;
     for (int i = 0; i < nd - 1; ++i) {
       so += idx[i] * src.st[i];
       dof += idx[i] * dst.st[i];
     }
-    for (int64_t j = 0; j < inner; ++j) d[dof + j * ds] = static_cast<D>(s[so + j * ss]);
+    if (rows) std::memcpy(d + dof, s + so, static_cast<size_t>(inner) * sizeof(S));
+    else for (int64_t j = 0; j < inner; ++j) d[dof + j * ds] = static_cast<D>(s[so + j * ss]);
     for (int i = nd - 2; i >= 0; --i) {
       if (++idx[i] < src.sh[i]) break;
       idx[i] = 0;

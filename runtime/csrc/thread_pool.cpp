@@ -35,10 +35,10 @@ ThreadPool::ThreadPool(int threads) {
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
+  generation_.fetch_add(1);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -68,51 +68,49 @@ void ThreadPool::run(int64_t tasks, Task fn, void* ctx) {
     for (int64_t t = 0; t < tasks; ++t) fn(ctx, t);
     return;
   }
-  Job job;
-  job.fn = fn;
-  job.ctx = ctx;
-  job.tasks = tasks;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    job_ = &job;
-    generation_.fetch_add(1, std::memory_order_release);
+  std::lock_guard<std::mutex> serial(run_mutex_);
+  // workers still leaving the previous loop's slot (they took no task: its tasks were done)
+  while (job_.users.load() != 0) cpu_relax();
+  job_.fn = fn;
+  job_.ctx = ctx;
+  job_.tasks = tasks;
+  job_.next.store(0);
+  job_.done.store(0);
+  job_.open.store(true);
+  generation_.fetch_add(1);  // spinning workers see this at once
+  if (sleepers_.load() > 0) {
+    std::lock_guard<std::mutex> lock(mutex_);  // a worker about to sleep holds it: no lost wake-up
+    wake_.notify_all();
   }
-  wake_.notify_all();
-  take_tasks(job);
+  take_tasks(job_);
   // the tasks workers took: wait for them, spinning briefly, then giving the core away (a
   // worker descheduled mid-task needs it when the machine is shared)
-  for (int spins = 0; job.done.load(std::memory_order_acquire) != tasks; ++spins) {
+  for (int spins = 0; job_.done.load(std::memory_order_acquire) != tasks; ++spins) {
     if (spins < kSpins) cpu_relax();
     else std::this_thread::yield();
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    job_ = nullptr;  // no worker picks it up from now on
-  }
-  while (job.users.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  job_.open.store(false);  // a late worker finds no task (next >= tasks) and never reads ctx
 }
 
 void ThreadPool::work() {
-  uint64_t seen = generation_.load(std::memory_order_acquire);
+  uint64_t seen = generation_.load();
   for (;;) {
     const auto until = std::chrono::steady_clock::now() + kIdleSpin;
     for (int spins = 1; generation_.load(std::memory_order_acquire) == seen; ++spins) {
       cpu_relax();
       if (spins % 64 == 0 && std::chrono::steady_clock::now() > until) break;
     }
-    Job* job;
-    {
+    if (generation_.load() == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      seen = generation_.load(std::memory_order_acquire);
-      if (stop_) return;
-      job = job_;
-      if (job != nullptr) job->users.fetch_add(1, std::memory_order_acq_rel);
+      sleepers_.fetch_add(1);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
     }
-    if (job != nullptr) {
-      take_tasks(*job);
-      job->users.fetch_sub(1, std::memory_order_acq_rel);
-    }
+    seen = generation_.load();
+    if (stop_.load()) return;
+    job_.users.fetch_add(1);
+    if (job_.open.load()) take_tasks(job_);
+    job_.users.fetch_sub(1);
   }
 }
 

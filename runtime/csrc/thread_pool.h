@@ -31,24 +31,30 @@ class ThreadPool {
   void run(int64_t tasks, Task fn, void* ctx);
 
  private:
+  // one job slot, reused: a loop's fields are written only while no worker is inside the slot
+  // (users == 0) and the slot is closed, so a worker never follows a pointer into a finished
+  // caller's stack, and publishing a loop takes no lock
   struct Job {
-    Task fn;
-    void* ctx;
-    int64_t tasks;
+    Task fn = nullptr;
+    void* ctx = nullptr;
+    int64_t tasks = 0;
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
-    std::atomic<int> users{0};  // workers holding a pointer to this job
+    std::atomic<int> users{0};      // workers inside the slot
+    std::atomic<bool> open{false};  // tasks may be taken
   };
 
   void work();
   static void take_tasks(Job& job);
 
   std::vector<std::thread> workers_;
-  std::mutex mutex_;
+  std::mutex run_mutex_;  // one loop at a time (concurrent callers from other threads queue)
+  std::mutex mutex_;      // sleeping workers
   std::condition_variable wake_;
+  std::atomic<int> sleepers_{0};
   std::atomic<uint64_t> generation_{0};
-  Job* job_ = nullptr;  // the loop in progress (guarded by mutex_)
-  bool stop_ = false;
+  Job job_;
+  std::atomic<bool> stop_{false};
 };
 
 // The process's pool: sized to the CPUs this process may run on (sched_getaffinity), or to
