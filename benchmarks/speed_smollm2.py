@@ -139,40 +139,29 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> dict:
-    import torch
-    from safetensors.torch import load_file
-
-    import runtime
-
-    torch.set_num_threads(THREADS)
-    baseline = _rss_mib()
-    t_file = _timed(lambda: load_file(str(path)))
-    t = time.perf_counter()
-    m = runtime.load(path, compile=compiled)
-    load_s = time.perf_counter() - t
+def measure_model(m, as_ids, new_tokens: int, prompts: dict, baseline: float) -> dict:
+    """First calls, prefill @512, decode at batch 1 and 8, RSS: the figures every mcq path shares
+    (`as_ids`: token lists to the path's array type)."""
     long_prompt, short = prompts["long"], prompts["short"]
-    prefill_len = len(long_prompt)
-    res = {"load_s": load_s, "safetensors_load_file_s": t_file, "file_mib": path.stat().st_size / 2**20}
+    res: dict = {}
     # first calls compile (compiled path): timed apart, then every shape used below is warm
     first = time.perf_counter()
     # prefills keep the last position's logits only, as generation does (and llama.cpp's and
     # onnxruntime-genai's prompt processing): the vocabulary projection runs on one position
     for batch in (short[:1], short):
-        logits, cache = m.prefill(torch.tensor(batch), all_logits=False)
+        logits, cache = m.prefill(as_ids(batch), all_logits=False)
         tok = logits[:, -1].argmax(-1)
         for _ in range(3):
             step, cache = m.decode(tok, cache)
             tok = step.argmax(-1)
-    m.prefill(torch.tensor([long_prompt]), all_logits=False)
+    m.prefill(as_ids([long_prompt]), all_logits=False)
     res["first_calls_s"] = time.perf_counter() - first
     peak_before_warm_calls = _peak_rss_mib()
     reset = _reset_peak_rss()
-    res["prefill_tok_s"] = prefill_len / min(
-        _timed(lambda: m.prefill(torch.tensor([long_prompt]), all_logits=False)) for _ in range(2))
+    res["prefill_tok_s"] = len(long_prompt) / min(
+        _timed(lambda: m.prefill(as_ids([long_prompt]), all_logits=False)) for _ in range(2))
     for batch_size in (1, 8):
-        ids = torch.tensor(short[:batch_size])
-        logits, cache = m.prefill(ids, all_logits=False, reserve=new_tokens)  # as generate does
+        logits, cache = m.prefill(as_ids(short[:batch_size]), all_logits=False, reserve=new_tokens)  # as generate does
         tok = logits[:, -1].argmax(-1)
         t = time.perf_counter()
         for _ in range(new_tokens):
@@ -186,6 +175,23 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
     res["peak_rss_mib"] = _peak_rss_mib() if reset else max(_peak_rss_mib(), peak_before_warm_calls)
     res["peak_rss_first_calls_mib"] = peak_before_warm_calls  # includes compiling, if any
     res["peak_rss_over_baseline_mib"] = res["peak_rss_mib"] - baseline
+    return res
+
+
+def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    import runtime
+
+    torch.set_num_threads(THREADS)
+    baseline = _rss_mib()
+    t_file = _timed(lambda: load_file(str(path)))
+    t = time.perf_counter()
+    m = runtime.load(path, compile=compiled)
+    load_s = time.perf_counter() - t
+    res = {"load_s": load_s, "safetensors_load_file_s": t_file, "file_mib": path.stat().st_size / 2**20}
+    res.update(measure_model(m, torch.tensor, new_tokens, prompts, baseline))
     res["weights_mib"] = sum(v.nbytes for v in load_file(str(path)).values()) / 2**20
     if compiled:  # greedy tokens of the fast path against the reference qlevel-4 interpreter
         ref = runtime.load(path)
@@ -207,35 +213,8 @@ def worker_engine(path: Path, new_tokens: int, prompts: dict) -> dict:
 
     m = runtime.load(path, engine="native")
     load_s = time.perf_counter() - t
-    long_prompt, short = prompts["long"], prompts["short"]
     res = {"load_s": load_s, "file_mib": path.stat().st_size / 2**20}
-    first = time.perf_counter()
-    for batch in (short[:1], short):
-        logits, cache = m.prefill(np.array(batch), all_logits=False)
-        tok = logits[:, -1].argmax(-1)
-        for _ in range(3):
-            step, cache = m.decode(tok, cache)
-            tok = step.argmax(-1)
-    m.prefill(np.array([long_prompt]), all_logits=False)
-    res["first_calls_s"] = time.perf_counter() - first
-    peak_before_warm_calls = _peak_rss_mib()
-    reset = _reset_peak_rss()
-    res["prefill_tok_s"] = len(long_prompt) / min(
-        _timed(lambda: m.prefill(np.array([long_prompt]), all_logits=False)) for _ in range(2))
-    for batch_size in (1, 8):
-        logits, cache = m.prefill(np.array(short[:batch_size]), all_logits=False, reserve=new_tokens)
-        tok = logits[:, -1].argmax(-1)
-        t = time.perf_counter()
-        for _ in range(new_tokens):
-            logits, cache = m.decode(tok, cache)
-            tok = logits.argmax(-1)
-        res[f"decode_b{batch_size}_tok_s"] = batch_size * new_tokens / (time.perf_counter() - t)
-        if batch_size == 1:
-            res["kv_mib"] = sum(x.nbytes for x in cache.tensors) / 2**20
-            res["rss_after_b1_generation_mib"] = _rss_mib() - baseline
-    res["peak_rss_mib"] = _peak_rss_mib() if reset else max(_peak_rss_mib(), peak_before_warm_calls)
-    res["peak_rss_first_calls_mib"] = peak_before_warm_calls
-    res["peak_rss_over_baseline_mib"] = res["peak_rss_mib"] - baseline
+    res.update(measure_model(m, np.array, new_tokens, prompts, baseline))
     bundle = read(path)
     res["weights_mib"] = sum(bundle.tensor(n).nbytes for n in bundle.tensor_names()) / 2**20
     res["torch_imported"] = "torch" in sys.modules
