@@ -195,6 +195,7 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
     res["weights_mib"] = sum(v.nbytes for v in load_file(str(path)).values()) / 2**20
     if compiled:  # greedy tokens of the fast path against the reference qlevel-4 interpreter
         ref = runtime.load(path)
+        short = prompts["short"]
         a = m.generate(short[:2], max_new_tokens=48, stop_at_eos=False)
         b = ref.generate(short[:2], max_new_tokens=48, stop_at_eos=False)
         res["greedy_equal_to_interpreted"] = a == b
