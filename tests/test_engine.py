@@ -160,3 +160,28 @@ def test_encoder_embeddings_on_the_engine_match_the_reference(tmp_path):
     assert got.shape == want.shape == (3, want.shape[1])
     np.testing.assert_allclose(got, want, atol=1e-5)  # float glue within rounding (spec Q.4b)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_concurrent_calls_from_threads_give_the_sequential_results():
+    """Program.run releases the GIL and the pool runs one loop at a time: calls from several
+    threads (a server's) queue for it and each gets its own results."""
+    import threading
+
+    import runtime
+
+    model = runtime.load(LLAMA, engine="native")
+    prompts = [[3, 17, 5, 9], [8, 1, 1, 2, 30, 12], [4, 4], [21, 7, 9]]
+    want = [model.generate(p, max_new_tokens=10) for p in prompts]
+    got: dict[int, list] = {}
+
+    def work(i):
+        for _ in range(5):
+            got[i] = model.generate(prompts[i], max_new_tokens=10)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert [got[i] for i in range(len(prompts))] == want
