@@ -31,9 +31,9 @@ struct Arena {
 
 }  // namespace
 
-void WeightBytes::assign(size_t bytes) {
+void WeightBytes::assign(size_t bytes, bool transient) {
   const size_t padded = (bytes + 63) / 64 * 64;
-  if (padded < (size_t{64} << 10)) {  // small (a K cache packed per step): plain memory
+  if (transient || padded < (size_t{64} << 10)) {
     owner_ = std::shared_ptr<void>(aligned(64, padded), std::free);
     ptr_ = static_cast<int8_t*>(owner_.get());
   } else {
@@ -57,13 +57,14 @@ void WeightBytes::assign(size_t bytes) {
   size_ = bytes;
 }
 
-PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride) {
+PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride,
+                     bool transient) {
   PackedInt8 p;
   p.n = n;
   p.k = k;
   p.k4 = (k + 3) / 4;
   p.blocks = (n + 15) / 16;
-  p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64));
+  p.data.assign(static_cast<size_t>(p.blocks * p.k4 * 64), transient);
   p.shift.assign(static_cast<size_t>(p.blocks * 16), 0);
   p.rowsum.assign(static_cast<size_t>(p.blocks * 16), 0);
   for (int64_t r = 0; r < n; ++r) {

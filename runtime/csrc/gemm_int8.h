@@ -15,14 +15,15 @@
 
 namespace mcq {
 
-// Zeroed, 64-byte aligned bytes for packed weights. Weights of 64 KiB and more are carved from
+// Zeroed, 64-byte aligned bytes for packed weights. Load-time weights of 64 KiB and more are carved from
 // shared 2 MiB-aligned arenas the kernel is asked to back with huge pages (madvise: Linux's
 // default THP mode gives them only on request): a decode step streams every weight once, and on
 // 4 KiB pages a 135 MB model costs 33k TLB misses a step (measured: the 28 MB lm_head GEMV took
 // ~1.1 ms on 4 KiB pages, ~0.8 ms on huge pages). An arena is freed with its last weight.
 class WeightBytes {
  public:
-  void assign(size_t bytes);
+  // transient: an operand packed for one call (a K cache): plain memory, never an arena's
+  void assign(size_t bytes, bool transient = false);
   int8_t* data() { return ptr_; }
   const int8_t* data() const { return ptr_; }
   size_t size() const { return size_; }
@@ -43,7 +44,8 @@ struct PackedInt8 {
 
 // w[r][kk] at w + r * row_stride + kk * col_stride (col_stride 1: the stored [N, K] layout;
 // row_stride 1: a [K, N] matrix packed as its transpose)
-PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride = 1);
+PackedInt8 pack_int8(const int8_t* w, int64_t n, int64_t k, int64_t row_stride, int64_t col_stride = 1,
+                     bool transient = false);
 
 // One kernel call: output blocks [block_begin, block_end) of rows x (prepared by `prepare_x`:
 // padded to k4 * 4 bytes per row, signed or shifted to unsigned as the ISA asks).

@@ -246,7 +246,7 @@ void int8_bmm_batch(void* ctx, int64_t b) {
       }
     }
   } else {
-    const PackedInt8 w = pack_int8(bb, n, k, p->b_n, p->b_k);  // b [k, n] as the [n, k] weight it multiplies
+    const PackedInt8 w = pack_int8(bb, n, k, p->b_n, p->b_k, true);  // b [k, n] as the [n, k] weight it multiplies
     gemm_int8(a, m, k, w, acc.data(), n, true);
     colsum.assign(w.rowsum.begin(), w.rowsum.begin() + n);
   }
