@@ -1,4 +1,5 @@
-"""How texts become padded batches for an encoder's entry point, shared by the reference path
+"""How texts become padded batches for an encoder's entry point, and prompts become a causal
+model's left-padded batch (and its tokens text again), shared by the reference path
 (runtime.model) and the engine (runtime.engine.model): torch-free."""
 from __future__ import annotations
 
@@ -40,3 +41,31 @@ def encode_texts(tokenizer: Any, texts: str | Sequence[str]) -> list[list[int]]:
     if not encoded:
         raise ValueError("embed: no texts")
     return encoded
+
+
+class GenerationPrompt:
+    """A `generate` prompt (a text, texts, token ids, or lists of them) as a left-padded batch:
+    `ids` and `mask` [n, width] int64; `result(out)` gives the new tokens back in the prompt's
+    form (text in, text out; one prompt in, one result out)."""
+
+    def __init__(self, prompt: Any, tokenizer: Any, pad_id: int) -> None:
+        self.texts = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], str))
+        self.single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], (int, np.integer)))
+        if self.texts:
+            if tokenizer is None:
+                raise ValueError("this bundle has no tokenizer: pass token ids")
+            batch = [tokenizer.encode(p) for p in ([prompt] if isinstance(prompt, str) else prompt)]
+        else:
+            batch = [list(map(int, p)) for p in ([prompt] if self.single else prompt)]
+        if any(len(b) == 0 for b in batch):
+            raise ValueError("empty prompt")
+        width = max(len(b) for b in batch)
+        self.ids = np.array([[pad_id] * (width - len(b)) + b for b in batch], dtype=np.int64)
+        self.mask = np.array([[0] * (width - len(b)) + [1] * len(b) for b in batch], dtype=np.int64)
+        self.tokenizer = tokenizer
+
+    def result(self, out: list[list[int]], eos_ids: Sequence[int]) -> Any:
+        if self.texts:
+            decoded = [self.tokenizer.decode([t for t in o if t not in eos_ids]) for o in out]
+            return decoded[0] if self.single else decoded
+        return out[0] if self.single else out

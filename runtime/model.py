@@ -7,7 +7,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from runtime import lower
-from runtime.batching import EMBEDDING_OUTPUT, MIN_PREFILL_LEN, embedding_entry, encode_texts, padded_batches
+from runtime.batching import (EMBEDDING_OUTPUT, MIN_PREFILL_LEN, GenerationPrompt, embedding_entry, encode_texts,
+                              padded_batches)
 from runtime.compiled import CompiledEntryPoint
 from runtime.ir import Graph
 from runtime.memory import release_free_heap
@@ -221,25 +222,13 @@ class Model:
         """Greedy or sampled continuation. Text in gives text out; token ids in give ids out."""
         self._entry("prefill", "generate needs a causal LM bundle")
         self._entry("decode", "generate needs a causal LM bundle")
-        texts = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], str))
-        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
-        batch: list[list[int]]
-        if texts:
-            if self.tokenizer is None:
-                raise ValueError("this bundle has no tokenizer: pass token ids")
-            batch = [self.tokenizer.encode(p) for p in ([prompt] if isinstance(prompt, str) else prompt)]
-        else:
-            batch = [list(map(int, p)) for p in ([prompt] if single else prompt)]  # type: ignore[arg-type]
-        if any(len(b) == 0 for b in batch):
-            raise ValueError("empty prompt")
-        width = max(len(b) for b in batch)
-        ids = torch.tensor([[self.pad_token_id] * (width - len(b)) + b for b in batch])
-        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        request = GenerationPrompt(prompt, self.tokenizer, self.pad_token_id)
+        ids, mask = torch.from_numpy(request.ids), torch.from_numpy(request.mask)
         gen = torch.Generator().manual_seed(seed)
         logits, cache = self.prefill(ids, mask, all_logits=False, reserve=max_new_tokens)
         next_logits = logits[:, -1]
-        out: list[list[int]] = [[] for _ in batch]
-        done = torch.zeros(len(batch), dtype=torch.bool)
+        out: list[list[int]] = [[] for _ in request.ids]
+        done = torch.zeros(len(out), dtype=torch.bool)
         for step in range(max_new_tokens):
             tok = _pick(next_logits, do_sample, temperature, top_k, top_p, gen)
             tok = torch.where(done, torch.full_like(tok, self.pad_token_id), tok)
@@ -252,11 +241,7 @@ class Model:
                     break
             if step + 1 < max_new_tokens:
                 next_logits, cache = self.decode(tok, cache)
-        if texts:
-            assert self.tokenizer is not None
-            decoded = [self.tokenizer.decode([t for t in o if t not in self.eos_token_ids]) for o in out]
-            return decoded[0] if isinstance(prompt, str) else decoded
-        return out[0] if single else out
+        return request.result(out, self.eos_token_ids)
 
 
 def from_sections(sections: Mapping[str, Any], tensor: Callable[[str], torch.Tensor],

@@ -8,7 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.batching import EMBEDDING_OUTPUT, MIN_PREFILL_LEN, embedding_entry, encode_texts, padded_batches
+from runtime.batching import (EMBEDDING_OUTPUT, MIN_PREFILL_LEN, GenerationPrompt, embedding_entry, encode_texts,
+                              padded_batches)
 from runtime.engine import Engine, Unsupported
 from runtime.ir import Graph
 from runtime.tokenizer import Tokenizer
@@ -37,14 +38,6 @@ class EngineCache:
     @property
     def attention_mask(self) -> np.ndarray:
         return self._mask[:, : self.length]
-
-    def mask_with_next(self) -> np.ndarray:
-        """The mask of a decode step's input: this cache's, then ones for the new position."""
-        if self.length < self._mask.shape[1]:
-            m = self._mask[:, : self.length + 1].copy()
-            m[:, self.length] = 1
-            return m
-        return np.concatenate([self.attention_mask, np.ones((self._mask.shape[0], 1), np.int64)], axis=1)
 
     def grown(self, new: Sequence[np.ndarray], new_mask: np.ndarray) -> EngineCache:
         n = int(new_mask.shape[1])
@@ -127,7 +120,7 @@ class EngineModel:
         if tokens.shape[0] != cache.attention_mask.shape[0]:
             raise ValueError(f"decode: {tokens.shape[0]} tokens for a cache of {cache.attention_mask.shape[0]} sequences")
         ones = np.ones_like(tokens)
-        mask = cache.mask_with_next()
+        mask = np.concatenate([cache.attention_mask, ones], axis=1)
         # the mask and past tensors are the cache's own, already of the graph's shapes
         logits, *new = self.engine.run("decode", [tokens, mask, *cache.tensors], checked=1)
         return logits[:, -1], cache.grown(new, ones)
@@ -137,24 +130,12 @@ class EngineModel:
         """Greedy or sampled continuation: text in gives text out, ids in give ids out. Greedy
         tokens are the reference path's; sampling draws from numpy's generator (seeded), so its
         tokens differ from the reference path's torch draws."""
-        texts = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], str))
-        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], (int, np.integer)))
-        if texts:
-            if self.tokenizer is None:
-                raise ValueError("this bundle has no tokenizer: pass token ids")
-            batch = [self.tokenizer.encode(p) for p in ([prompt] if isinstance(prompt, str) else prompt)]
-        else:
-            batch = [list(map(int, p)) for p in ([prompt] if single else prompt)]
-        if any(len(b) == 0 for b in batch):
-            raise ValueError("empty prompt")
-        width = max(len(b) for b in batch)
-        ids = np.array([[self.pad_token_id] * (width - len(b)) + b for b in batch], dtype=np.int64)
-        mask = np.array([[0] * (width - len(b)) + [1] * len(b) for b in batch], dtype=np.int64)
+        request = GenerationPrompt(prompt, self.tokenizer, self.pad_token_id)
         rng = np.random.default_rng(seed)
-        logits, cache = self.prefill(ids, mask, all_logits=False, reserve=max_new_tokens)
+        logits, cache = self.prefill(request.ids, request.mask, all_logits=False, reserve=max_new_tokens)
         step_logits = logits[:, -1]
-        out: list[list[int]] = [[] for _ in batch]
-        done = np.zeros(len(batch), dtype=bool)
+        out: list[list[int]] = [[] for _ in request.ids]
+        done = np.zeros(len(out), dtype=bool)
         eos = np.array(self.eos_token_ids, dtype=np.int64)
         for step in range(max_new_tokens):
             tok = np.where(done, self.pad_token_id, _pick(step_logits, do_sample, temperature, top_k, top_p, rng))
@@ -167,12 +148,7 @@ class EngineModel:
                     break
             if step + 1 < max_new_tokens:
                 step_logits, cache = self.decode(tok, cache)
-        if texts:
-            assert self.tokenizer is not None
-            decoded = [self.tokenizer.decode([t for t in o if t not in self.eos_token_ids]) for o in out]
-            return decoded[0] if isinstance(prompt, str) else decoded
-        return out[0] if single else out
-
+        return request.result(out, self.eos_token_ids)
 
 def _pick(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, top_p: float,
           rng: np.random.Generator) -> np.ndarray:
