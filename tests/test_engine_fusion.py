@@ -79,6 +79,13 @@ def test_rms_norm_equals_its_float32_chain(native_isa, shape, weight):
     np.testing.assert_array_equal(got, want)
 
 
+def test_rms_norm_broadcasts_a_one_element_weight():
+    x = np.random.default_rng(4).standard_normal((2, 6)).astype(np.float32)
+    w = np.array([1.5], np.float32)
+    np.testing.assert_array_equal(_run("mcq.rms_norm", [x, w], [("float", 1e-6)]),
+                                  w * _run("mcq.rms_norm", [x], [("none",), ("float", 1e-6)]))
+
+
 @pytest.mark.parametrize("half", [32, 20, 64, 100])
 def test_rotary_equals_rotate_half_on_strided_and_broadcast_inputs(native_isa, half):
     rng = np.random.default_rng(2)

@@ -31,12 +31,14 @@ Value op_rms_norm(Args& a) {
   Tensor w;
   if (!a[1].is_none()) {
     w = contiguous(float32(a[1], "rms_norm weight"));
-    if (w.numel() != d) throw EngineError("rms_norm: weight " + shape_str(w) + " for rows of " + std::to_string(d));
+    if (w.numel() != d && w.numel() != 1)  // what the unfused mul could not broadcast either
+      throw EngineError("rms_norm: weight " + shape_str(w) + " for rows of " + std::to_string(d));
   }
   const float eps = static_cast<float>(a[2].real("rms_norm eps"));
   Tensor out = empty(DType::f32, x.shape());
   const float* px = x.data<float>();
   const float* pw = w.nd ? w.data<float>() : nullptr;
+  const bool one_weight = w.nd && w.numel() == 1;
   float* po = out.data<float>();
   parallel_for(rows, grain_rows(d), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
@@ -48,7 +50,7 @@ Value op_rms_norm(Args& a) {
       const float inv = 1 / std::sqrt(mean + eps);
       float* o = po + r * d;
       if (pw != nullptr)
-        for (int64_t j = 0; j < d; ++j) o[j] = pw[j] * (xr[j] * inv);
+        for (int64_t j = 0; j < d; ++j) o[j] = pw[one_weight ? 0 : j] * (xr[j] * inv);
       else
         for (int64_t j = 0; j < d; ++j) o[j] = xr[j] * inv;
     }
