@@ -34,6 +34,19 @@ struct Avx2 {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
   }
   static V zero_below(V v, V x, V lo) { return _mm256_and_ps(v, _mm256_cmp_ps(x, lo, _CMP_GE_OQ)); }
+  static V trunc(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC); }
+  static V copysign_half(V t) { return _mm256_or_ps(_mm256_and_ps(t, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(0.5f)); }
+  static V clamp_nan_zero(V g, V lo, V hi) {
+    g = _mm256_blendv_ps(g, lo, _mm256_cmp_ps(g, lo, _CMP_LT_OQ));
+    g = _mm256_blendv_ps(g, hi, _mm256_cmp_ps(g, hi, _CMP_GT_OQ));
+    return _mm256_and_ps(g, _mm256_cmp_ps(g, g, _CMP_ORD_Q));
+  }
+  static void store_bytes(uint8_t* q, V g, uint8_t flip) {
+    const __m256i i = _mm256_cvttps_epi32(g);  // within int8: the packs below never saturate
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const __m128i b = _mm_packs_epi16(w, w);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_xor_si128(b, _mm_set1_epi8(static_cast<char>(flip))));
+  }
 };
 
 }  // namespace
@@ -43,7 +56,7 @@ struct Avx2 {
 
 namespace mcq {
 
-const RowFunctions kRowsAvx2 = {exp_shifted_sum<Avx2>, sigmoid<Avx2>, silu<Avx2>};
+const RowFunctions kRowsAvx2 = {exp_shifted_sum<Avx2>, sigmoid<Avx2>, silu<Avx2>, quantize_i8<Avx2>};
 
 }  // namespace mcq
 

@@ -30,6 +30,17 @@ struct Avx512 {
   static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V scale_by_pow2(V p, V n) { return _mm512_scalef_ps(p, n); }
   static V zero_below(V v, V x, V lo) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), v); }
+  static V trunc(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC); }
+  static V copysign_half(V t) { return _mm512_or_ps(_mm512_and_ps(t, _mm512_set1_ps(-0.0f)), _mm512_set1_ps(0.5f)); }
+  static V clamp_nan_zero(V g, V lo, V hi) {
+    g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(g, lo, _CMP_LT_OQ), lo);
+    g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(g, hi, _CMP_GT_OQ), hi);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, g, _CMP_ORD_Q), g);
+  }
+  static void store_bytes(uint8_t* q, V g, uint8_t flip) {
+    const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(g));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_xor_si128(b, _mm_set1_epi8(static_cast<char>(flip))));
+  }
 };
 
 }  // namespace
@@ -39,7 +50,7 @@ struct Avx512 {
 
 namespace mcq {
 
-const RowFunctions kRowsAvx512 = {exp_shifted_sum<Avx512>, sigmoid<Avx512>, silu<Avx512>};
+const RowFunctions kRowsAvx512 = {exp_shifted_sum<Avx512>, sigmoid<Avx512>, silu<Avx512>, quantize_i8<Avx512>};
 
 }  // namespace mcq
 

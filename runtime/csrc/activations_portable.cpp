@@ -20,9 +20,18 @@ void silu(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
 }
 
+void quantize_i8(const float* x, const float* smooth, uint8_t* q, int64_t n, float scale, float zp, float lo, float hi,
+                 uint8_t flip) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = smooth != nullptr ? x[i] / smooth[i] : x[i];
+    const float g = quant_grid(v, scale, zp, lo, hi);
+    q[i] = static_cast<uint8_t>(g == g ? static_cast<int32_t>(g) : 0) ^ flip;
+  }
+}
+
 }  // namespace
 
-const RowFunctions kRowsPortable = {exp_shifted_sum, sigmoid, silu};
+const RowFunctions kRowsPortable = {exp_shifted_sum, sigmoid, silu, quantize_i8};
 
 const RowFunctions& row_functions() {
   switch (selected_isa()) {

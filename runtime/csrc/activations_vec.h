@@ -75,5 +75,31 @@ void silu(const float* x, float* y, int64_t n) {
   map_rows<T>(x, y, n, [&](V v) { return T::div(v, T::add(one, vexp<T>(T::sub(T::setzero(), v)))); });
 }
 
+template <class T>
+void quantize_i8(const float* x, const float* smooth, uint8_t* q, int64_t n, float scale, float zp, float lo, float hi,
+                 uint8_t flip) {
+  using V = typename T::V;
+  const V s = T::set1(scale), z = T::set1(zp), vlo = T::set1(lo), vhi = T::set1(hi);
+  const auto one = [&](const float* xi, const float* si, uint8_t* qi) {
+    V v = T::loadu(xi);
+    if (si != nullptr) v = T::div(v, T::loadu(si));
+    const V t = T::div(v, s);
+    const V g = T::add(T::trunc(T::add(t, T::copysign_half(t))), z);
+    T::store_bytes(qi, T::clamp_nan_zero(g, vlo, vhi), flip);
+  };
+  int64_t i = 0;
+  for (; i + T::W <= n; i += T::W) one(x + i, smooth ? smooth + i : nullptr, q + i);
+  if (i < n) {
+    alignas(64) float in[T::W] = {0}, sm[T::W];
+    alignas(64) uint8_t out[T::W];
+    for (int j = 0; j < T::W; ++j) sm[j] = 1.0f;
+    const size_t rest = static_cast<size_t>(n - i);
+    std::memcpy(in, x + i, rest * sizeof(float));
+    if (smooth) std::memcpy(sm, smooth + i, rest * sizeof(float));
+    one(in, smooth ? sm : nullptr, out);
+    std::memcpy(q + i, out, rest);
+  }
+}
+
 }  // namespace
 }  // namespace mcq

@@ -132,13 +132,33 @@ struct ParallelGemm {
   GemmCall call;
   void (*kernel)(const GemmCall&, int64_t, int64_t);
   int64_t per_task;
+  const Int8Epilogue* epilogue;
 };
+
+void dequantize_columns(const GemmCall& c, const Int8Epilogue& e, int64_t c0, int64_t c1) {
+  for (int64_t r = 0; r < c.m; ++r) {
+    const int32_t* acc = c.y + r * c.ldy;
+    float* y = e.y + r * e.ldy;
+    if (e.correction != nullptr)
+      for (int64_t j = c0; j < c1; ++j)
+        y[j] = static_cast<float>(static_cast<int32_t>(static_cast<uint32_t>(acc[j]) -
+                                                       static_cast<uint32_t>(e.correction[j]))) * e.scale[j];
+    else
+      for (int64_t j = c0; j < c1; ++j) y[j] = static_cast<float>(acc[j]) * e.scale[j];
+    if (e.bias != nullptr)
+      for (int64_t j = c0; j < c1; ++j) y[j] += e.bias[j];
+  }
+}
+
+void run_blocks(const ParallelGemm& g, int64_t begin, int64_t end) {
+  g.kernel(g.call, begin, end);
+  if (g.epilogue != nullptr) dequantize_columns(g.call, *g.epilogue, 16 * begin, std::min(16 * end, g.call.n));
+}
 
 void run_task(void* ctx, int64_t task) {
   const auto* g = static_cast<const ParallelGemm*>(ctx);
   const int64_t begin = task * g->per_task;
-  const int64_t end = std::min(begin + g->per_task, g->call.blocks);
-  g->kernel(g->call, begin, end);
+  run_blocks(*g, begin, std::min(begin + g->per_task, g->call.blocks));
 }
 
 }  // namespace
@@ -151,28 +171,35 @@ bool set_isa(Isa isa) {
   return true;
 }
 
+uint8_t activation_flip() { return selected_isa() == Isa::avx512_vnni ? 0x80 : 0; }
+
 void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy, bool serial) {
   if (m <= 0 || w.n <= 0) return;
-  const Isa isa = selected_isa();
   // the activations padded to whole quads (zeros meet the weight's zero padding) and, for
   // vpdpbusd (unsigned x signed), shifted by 128: the kernel subtracts 128 * sum_k w after
   thread_local std::vector<uint8_t> prepared;
   const int64_t kp = w.k4 * 4;
-  prepared.assign(static_cast<size_t>(m * kp), isa == Isa::avx512_vnni ? 0x80 : 0);
-  const uint8_t flip = isa == Isa::avx512_vnni ? 0x80 : 0;
+  const uint8_t flip = activation_flip();
+  prepared.assign(static_cast<size_t>(m * kp), flip);
   for (int64_t r = 0; r < m; ++r) {
     const uint8_t* src = reinterpret_cast<const uint8_t*>(x + r * ldx);
     uint8_t* dst = prepared.data() + r * kp;
     for (int64_t kk = 0; kk < w.k; ++kk) dst[kk] = src[kk] ^ flip;
   }
-  ParallelGemm g{{prepared.data(), m, w.data.data(), w.shift.data(), w.n, w.k4, w.blocks, y, ldy}, nullptr, 1};
-  switch (isa) {
+  gemm_int8_prepared(prepared.data(), m, w, y, ldy, nullptr, serial);
+}
+
+void gemm_int8_prepared(const uint8_t* xp, int64_t m, const PackedInt8& w, int32_t* acc, int64_t ldacc,
+                        const Int8Epilogue* epilogue, bool serial) {
+  if (m <= 0 || w.n <= 0) return;
+  ParallelGemm g{{xp, m, w.data.data(), w.shift.data(), w.n, w.k4, w.blocks, acc, ldacc}, nullptr, 1, epilogue};
+  switch (selected_isa()) {
     case Isa::avx512_vnni: g.kernel = gemm_int8_avx512_vnni; break;
     case Isa::avx2: g.kernel = gemm_int8_avx2; break;
     default: g.kernel = gemm_int8_portable; break;
   }
   if (serial) {
-    g.kernel(g.call, 0, w.blocks);
+    run_blocks(g, 0, w.blocks);
     return;
   }
   ThreadPool& tp = pool();

@@ -79,4 +79,24 @@ void gemm_int8_avx512_vnni(const GemmCall& c, int64_t block_begin, int64_t block
 void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy,
                bool serial = false);
 
+// What the selected kernel reads: activation bytes xor this (0x80 where vpdpbusd takes them
+// unsigned), in rows of k4 * 4 bytes (the padding's value does not matter: the weight's is zero)
+uint8_t activation_flip();
+
+// An integer linear's dequantizing epilogue (spec Q.4), run by each task on the columns it just
+// computed, while they are in cache: y[r, c] = float32(acc[r, c] - correction[c]) * scale[c],
+// then + bias[c] (correction and bias may be null; the subtraction wraps as int32 does)
+struct Int8Epilogue {
+  float* y;
+  int64_t ldy;
+  const float* scale;
+  const int32_t* correction;
+  const float* bias;
+};
+
+// acc = xp @ w^T for activations already prepared (m rows of w.k4 * 4 bytes xor activation_flip());
+// with an epilogue, acc is the tasks' scratch and the floats go to epilogue->y
+void gemm_int8_prepared(const uint8_t* xp, int64_t m, const PackedInt8& w, int32_t* acc, int64_t ldacc,
+                        const Int8Epilogue* epilogue = nullptr, bool serial = false);
+
 }  // namespace mcq

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "activations.h"
 #include "ops.h"
 #include "quant.h"
 #include "thread_pool.h"
@@ -10,8 +11,6 @@
 namespace mcq {
 
 namespace {
-
-inline float round_half_away(float v) { return std::trunc(v + std::copysign(0.5f, v)); }
 
 // per-element scale / zero point index of a spec over a tensor of `shape`
 struct ParamIndex {
@@ -75,8 +74,11 @@ Tensor quantizer_input(const Tensor& x0, const QuantSpec& q) {
     gemm_f32(p, b, bt.data(), b, z.data<float>(), b, rows * a, b, b, false);
     if (q.rot_a_size) {
       Tensor u = empty(DType::f32, y.shape());
-      for (int64_t r = 0; r < rows; ++r)
-        gemm_f32(q.rot_a.data(), a, z.data<float>() + r * width, b, u.data<float>() + r * width, b, a, b, a, false);
+      // one small product per row, rows split over the pool (each runs serially inside its task)
+      parallel_for(rows, 4, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          gemm_f32(q.rot_a.data(), a, z.data<float>() + r * width, b, u.data<float>() + r * width, b, a, b, a, false);
+      });
       return u;
     }
     return z;
@@ -86,12 +88,6 @@ Tensor quantizer_input(const Tensor& x0, const QuantSpec& q) {
 
 namespace {
 
-// clamp(round_half_away(v / s) + zp) as torch.clamp does it: NaN stays NaN (then casts as the
-// reference's cast does)
-inline float grid(float v, float scale, float zp, float lo, float hi) {
-  const float g = round_half_away(v / scale) + zp;
-  return g < lo ? lo : g > hi ? hi : g;
-}
 
 template <class Q>
 void quantize_into(const float* p, const QuantSpec& q, const ParamIndex& index, const Tensor& x, Q* o) {
@@ -99,13 +95,57 @@ void quantize_into(const float* p, const QuantSpec& q, const ParamIndex& index, 
   const bool one_zp = q.zero_point.size() == 1;
   index.runs(x, [&](int64_t k, int64_t first, int64_t length) {
     const float s = q.scale[k], zp = static_cast<float>(q.zero_point[one_zp ? 0 : k]);
-    for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<Q>(static_cast<int32_t>(grid(p[i], s, zp, lo, hi)));
+    for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<Q>(static_cast<int32_t>(quant_grid(p[i], s, zp, lo, hi)));
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// per-tensor int8 specs go through the vectorized row quantizer, rows split over the pool
+bool row_quantizable(const QuantSpec& q) {
+  return q.per_tensor() && q.storage == DType::i8 && q.qmin >= -128 && q.qmax <= 127;
+}
+
+// x's quantization (a row_quantizable spec) as bytes xor `flip`, one row of x's last dim per
+// `ld` bytes of out (bytes past the row's end: flip). Smoothing alone is applied on the fly;
+// outliers and rotations build the quantizer's input first.
+void quantize_rows(const Tensor& x0, const QuantSpec& q, uint8_t* out, int64_t ld, uint8_t flip) {
+  Tensor x;
+  const float* smooth = nullptr;
+  if (q.outliers.empty() && q.rot_b.empty()) {
+    x = to_dtype(x0, DType::f32);
+    if (!q.smooth.empty()) {
+      if (static_cast<int64_t>(q.smooth.size()) != (x.nd ? x.sh[x.nd - 1] : 1))
+        throw EngineError("smoothing vector does not match the channels");
+      smooth = q.smooth.data();
+    }
+  } else {
+    x = quantizer_input(x0, q);
+  }
+  const int64_t width = x.nd ? x.sh[x.nd - 1] : 1;
+  const int64_t rows = width ? x.numel() / width : 0;
+  const float* p = x.data<float>();
+  const float scale = q.scale[0], zp = static_cast<float>(q.zero_point[0]);
+  const float lo = static_cast<float>(q.qmin), hi = static_cast<float>(q.qmax);
+  const RowFunctions& fn = row_functions();
+  parallel_for(rows, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(width, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      fn.quantize_i8(p + r * width, smooth, out + r * ld, width, scale, zp, lo, hi, flip);
+      if (ld > width) std::memset(out + r * ld + width, flip, static_cast<size_t>(ld - width));
+    }
   });
 }
 
 }  // namespace
 
 Tensor quantize(const Tensor& x0, const QuantSpec& q) {
+  if (row_quantizable(q)) {
+    Tensor out = empty(DType::i8, x0.shape());
+    quantize_rows(x0, q, reinterpret_cast<uint8_t*>(out.data<int8_t>()), x0.nd ? x0.sh[x0.nd - 1] : 1, 0);
+    return out;
+  }
   const Tensor x = quantizer_input(x0, q);
   Tensor out = empty(q.storage, x.shape());
   const ParamIndex index(q, x);
@@ -156,29 +196,40 @@ Value op_qlinear(Args& a) {
   const PackedInt8& w = *p.weight;
   if (x.nd < 1 || x.sh[x.nd - 1] != w.k)
     throw EngineError("qlinear: input " + shape_str(x) + " for a weight of " + std::to_string(w.k) + " inputs");
-  const Tensor xq = quantize(x, *p.input);
-  const int64_t m = w.k ? xq.numel() / w.k : 0;
+  const int64_t m = w.k ? x.numel() / w.k : 0;
   std::vector<int64_t> shape = x.shape();
   shape.back() = w.n;
-  Tensor acc = empty(DType::i32, {m, w.n});
-  gemm_int8(xq.data<int8_t>(), m, w.k, w, acc.data<int32_t>(), w.n);
   Tensor y = empty(DType::f32, shape);
-  float* o = y.data<float>();
-  const int32_t* s = acc.data<int32_t>();
-  const bool corr = !p.correction.empty();
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t c = 0; c < w.n; ++c) {
-      const int32_t v = corr ? static_cast<int32_t>(static_cast<uint32_t>(s[r * w.n + c]) -
-                                                    static_cast<uint32_t>(p.correction[c]))
-                             : s[r * w.n + c];
-      o[r * w.n + c] = static_cast<float>(v) * p.out_scale[c];
-    }
-  if (!a[1].is_none()) {
-    const Tensor b = to_dtype(a[1].tensor("qlinear bias"), DType::f32);
-    if (b.numel() != w.n) throw EngineError("qlinear: bias of " + shape_str(b));
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t c = 0; c < w.n; ++c) o[r * w.n + c] += b.data<float>()[c];
+  Tensor bias;
+  const bool has_bias = !a[1].is_none();
+  if (has_bias) {
+    bias = to_dtype(a[1].tensor("qlinear bias"), DType::f32);
+    if (bias.numel() != w.n) throw EngineError("qlinear: bias of " + shape_str(bias));
   }
+  // the activations quantized straight into the kernel's layout, the accumulators dequantized by
+  // the GEMM's tasks: one pass over x, none over an int32 tensor (buffers reused call to call)
+  thread_local std::vector<uint8_t> xp;
+  thread_local std::vector<int32_t> acc;
+  const int64_t kp = w.k4 * 4;
+  const uint8_t flip = activation_flip();
+  xp.resize(static_cast<size_t>(m * kp));
+  acc.resize(static_cast<size_t>(m * w.n));
+  if (row_quantizable(*p.input)) {
+    quantize_rows(x, *p.input, xp.data(), kp, flip);
+  } else {
+    const Tensor xq = quantize(x, *p.input);
+    if (xq.dt != DType::i8) throw EngineError("qlinear: the input's format is not int8");
+    for (int64_t r = 0; r < m; ++r) {
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(xq.data<int8_t>()) + r * w.k;
+      uint8_t* dst = xp.data() + r * kp;
+      for (int64_t kk = 0; kk < w.k; ++kk) dst[kk] = src[kk] ^ flip;
+      for (int64_t kk = w.k; kk < kp; ++kk) dst[kk] = flip;
+    }
+  }
+  float* o = y.data<float>();
+  const Int8Epilogue epilogue{o, w.n, p.out_scale.data(), p.correction.empty() ? nullptr : p.correction.data(),
+                              has_bias ? bias.data<float>() : nullptr};
+  gemm_int8_prepared(xp.data(), m, w, acc.data(), w.n, &epilogue);
   if (!p.outlier_index.empty()) {
     // float side path: x[..., outliers] @ outlier_weight^T, added after
     const Tensor xf = to_dtype(x, DType::f32);
@@ -204,7 +255,7 @@ Tensor centered(const Tensor& x0, const QuantSpec& q) {
   index.runs(x, [&](int64_t k, int64_t first, int64_t length) {
     const int32_t zp = q.zero_point[one_zp ? 0 : k];
     const float s = q.scale[k], zf = static_cast<float>(zp);
-    for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<int32_t>(grid(p[i], s, zf, lo, hi)) - zp;
+    for (int64_t i = first; i < first + length; ++i) o[i] = static_cast<int32_t>(quant_grid(p[i], s, zf, lo, hi)) - zp;
   });
   return out;
 }
