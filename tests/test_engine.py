@@ -127,12 +127,13 @@ def test_serving_on_the_engine_never_imports_torch():
 
 
 @pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama-gqa", "gptj"])
-def test_attention_reads_the_int8_cache_and_changes_no_value(path, engine_pair):
+def test_attention_reads_the_int8_cache_and_changes_no_value(path, engine_pair, monkeypatch):
     """Q·Kᵀ takes the cached integers (runtime.engine.kv_shadow) instead of requantizing the
     dequantized past, P·V dequantizes them inside the product: the decode step's outputs equal
     the float-path plan's bit for bit."""
-    from runtime.engine import kv_shadow
+    from runtime.engine import attention, kv_shadow
 
+    monkeypatch.setattr(attention, "ENABLED", False)  # the unfused attention's ops (fused: test_engine_attention.py)
     fast, plain = engine_pair(path, kv_shadow)
     ops = [op for _, op, _ in fast.program("decode").profile()]
     assert "mcq.qbmm_int8b" in ops and "mcq.qbmm" not in ops  # Q·Kᵀ on the integers

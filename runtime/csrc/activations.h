@@ -2,8 +2,10 @@
 // expf; exp(x) = 0 below -87.3, where float32 underflows anyway), one file per ISA.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace mcq {
 
@@ -26,6 +28,17 @@ struct RowFunctions {
   void (*quantize_i8)(const float* x, const float* smooth, uint8_t* q, int64_t n, float scale, float zp, float lo,
                       float hi, uint8_t flip);
 };
+
+// softmax of one float32 row as aten._softmax runs on the engine (the max, exp(x - max) summed
+// in float32 lanes, then one multiply by float32(1 / sum)); a fully masked row (all -inf) gives 0s
+inline void softmax_row(const RowFunctions& rows, const float* p, float* q, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
+  if (m == -std::numeric_limits<float>::infinity()) m = 0.0f;
+  const double s = rows.exp_shifted_sum(p, q, n, m);
+  const float inv = static_cast<float>(1.0 / s);
+  for (int64_t j = 0; j < n; ++j) q[j] *= inv;
+}
 
 extern const RowFunctions kRowsPortable, kRowsAvx2, kRowsAvx512;
 const RowFunctions& row_functions();  // for the selected ISA (gemm_int8.h's selected_isa)

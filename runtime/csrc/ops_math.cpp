@@ -542,17 +542,16 @@ Value softmax(const Value& x, const Value& dim, bool log) {
     if (dt == DType::f32) {
       const float* p = reinterpret_cast<float*>(in);
       float* q = reinterpret_cast<float*>(o);
+      if (!log) {
+        softmax_row(rows, p, q, n);  // shared with the fused attention (ops_attention.cpp)
+        return;
+      }
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
       if (m == -std::numeric_limits<float>::infinity()) m = 0.0f;  // a fully masked row: exp(-inf) = 0
       const double s = rows.exp_shifted_sum(p, q, n, m);
-      if (log) {
-        const float ls = static_cast<float>(std::log(s));
-        for (int64_t j = 0; j < n; ++j) q[j] = p[j] - m - ls;
-      } else {
-        const float inv = static_cast<float>(1.0 / s);
-        for (int64_t j = 0; j < n; ++j) q[j] *= inv;
-      }
+      const float ls = static_cast<float>(std::log(s));
+      for (int64_t j = 0; j < n; ++j) q[j] = p[j] - m - ls;
     } else {
       const double* p = reinterpret_cast<double*>(in);
       double* q = reinterpret_cast<double*>(o);

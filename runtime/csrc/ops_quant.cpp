@@ -176,13 +176,6 @@ Tensor dequantize(const Tensor& q0, const QuantSpec& spec) {
 
 namespace {
 
-template <class T>
-const T& object(const Value& v, const char* what) {
-  const T* p = v.kind == Value::Kind::object ? dynamic_cast<const T*>(v.object.get()) : nullptr;
-  if (p == nullptr) throw EngineError(std::string(what) + ": wrong load-time object");
-  return *p;
-}
-
 Value op_quantize(Args& a) { return Value::Of(quantize(a[0].tensor("quantize"), object<QuantSpec>(a[1], "quantize"))); }
 
 Value op_dequantize(Args& a) {
@@ -270,8 +263,6 @@ struct Int8Bmm {
   const QuantSpec *sa, *sb;  // per tensor, or one parameter per batch (axis 0, by batch % count)
   float* out;
 };
-
-int64_t batch_param(const QuantSpec& q, int64_t b) { return q.per_tensor() ? 0 : b % static_cast<int64_t>(q.scale.size()); }
 
 void int8_bmm_batch(void* ctx, int64_t b) {
   const auto* p = static_cast<const Int8Bmm*>(ctx);
@@ -470,6 +461,7 @@ const OpTable& op_table() {
     add_math_ops(t);
     add_quant_ops(t);
     add_fused_ops(t);
+    add_attention_ops(t);
     return t;
   }();
   return table;

@@ -40,6 +40,11 @@ struct QLinearParams : Object {
   std::vector<float> outlier_weight_t;  // [outliers, N]: transposed once at load, as the GEMM reads it
 };
 
+// the parameter index of batch b for a bmm operand's spec: per tensor 0, per batch b % count
+inline int64_t batch_param(const QuantSpec& q, int64_t b) {
+  return q.per_tensor() ? 0 : b % static_cast<int64_t>(q.scale.size());
+}
+
 // x (float) -> the quantizer's input (float32, contiguous): outliers zeroed, smoothed, rotated
 Tensor quantizer_input(const Tensor& x, const QuantSpec& q);
 Tensor quantize(const Tensor& x, const QuantSpec& q);

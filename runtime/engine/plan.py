@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from runtime import native
-from runtime.engine import fuse, kv_shadow, quant
+from runtime.engine import attention, fuse, kv_shadow, quant
 from runtime.engine.quant import DTYPE_CODES, NUMPY_CODES, Spec, Unsupported
 from runtime.engine.schemas import SchemaError, normalize
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
@@ -35,6 +35,7 @@ class Planner:
         self.code: list[tuple[str, str, int, list[Any]]] = []  # (op, node, out slot, args)
         self.pending: dict[str, Any] = {}  # past-KV input -> its dequantizing spec (at first use)
         self.stored: dict[str, int] = {}  # kv point node -> slot of its stored (quantized) form
+        self.stored_specs: dict[str, Spec] = {}  # kv point node -> its spec
         self.constants: dict[str, tuple[Any, ...]] = {}
         # int8 KV values behind float ones (runtime.engine.kv_shadow): name -> shadow, the node
         # that makes it, and its int8 slot once emitted
@@ -42,6 +43,7 @@ class Planner:
         self.shadow_nodes: dict[str, Node] = {}
         self.shadow_slots: dict[str, int] = {}
         self.fusions = fuse.Matcher(graph, tensor) if fuse.float32_graph(graph) else None
+        self.attention = attention.Matcher(self.fusions.nodes) if self.fusions is not None else None
         self.last_position_of = {v.name for n, v in graph.outputs if n == "logits" and isinstance(v, Ref)} \
             if last_position_logits else set()
 
@@ -186,7 +188,7 @@ class Planner:
         raise Unsupported(f"node {node.name}: no quantized form of {node.op}")
 
     def plain(self, node: Node, out: int, args: list[Any] | None = None) -> None:
-        if node.op == BMM and self._float_bmm_on_int8(node, out):
+        if node.op == BMM and (self._fused_attention(node, out) or self._float_bmm_on_int8(node, out)):
             return
         try:
             values = normalize(node.op, list(node.args) if args is None else args, dict(node.kwargs))
@@ -213,6 +215,59 @@ class Planner:
         self.emit("mcq.bmm_int8b", node.name, [self.arg(node.args[0], node.name), ("ref", self.shadow_slot(b.name)),
                                                ("object", spec)], out)
         return True
+
+    def _fused_attention(self, node: Node, out: int) -> bool:
+        """P·V and the chain before it back to the int8 cache as one mcq.attention call
+        (runtime.engine.attention), where it computes exactly what the unfused calls do: the
+        Q·Kᵀ spec gives back the cache's integers and V dequantizes with its own parameters."""
+        m = self.attention.match(node) if self.attention is not None and attention.ENABLED and kv_shadow.ENABLED else None
+        qk = self.qnodes.get(m.qk.qkey) if m is not None else None
+        if m is None or not qk or qk.get("weight") is not None:
+            return False
+        aspec, bspec = (qk.get("inputs") or {}).get("a"), (qk.get("inputs") or {}).get("b")
+        k, v = self._cache_parts(m.k_parts), self._cache_parts(m.v_parts)
+        if aspec is None or bspec is None or k is None or v is None:
+            return False
+        a, b = self.spec(aspec), self.spec(bspec)
+        if a.rotated or b.rotated or a.storage != DTYPE_CODES["int8"]:
+            return False
+        shadows = []
+        for kv in (k[1], v[1]):
+            if kv.storage != DTYPE_CODES["int8"] or not (kv.per_tensor or kv.axis == 1):
+                return False
+            heads = m.heads if kv.per_tensor else kv.scale.size * m.rep
+            if heads is None or (m.heads is not None and m.heads != heads) or any(h != heads for h in m.expanded):
+                return False
+            shadows.append(kv_shadow.Shadow(-1, kv, (), None if kv.per_tensor else 0, m.rep,
+                                            None if kv.per_tensor else heads))
+        params = kv_shadow.batch_parameters(shadows[1])
+        if params is None or not kv_shadow.matches(shadows[0], b):
+            return False
+        scale, zp = params
+        v_spec = native.core().quant_spec(scale, zp, -1 if scale.size == 1 else 0, scale.size > 1, v[1].qmin,
+                                          v[1].qmax, v[1].storage, None, None, None, None)
+        self.emit("mcq.attention", node.name, [
+            self.arg(m.q, node.name), ("list", [("ref", s) for s in k[0]]), ("list", [("ref", s) for s in v[0]]),
+            self.arg(m.mask, node.name), ("object", a.native), ("object", b.native), ("object", v_spec),
+            ("int", m.rep), ("float", m.factor), ("bool", int(m.divide))], out)
+        return True
+
+    def _cache_parts(self, parts: list[Ref]) -> tuple[list[int], Spec] | None:
+        """The int8 slots of a cache's parts (past inputs, KV points) and their one spec."""
+        slots, specs = [], []
+        for p in parts:
+            if p.name in self.stored:
+                slots.append(self.stored[p.name])
+                specs.append(self.stored_specs[p.name])
+            elif p.name in self.shadows and self.shadows[p.name].shape and p.name in self.shadow_slots \
+                    and any(s.name == p.name for s in self.graph.inputs):
+                slots.append(self.shadow_slots[p.name])
+                specs.append(self.shadows[p.name].spec)
+            else:
+                return None
+        if not specs or any(s is not specs[0] for s in specs):
+            return None
+        return slots, specs[0]
 
     def shadow_slot(self, name: str) -> int:
         """The int8 value behind `name` (its view chain emitted on the integers, once)."""
@@ -268,6 +323,7 @@ class Planner:
         spec = self.spec(q["inputs"]["x"])
         stored = self.emit("mcq.quantize", node.name, [self.arg(node.args[0], node.name), ("object", spec.native)])
         self.stored[node.name] = stored
+        self.stored_specs[node.name] = spec
         shadow = kv_shadow.source(stored, spec, ())
         if shadow is not None:
             self.shadows[node.name], self.shadow_slots[node.name] = shadow, stored

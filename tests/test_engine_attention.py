@@ -1,0 +1,118 @@
+"""Attention over the int8 KV cache as one engine op (runtime/engine/attention.py,
+runtime/csrc/ops_attention.cpp): programs planned with it give the unfused programs' outputs bit
+for bit on every ISA path, read the cache's parts in place, and the op alone equals a numpy
+reference of the chain it stands for."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import native
+from runtime.engine import attention
+from runtime.engine.quant import CODE_NUMPY, NUMPY_CODES
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native core not built: {native.load_error()}")
+
+VECTORS = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "v1.0" / "valid"
+LLAMA = VECTORS / "llama-tiny-w8a8kv8.mcq"
+GPTJ = VECTORS / "gptj-tiny-w8a8kv8.mcq"
+INT8 = 4
+
+
+def _ops(engine, name):
+    return [op for _, op, _ in engine.program(name).profile()]
+
+
+@pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama-gqa", "gptj"])
+def test_fused_attention_equals_the_unfused_program_bit_for_bit(path, engine_pair, native_isa):
+    fused, plain = engine_pair(path, attention)
+    assert "mcq.attention" in _ops(fused, "decode") and "mcq.attention" not in _ops(plain, "decode")
+    rng = np.random.default_rng(1)
+    for past in (3, 40):  # 40: more query rows than one block of the op
+        prefill_in = [rng.integers(0, 100, (2, past)), np.ones((2, past), np.int64)]
+        prefill_in[1][1, :5] = 0  # a left-padded row: fully masked query rows, skipped keys
+        logits, *kv = fused.run("prefill", prefill_in)
+        for a, b in zip([logits, *kv], plain.run("prefill", prefill_in)):
+            np.testing.assert_array_equal(a, b)
+        mask = prefill_in[1]
+        for _ in range(3):
+            mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+            step_in = [rng.integers(0, 100, (2, 1)), mask, *kv]
+            out = fused.run("decode", step_in)
+            for a, b in zip(out, plain.run("decode", step_in)):
+                np.testing.assert_array_equal(a, b)
+            kv = [np.concatenate([old, new], axis=2) for old, new in zip(kv, out[1:])]
+
+
+def test_llama_attention_reads_the_cache_in_place(engine_pair):
+    fused, plain = engine_pair(LLAMA, attention)
+    for name in ("prefill", "decode"):
+        ops, unfused = _ops(fused, name), _ops(plain, name)
+        layers = ops.count("mcq.attention")
+        assert layers == unfused.count("mcq.qbmm_int8b") + unfused.count("mcq.qbmm") >= 1
+        assert not {"aten._softmax.default", "aten.bmm.default", "mcq.bmm_int8b", "mcq.qbmm_int8b", "mcq.qbmm"} & set(ops)
+        if name == "decode":  # no concatenated cache (two cats a layer before)
+            assert unfused.count("aten.cat.default") - ops.count("aten.cat.default") == 2 * layers
+        assert len(unfused) - len(ops) >= 15 * layers
+
+
+def _spec(scale, zp):
+    s = np.asarray(scale, dtype=np.float32).reshape(-1)
+    z = np.asarray(zp, dtype=np.int32).reshape(-1)
+    return native.core().quant_spec(s, z, -1 if s.size == 1 else 0, s.size > 1, -128, 127, INT8, None, None, None, None)
+
+
+@pytest.mark.parametrize("s,past,rep", [(1, 9, 3), (5, 0, 1), (37, 4, 2)])
+def test_attention_op_equals_a_numpy_reference(native_isa, s, past, rep):
+    rng = np.random.default_rng(s * 10 + past)
+    b, kv, d = 2, 2, 8
+    heads, length = kv * rep, past + s
+    q = rng.normal(size=(b * heads, s, d)).astype(np.float32)
+    k_parts = [rng.integers(-128, 128, (b, kv, n, d), dtype=np.int8) for n in (past, s) if n]
+    v_parts = [rng.integers(-128, 128, (b, kv, n, d), dtype=np.int8) for n in (past, s) if n]
+    mask = np.where(np.tril(np.ones((s, length)), past) > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    mask = np.broadcast_to(mask, (b, 1, s, length)).copy()
+    mask[1, :, :, :2] = np.finfo(np.float32).min  # padding: keys nobody sees
+    sq, zq = 0.02, 3
+    sk = rng.uniform(0.01, 0.03, size=heads).astype(np.float32)
+    zk = rng.integers(-5, 5, size=heads)
+    sv = np.repeat(rng.uniform(0.01, 0.03, size=kv), rep).astype(np.float32)
+    zv = np.repeat(rng.integers(-5, 5, size=kv), rep)
+    inputs = [q, *k_parts, *v_parts, mask]
+    n_in, nk = len(inputs), len(k_parts)
+    program = native.core().Program(n_in + 1, list(range(n_in)), [n_in])
+    program.add("mcq.attention", "test", n_in, [
+        ("ref", 0), ("list", [("ref", 1 + i) for i in range(nk)]), ("list", [("ref", 1 + nk + i) for i in range(nk)]),
+        ("ref", n_in - 1), ("object", _spec(sq, zq)), ("object", _spec(np.tile(sk, b), np.tile(zk, b))),
+        ("object", _spec(np.tile(sv, b), np.tile(zv, b))), ("int", rep), ("float", 0.125), ("bool", 0)], [])
+    (data, code, shape), = program.run([(x, NUMPY_CODES[x.dtype]) for x in inputs])
+    got = np.frombuffer(data, dtype=CODE_NUMPY[code]).reshape(shape)
+
+    K = np.concatenate(k_parts, axis=2).astype(np.int64)
+    V = np.concatenate(v_parts, axis=2).astype(np.int64)
+    t = q / np.float32(sq)
+    qq = np.clip(np.trunc(t + np.copysign(np.float32(0.5), t)) + zq, -128, 127).astype(np.int64)
+    want = np.empty_like(got)
+    for i in range(b * heads):
+        bb, h = divmod(i, heads)
+        g = h // rep
+        acc = (qq[i] - zq) @ (K[bb, g] - zk[h]).T  # exact integers
+        x = acc.astype(np.float64) * float(np.float32(sq) * sk[h]) * 0.125 + mask[bb, 0]
+        p = np.exp(x - x.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        want[i] = p @ ((V[bb, g] - zv[h]) * np.float64(sv[h]))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_attention_op_names_mismatched_operands():
+    program = native.core().Program(4, [0, 1, 2], [3])
+    spec = _spec(0.1, 0)
+    program.add("mcq.attention", "attn", 3, [("ref", 0), ("list", [("ref", 1)]), ("list", [("ref", 1)]), ("ref", 2),
+                                              ("object", spec), ("object", spec), ("object", spec), ("int", 2),
+                                              ("float", 1.0), ("bool", 0)], [])
+    q = np.zeros((3, 1, 8), np.float32)  # 3 query heads: not a multiple of KV heads x rep
+    k = np.zeros((1, 1, 4, 8), np.int8)
+    with pytest.raises(ValueError, match="attn.*attention: q"):
+        program.run([(q, 0), (k, INT8), (np.zeros((1, 1, 1, 4), np.float32), 0)])
