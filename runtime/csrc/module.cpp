@@ -141,6 +141,49 @@ void ObjectBox_dealloc(ObjectBox* self) {
 
 PyTypeObject ObjectBoxType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// ---- program outputs: the engine's own bytes, lent to Python ---------------------------------
+// A read-only buffer over an output tensor's storage (np.frombuffer keeps it alive): no copy,
+// and the bytes go back to the engine's buffer cache when the array goes, so a decode step's
+// logits do not fault in fresh pages every call.
+struct OutputBuffer {
+  PyObject_HEAD
+  std::shared_ptr<mcq::Storage>* storage;
+  char* ptr;
+  Py_ssize_t bytes;
+};
+
+void OutputBuffer_dealloc(OutputBuffer* self) {
+  delete self->storage;
+  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+int OutputBuffer_getbuffer(OutputBuffer* self, Py_buffer* view, int flags) {
+  return PyBuffer_FillInfo(view, reinterpret_cast<PyObject*>(self), self->ptr, self->bytes, 1, flags);
+}
+
+PyBufferProcs OutputBuffer_as_buffer = {reinterpret_cast<getbufferproc>(OutputBuffer_getbuffer), nullptr};
+PyTypeObject OutputBufferType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
+// t's bytes as an OutputBuffer; t is contiguous. Storage the engine does not own (an input's or
+// a constant's) is copied first: the buffer must not outlive what it points into.
+PyObject* lend(mcq::Tensor t) {
+  if (!t.storage || !t.storage->owned) {
+    try {
+      mcq::Tensor copy = mcq::empty(t.dt, t.shape());
+      std::memcpy(copy.ptr, t.ptr, static_cast<size_t>(t.numel()) * mcq::dtype_size(t.dt));
+      t = std::move(copy);
+    } catch (const std::bad_alloc&) {
+      return PyErr_NoMemory();
+    }
+  }
+  auto* self = PyObject_New(OutputBuffer, &OutputBufferType);
+  if (self == nullptr) return nullptr;
+  self->storage = new std::shared_ptr<mcq::Storage>(t.storage);
+  self->ptr = t.ptr;
+  self->bytes = static_cast<Py_ssize_t>(t.numel() * static_cast<int64_t>(mcq::dtype_size(t.dt)));
+  return reinterpret_cast<PyObject*>(self);
+}
+
 PyObject* box(std::shared_ptr<const mcq::Object> object) {
   auto* self = PyObject_New(ObjectBox, &ObjectBoxType);
   if (self == nullptr) return nullptr;
@@ -481,7 +524,7 @@ PyObject* Program_run(ProgramObject* self, PyObject* args) {
     const mcq::Tensor& t = v.t;
     PyObject* shape = PyTuple_New(t.nd);
     for (int d = 0; d < t.nd; ++d) PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(t.sh[d]));
-    PyObject* data = PyBytes_FromStringAndSize(t.ptr, static_cast<Py_ssize_t>(t.numel() * mcq::dtype_size(t.dt)));
+    PyObject* data = lend(t);
     PyObject* triple = Py_BuildValue("(NiN)", data, static_cast<int>(t.dt), shape);
     if (triple == nullptr) {
       Py_DECREF(out);
@@ -626,7 +669,8 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_native", "mcq runtime's nativ
 namespace {
 
 int ready(PyTypeObject& type, const char* name, Py_ssize_t size, const char* doc, initproc init, destructor dealloc,
-          PyMethodDef* methods, PyGetSetDef* getset) {
+          PyMethodDef* methods, PyGetSetDef* getset, PyBufferProcs* buffer = nullptr) {
+  type.tp_as_buffer = buffer;
   type.tp_name = name;
   type.tp_basicsize = size;
   type.tp_flags = Py_TPFLAGS_DEFAULT;
@@ -651,6 +695,9 @@ PyMODINIT_FUNC PyInit__native() {
       ready(ObjectBoxType, "runtime._native.Object", sizeof(ObjectBox),
             "a load-time object of the engine (QuantSpec, QLinear)", nullptr,
             reinterpret_cast<destructor>(ObjectBox_dealloc), nullptr, nullptr) < 0 ||
+      ready(OutputBufferType, "runtime._native.OutputBuffer", sizeof(OutputBuffer),
+            "a program output's bytes (read-only; np.frombuffer takes it)", nullptr,
+            reinterpret_cast<destructor>(OutputBuffer_dealloc), nullptr, nullptr, &OutputBuffer_as_buffer) < 0 ||
       ready(ProgramType, "runtime._native.Program", sizeof(ProgramObject),
             "Program(slots, input_slots, output_slots): a graph as engine op calls",
             reinterpret_cast<initproc>(Program_init), reinterpret_cast<destructor>(Program_dealloc), Program_methods,
