@@ -27,6 +27,10 @@ struct RowFunctions {
   // NaN gives 0; lo and hi within int8): the same IEEE divisions and adds as the scalar form
   void (*quantize_i8)(const float* x, const float* smooth, uint8_t* q, int64_t n, float scale, float zp, float lo,
                       float hi, uint8_t flip);
+  // y[i] = float32(q[i] - zp) * scale (one rounding: the spec's dequantization)
+  void (*dequantize_i8)(const int8_t* q, float* y, int64_t n, int32_t zp, float scale);
+  // sum a[i] * b[i] in int32 (exact for n < 2^17)
+  int32_t (*dot_i8)(const int8_t* a, const int8_t* b, int64_t n);
 };
 
 // softmax of one float32 row as aten._softmax runs on the engine (the max, exp(x - max) summed

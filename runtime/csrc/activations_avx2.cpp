@@ -49,6 +49,33 @@ struct Avx2 {
   }
 };
 
+void dequantize_i8(const int8_t* q, float* y, int64_t n, int32_t zp, float scale) {
+  const __m256i z = _mm256_set1_epi32(zp);
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, z)), s));
+  }
+  for (; i < n; ++i) y[i] = static_cast<float>(static_cast<int32_t>(q[i]) - zp) * scale;
+}
+
+int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
+  __m256i acc = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    const __m256i y = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, y));
+  }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+  int32_t s = 0;
+  for (int j = 0; j < 8; ++j) s += lanes[j];
+  for (; i < n; ++i) s += static_cast<int32_t>(a[i]) * static_cast<int32_t>(b[i]);
+  return s;
+}
+
 }  // namespace
 }  // namespace mcq
 
@@ -56,7 +83,8 @@ struct Avx2 {
 
 namespace mcq {
 
-const RowFunctions kRowsAvx2 = {exp_shifted_sum<Avx2>, sigmoid<Avx2>, silu<Avx2>, quantize_i8<Avx2>};
+const RowFunctions kRowsAvx2 = {exp_shifted_sum<Avx2>, sigmoid<Avx2>, silu<Avx2>, quantize_i8<Avx2>,
+                                 dequantize_i8, dot_i8};
 
 }  // namespace mcq
 

@@ -43,6 +43,30 @@ struct Avx512 {
   }
 };
 
+void dequantize_i8(const int8_t* q, float* y, int64_t n, int32_t zp, float scale) {
+  const __m512i z = _mm512_set1_epi32(zp);
+  const __m512 s = _mm512_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+    _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, z)), s));
+  }
+  for (; i < n; ++i) y[i] = static_cast<float>(static_cast<int32_t>(q[i]) - zp) * scale;
+}
+
+int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
+  __m512i acc = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+    const __m512i y = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i)));
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(x, y));  // pairs of int8 products: no overflow
+  }
+  int32_t s = _mm512_reduce_add_epi32(acc);
+  for (; i < n; ++i) s += static_cast<int32_t>(a[i]) * static_cast<int32_t>(b[i]);
+  return s;
+}
+
 }  // namespace
 }  // namespace mcq
 
@@ -50,7 +74,8 @@ struct Avx512 {
 
 namespace mcq {
 
-const RowFunctions kRowsAvx512 = {exp_shifted_sum<Avx512>, sigmoid<Avx512>, silu<Avx512>, quantize_i8<Avx512>};
+const RowFunctions kRowsAvx512 = {exp_shifted_sum<Avx512>, sigmoid<Avx512>, silu<Avx512>, quantize_i8<Avx512>,
+                                   dequantize_i8, dot_i8};
 
 }  // namespace mcq
 

@@ -29,9 +29,19 @@ void quantize_i8(const float* x, const float* smooth, uint8_t* q, int64_t n, flo
   }
 }
 
+void dequantize_i8(const int8_t* q, float* y, int64_t n, int32_t zp, float scale) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(static_cast<int32_t>(q[i]) - zp) * scale;
+}
+
+int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
+  int32_t s = 0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<int32_t>(a[i]) * static_cast<int32_t>(b[i]);
+  return s;
+}
+
 }  // namespace
 
-const RowFunctions kRowsPortable = {exp_shifted_sum, sigmoid, silu, quantize_i8};
+const RowFunctions kRowsPortable = {exp_shifted_sum, sigmoid, silu, quantize_i8, dequantize_i8, dot_i8};
 
 const RowFunctions& row_functions() {
   switch (selected_isa()) {

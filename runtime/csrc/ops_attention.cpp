@@ -77,15 +77,9 @@ void scores(const Attention& a, int64_t bh, int64_t i0, int64_t i1, float* sc, s
   if (!packed.empty()) {
     gemm_int8(q, rows, d, packed[static_cast<size_t>(b * a.k->kv + g)], acc.data(), len, true);
   } else {  // a decode step: plain dot products over the keys where they lie
-    for (int64_t j = 0; j < len; ++j) {
-      const int8_t* key = keys[j];
-      for (int64_t r = 0; r < rows; ++r) {
-        const int8_t* qr = q + r * d;
-        int32_t dot = 0;
-        for (int64_t kk = 0; kk < d; ++kk) dot += static_cast<int32_t>(qr[kk]) * static_cast<int32_t>(key[kk]);
-        acc[static_cast<size_t>(r * len + j)] = dot;
-      }
-    }
+    const RowFunctions& fn = row_functions();
+    for (int64_t j = 0; j < len; ++j)
+      for (int64_t r = 0; r < rows; ++r) acc[static_cast<size_t>(r * len + j)] = fn.dot_i8(q + r * d, keys[j], d);
   }
   const int64_t ia = batch_param(*a.sq, bh), ib = batch_param(*a.sk, bh);
   const int32_t za = a.sq->zero_point[a.sq->zero_point.size() == 1 ? 0 : ia];
@@ -150,15 +144,13 @@ void prepare_group(const Attention& a, int64_t index) {
   const float scale = a.sv->scale[ip];
   float* vals = a.values->data() + index * len * d;
   const int8_t* const* vr = a.v->of(b, g);
-  for (int64_t j = 0; j < len; ++j)
-    for (int64_t kk = 0; kk < d; ++kk) vals[j * d + kk] = static_cast<float>(static_cast<int32_t>(vr[j][kk]) - zp) * scale;
+  const RowFunctions& fn = row_functions();
+  for (int64_t j = 0; j < len; ++j) fn.dequantize_i8(vr[j], vals + j * d, d, zp, scale);
   const int8_t* const* kr = a.k->of(b, g);
   int32_t* colsum = a.colsum->data() + index * len;
-  for (int64_t j = 0; j < len; ++j) {
-    int32_t s = 0;
-    for (int64_t kk = 0; kk < d; ++kk) s += kr[j][kk];
-    colsum[j] = s;
-  }
+  thread_local std::vector<int8_t> ones;
+  ones.assign(static_cast<size_t>(d), 1);
+  for (int64_t j = 0; j < len; ++j) colsum[j] = fn.dot_i8(kr[j], ones.data(), d);
   if (!a.packed->empty()) {
     thread_local std::vector<int8_t> rows;
     rows.resize(static_cast<size_t>(len * d));
@@ -201,12 +193,26 @@ Value op_attention(Args& args) {
   Tensor out = empty(DType::f32, {q0.sh[0], s, d});
   const int64_t groups = k.b * k.kv;
   std::vector<PackedInt8> packed(s > 2 ? static_cast<size_t>(groups) : 0);
-  std::vector<int32_t> colsum(static_cast<size_t>(groups * len));
-  std::vector<float> values(static_cast<size_t>(groups * len * d));
+  // scratch kept from call to call (a decode step would otherwise fault in fresh pages for V)
+  thread_local std::vector<int32_t> colsum;
+  thread_local std::vector<float> values;
+  colsum.resize(static_cast<size_t>(groups * len));
+  values.resize(static_cast<size_t>(groups * len * d));
   Attention a{qa.data<int8_t>(), &k, &v, &mask, &sq, &sk, &sv, heads, rep, s, 32, static_cast<float>(factor), divide,
               &packed, &colsum, &values, out.data<float>()};
-  pool().run(groups, [](void* ctx, int64_t i) { prepare_group(*static_cast<const Attention*>(ctx), i); }, &a);
-  pool().run(q0.sh[0] * ((s + a.block - 1) / a.block), block_task, &a);
+  if (s <= a.block) {
+    // one block of rows per head (a decode step): each group's task prepares it and runs its
+    // heads, one pool call in all
+    pool().run(groups, [](void* ctx, int64_t i) {
+      const Attention& at = *static_cast<const Attention*>(ctx);
+      prepare_group(at, i);
+      const int64_t first = (i / at.k->kv) * at.heads + (i % at.k->kv) * at.rep;
+      for (int64_t h = first; h < first + at.rep; ++h) block_task(ctx, h);
+    }, &a);
+  } else {
+    pool().run(groups, [](void* ctx, int64_t i) { prepare_group(*static_cast<const Attention*>(ctx), i); }, &a);
+    pool().run(q0.sh[0] * ((s + a.block - 1) / a.block), block_task, &a);
+  }
   return Value::Of(out);
 }
 
