@@ -12,7 +12,9 @@ too) is its own:
 2. quantize: `mcq.quantize_streaming` with the W8A8KV8 preset (GPTQ off by default: on 2 cores the
    16384-wide fc_out Hessians alone take hours of float64 Cholesky and 2 GiB each; --gptq turns
    it on) on 4 x 64 seeded random token ids;
-3. generate at qlevel 3 and at qlevel 4: 16 greedy tokens from a fixed prompt; both must agree.
+3. generate at qlevel 3 and at qlevel 4: 16 greedy tokens from a fixed prompt; both must agree;
+4. generate on the native engine (qlevel 4, no torch in the process): the same 16 tokens are
+   reported beside the reference's, with each path's load and generation time.
 
 Targets: quantize peak RSS <= 8 GiB, generate peak RSS <= 9 GiB. `--layers N` runs a shallower model
 of the same width (a quick check of the script). Files are deleted at the end unless --keep.
@@ -106,24 +108,31 @@ def quantize(folder: Path, bundle: Path, gptq: bool) -> dict:
     return {"bundle_gb": round(bundle.stat().st_size / 1e9, 2), "gptq": gptq}
 
 
-def generate(bundle: Path, qlevel: int) -> dict:
+def generate(bundle: Path, qlevel: int, engine: str = "reference") -> dict:
     import runtime
 
-    model = runtime.load(bundle, qlevel=qlevel)
+    start = time.perf_counter()
+    model = runtime.load(bundle, qlevel=qlevel, engine=engine)
+    loaded = time.perf_counter()
     tokens = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
-    return {"tokens": tokens}
+    seconds = time.perf_counter() - loaded
+    return {"tokens": [int(t) for t in tokens], "load_s": round(loaded - start, 1), "generate_s": round(seconds, 1),
+            "tok_s": round(NEW_TOKENS / seconds, 2), "torch_imported": "torch" in sys.modules}
 
 
 def run_phase(args: argparse.Namespace) -> None:
-    import torch
+    if args.phase != "generate-engine":  # the engine's process never imports torch
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     folder, bundle = Path(args.dir) / "checkpoint", Path(args.dir) / "gptj6b-w8a8kv8.mcq"
     start = time.perf_counter()
     if args.phase == "write":
         extra = write_checkpoint(folder, args.layers)
     elif args.phase == "quantize":
         extra = quantize(folder, bundle, args.gptq)
+    elif args.phase == "generate-engine":
+        extra = generate(bundle, 4, engine="native")
     else:
         extra = generate(bundle, int(args.phase.removeprefix("generate-q")))
     seconds = time.perf_counter() - start
@@ -137,13 +146,15 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=28, help="transformer blocks (28: GPT-J-6B)")
     p.add_argument("--gptq", action="store_true", help="GPTQ rounding (the preset's; hours at 6B on 2 cores)")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint and the bundle")
+    p.add_argument("--phases", default="write,quantize,generate-q3,generate-q4,generate-engine",
+                   help="phases to run, in order (a kept --dir lets later phases run again alone)")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = p.parse_args()
     if args.phase:
         return run_phase(args)
     results = []
     try:
-        for phase in ("write", "quantize", "generate-q3", "generate-q4"):
+        for phase in args.phases.split(","):
             cmd = [sys.executable, __file__, "--phase", phase, "--dir", args.dir, "--layers", str(args.layers)]
             proc = subprocess.run(cmd + (["--gptq"] if args.gptq else []), stdout=subprocess.PIPE, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -155,11 +166,12 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.dir, ignore_errors=True)
     by = {r["phase"]: r for r in results}
-    same = by["generate-q3"]["tokens"] == by["generate-q4"]["tokens"]
+    same = all(by[p]["tokens"] == by["generate-q4"]["tokens"] for p in ("generate-q3",) if p in by and "generate-q4" in by)
     print(f"\nGPT-J-6B config with {args.layers} layers, random fp32 weights; 1 thread per phase\n")
     print("| phase | time (s) | peak RSS (GiB) | target | notes |")
     print("|---|---|---|---|---|")
-    targets = {"quantize": QUANTIZE_TARGET_GIB, "generate-q3": GENERATE_TARGET_GIB, "generate-q4": GENERATE_TARGET_GIB}
+    targets = {"quantize": QUANTIZE_TARGET_GIB, "generate-q3": GENERATE_TARGET_GIB, "generate-q4": GENERATE_TARGET_GIB,
+               "generate-engine": GENERATE_TARGET_GIB}
     for r in results:
         t = targets.get(r["phase"])
         verdict = "" if t is None else f"<= {t:g}: {'met' if r['peak_rss_gib'] <= t else 'NOT met'}"
@@ -169,6 +181,10 @@ def main() -> None:
         print(f"| {r['phase']} | {r['seconds']} | {r['peak_rss_gib']} | {verdict} | "
               f"{', '.join(f'{k}: {v}' for k, v in notes.items())} |")
     print(f"\nqlevel 3 and qlevel 4 tokens {'identical' if same else 'DIFFER'}")
+    if "generate-engine" in by and "generate-q4" in by:
+        a, b = by["generate-engine"]["tokens"], by["generate-q4"]["tokens"]
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        print(f"engine tokens {'identical to' if a == b else f'part from (at token {first})'} the reference qlevel 4's")
     ok = same and all(r["peak_rss_gib"] <= targets[r["phase"]] for r in results if r["phase"] in targets)
     sys.exit(0 if ok else 1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -39,7 +38,7 @@ from .errors import (
 )
 from .opset import OPSETS
 from .schema import Context, check_sections
-from .sections import check_section_name, decode_section, encode_section, hash_key, sha256_hex, tensor_name
+from .sections import check_section_name, decode_section, encode_section, hash_key, sha256_bulk, sha256_hex, tensor_name
 
 _VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})")
 _INT_RE = re.compile(r"0|[1-9][0-9]{0,8}")
@@ -171,7 +170,7 @@ class Bundle(Closing):
         if digests is None:
             raise MissingSectionError(f"section {C.SECTION_TENSOR_SHA256!r} is missing: cannot verify")
         for name in self._names:
-            if hashlib.sha256(self._container.raw(name).data).digest() != digests[name]:
+            if sha256_bulk(self._container.raw(name).data).digest() != digests[name]:
                 raise TensorHashError(f"tensor {name!r}: SHA-256 does not match {C.SECTION_TENSOR_SHA256}")
 
     def report(self, verified: bool = False) -> ValidationReport:
@@ -223,7 +222,7 @@ def _model_tensor(name: str, value: TensorData) -> tuple[RawTensor, bytes]:
     if check_tensor_name(name).startswith(C.SECTION_PREFIX):
         raise TensorNameError(f"tensor name {name!r} uses the reserved prefix {C.SECTION_PREFIX!r}")
     raw = to_raw(name, value)
-    return raw, hashlib.sha256(np.asarray(raw.data).data).digest()
+    return raw, sha256_bulk(np.asarray(raw.data).data).digest()
 
 
 def _write_bundle(path: str | os.PathLike[str], raw: dict[str, RawTensor], digests: dict[str, bytes],

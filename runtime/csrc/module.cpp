@@ -237,6 +237,7 @@ PyObject* py_quant_spec(PyObject*, PyObject* args) {
     PyErr_SetString(PyExc_ValueError, "quant spec: rotation factors must be square");
     return nullptr;
   }
+  q->finish();
   return box(std::move(q));
 }
 

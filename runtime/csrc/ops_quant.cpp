@@ -67,11 +67,9 @@ Tensor quantizer_input(const Tensor& x0, const QuantSpec& q) {
     const int64_t b = q.rot_b_size, a = q.rot_a_size ? q.rot_a_size : width / b;
     if (a * b != width) throw EngineError("rotation factors do not cover the channels");
     // X [rows * a, b] @ B^T, then A @ each [a, b] block
-    std::vector<float> bt(static_cast<size_t>(b * b));
-    for (int64_t i = 0; i < b; ++i)
-      for (int64_t j = 0; j < b; ++j) bt[j * b + i] = q.rot_b[i * b + j];
+    if (static_cast<int64_t>(q.rot_b_t.size()) != b * b) throw EngineError("rotation B not prepared");
     Tensor z = empty(DType::f32, y.shape());
-    gemm_f32(p, b, bt.data(), b, z.data<float>(), b, rows * a, b, b, false);
+    gemm_f32(p, b, q.rot_b_t.data(), b, z.data<float>(), b, rows * a, b, b, false);
     if (q.rot_a_size) {
       Tensor u = empty(DType::f32, y.shape());
       // one small product per row, rows split over the pool (each runs serially inside its task)

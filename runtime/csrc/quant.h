@@ -23,7 +23,14 @@ struct QuantSpec : Object {
   std::vector<float> smooth;
   std::vector<int64_t> outliers;
   std::vector<float> rot_a, rot_b;  // row-major square matrices (rot_a may be empty)
+  std::vector<float> rot_b_t;       // B transposed (what the GEMM reads), made once by finish()
   int64_t rot_a_size = 0, rot_b_size = 0;
+
+  void finish() {  // after the fields are set
+    rot_b_t.assign(rot_b.size(), 0.0f);
+    for (int64_t i = 0; i < rot_b_size; ++i)
+      for (int64_t j = 0; j < rot_b_size; ++j) rot_b_t[static_cast<size_t>(j * rot_b_size + i)] = rot_b[static_cast<size_t>(i * rot_b_size + j)];
+  }
 
   bool per_tensor() const { return axis < 0; }
   bool plain() const { return smooth.empty() && outliers.empty() && rot_b.empty(); }

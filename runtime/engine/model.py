@@ -131,7 +131,8 @@ class EngineModel:
         tokens are the reference path's; sampling draws from numpy's generator (seeded), so its
         tokens differ from the reference path's torch draws."""
         request = GenerationPrompt(prompt, self.tokenizer, self.pad_token_id)
-        rng = np.random.default_rng(seed)
+        # numpy.random only where sampling asks for it (it imports hashlib: OpenSSL's pages in a server)
+        rng = np.random.default_rng(seed) if do_sample else None
         logits, cache = self.prefill(request.ids, request.mask, all_logits=False, reserve=max_new_tokens)
         step_logits = logits[:, -1]
         out: list[list[int]] = [[] for _ in request.ids]
@@ -151,7 +152,7 @@ class EngineModel:
         return request.result(out, self.eos_token_ids)
 
 def _pick(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, top_p: float,
-          rng: np.random.Generator) -> np.ndarray:
+          rng: Any) -> np.ndarray:
     logits = logits.astype(np.float64)
     if not do_sample:
         return logits.argmax(axis=-1)
