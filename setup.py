@@ -5,12 +5,13 @@ runtime runs on its reference path (runtime.native says so once)."""
 from setuptools import Extension, setup
 
 SOURCES = ["module.cpp", "cpu_features.cpp", "thread_pool.cpp", "gemm_int8.cpp",
+           "gemm_wo.cpp", "gemm_wo_portable.cpp", "gemm_wo_avx2.cpp", "gemm_wo_avx512.cpp",
            "gemm_int8_portable.cpp", "gemm_int8_avx2.cpp", "gemm_int8_avx512_vnni.cpp",
            "gemm_f32_portable.cpp", "gemm_f32_avx2.cpp", "gemm_f32_avx512.cpp",
            "activations_portable.cpp", "activations_avx2.cpp", "activations_avx512.cpp",
            "tensor.cpp", "ops_shape.cpp", "ops_math.cpp", "ops_quant.cpp", "ops_fused.cpp", "ops_attention.cpp",
            "program.cpp"]
-HEADERS = ["cpu_features.h", "gemm_int8.h", "gemm_f32.h", "activations.h", "activations_vec.h", "thread_pool.h", "tensor.h", "ops.h", "quant.h", "program.h"]
+HEADERS = ["cpu_features.h", "gemm_int8.h", "gemm_wo.h", "gemm_f32.h", "activations.h", "activations_vec.h", "thread_pool.h", "tensor.h", "ops.h", "quant.h", "program.h"]
 
 setup(ext_modules=[Extension(
     "runtime._native",

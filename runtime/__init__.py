@@ -60,6 +60,11 @@ def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], "torch.Tensor"]:
 _warned_fallback: set[str] = set()
 
 
+def _has_weight_only(qformat: Any) -> bool:
+    nodes = (qformat or {}).get("nodes", {})
+    return any(isinstance(q, dict) and q.get("weight") and not (q.get("inputs") or {}).get("x") for q in nodes.values())
+
+
 def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, engine: str) -> "EngineModel | None":
     """The bundle on the native engine, or None (engine="auto": the reason is warned once)."""
     from runtime import native
@@ -70,6 +75,9 @@ def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, 
         why = "compile=True is a reference-path option"
     elif (qlevel if qlevel is not None else bundle_qlevel) not in (3, 4) and (bundle.sections.get("qformat") or {}).get("nodes"):
         why = f"the engine runs qlevel 4 (equal to 3), not {qlevel if qlevel is not None else bundle_qlevel}"
+    elif qlevel == 3 and _has_weight_only(bundle.sections.get("qformat")):
+        why = ("qlevel 3 runs weight-only linears as the exact float32 product; the engine's weight-only "
+               "kernel is qlevel 4's (spec Q.4a)")
     elif not native.available():
         why = f"the native core is not built ({native.load_error()})"
     if why is None:

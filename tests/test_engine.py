@@ -106,13 +106,13 @@ def test_engine_cache_is_a_value_decoding_twice_from_it_branches():
 def test_native_refuses_what_it_cannot_run_and_auto_falls_back_with_a_warning():
     import runtime
 
-    with pytest.raises(ValueError, match="weight-only"):
-        runtime.load(W8A16, engine="native")
+    with pytest.raises(ValueError, match="weight-only"):  # qlevel 3: the exact float32 linears
+        runtime.load(W8A16, qlevel=3, engine="native")
     with pytest.raises(ValueError, match="engine must be one of"):
         runtime.load(W8A16, engine="fast")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = runtime.load(W8A16, engine="auto")
+        model = runtime.load(W8A16, qlevel=3, engine="auto")
     assert isinstance(model, runtime.Model)
     assert any("running the reference path" in str(w.message) and "weight-only" in str(w.message) for w in caught)
 

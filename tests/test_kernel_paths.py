@@ -86,5 +86,5 @@ def test_the_engine_holds_on_every_forced_native_kernel_path(isa):
     if not native.available() or isa not in native.usable_isas():
         pytest.skip(f"the native {isa} path is not available here")
     _child_pytest_passes({"MCQ_NATIVE_ISA": isa}, "tests/test_engine.py", "tests/test_engine_fusion.py",
-                         "tests/test_engine_attention.py", "tests/test_engine_quant.py",
+                         "tests/test_engine_attention.py", "tests/test_engine_quant.py", "tests/test_engine_weight_only.py",
                          "tests/conformance", "-k", "engine")

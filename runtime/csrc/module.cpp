@@ -271,6 +271,35 @@ PyObject* py_qlinear(PyObject*, PyObject* args) {
   return box(std::move(p));
 }
 
+PyObject* py_wlinear(PyObject*, PyObject* args) {
+  PyObject *q, *scale, *zero;
+  long long n, k, bits, group;
+  if (!PyArg_ParseTuple(args, "OLLLLOO", &q, &n, &k, &bits, &group, &scale, &zero)) return nullptr;
+  if ((bits != 8 && bits != 4) || n < 1 || k < 1 || group < 1 || (bits == 4 && (k % 2 || group % 2))) {
+    PyErr_SetString(PyExc_ValueError, "wlinear: int8, or int4 with an even input count and group size");
+    return nullptr;
+  }
+  const long long groups = (k + group - 1) / group;
+  Buffer w;
+  std::vector<float> s;
+  std::vector<int32_t> z;
+  if (!w.get(q, PyBUF_SIMPLE, 1, "weight") || !read_vector(scale, &s, "scale") || !read_vector(zero, &z, "zero_point"))
+    return nullptr;
+  if (w.items() != (bits == 8 ? n * k : n * k / 2) || static_cast<long long>(s.size()) != n * groups ||
+      static_cast<long long>(z.size()) != n * groups) {
+    PyErr_SetString(PyExc_ValueError, "wlinear: weight, scale or zero point sizes do not match [n, k] and the groups");
+    return nullptr;
+  }
+  auto p = std::make_shared<mcq::WLinearParams>();
+  try {
+    p->weight = std::make_shared<const mcq::PackedWeightOnly>(mcq::pack_weight_only(
+        static_cast<const uint8_t*>(w.view.buf), n, k, static_cast<int>(bits), group, s.data(), z.data()));
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  return box(std::move(p));
+}
+
 // ---- Program -------------------------------------------------------------------------------
 
 struct ProgramObject {
@@ -658,6 +687,9 @@ PyMethodDef module_methods[] = {
     {"ops", py_ops, METH_NOARGS, "names of the ops programs may call"},
     {"quant_spec", py_quant_spec, METH_VARARGS,
      "quant_spec(scale, zero_point, axis, per_head, qmin, qmax, storage_code, smooth, outliers, rot_a, rot_b)"},
+    {"wlinear", py_wlinear, METH_VARARGS,
+     "wlinear(weight int8 [n, k] | int4 storage uint8 [n, k / 2], n, k, bits, group, scale [n, groups], "
+     "zero_point [n, groups]): a weight-only linear (spec Q.4a)"},
     {"qlinear", py_qlinear, METH_VARARGS,
      "qlinear(input_spec, Int8Weight, out_scale, correction, outlier_index, outlier_weight_t [outliers, N])"},
     {nullptr, nullptr, 0, nullptr}};

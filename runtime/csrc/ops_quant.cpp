@@ -180,23 +180,35 @@ Value op_dequantize(Args& a) {
   return Value::Of(dequantize(a[0].tensor("dequantize"), object<QuantSpec>(a[1], "dequantize")));
 }
 
+// a linear's input checked against its weight's k inputs, its float32 output [..., n] and bias
+struct LinearOutput {
+  int64_t m = 0;
+  Tensor y, bias;
+  bool has_bias = false;
+  LinearOutput(const Tensor& x, const Value& b, int64_t k, int64_t n, const std::string& op) {
+    if (x.nd < 1 || x.sh[x.nd - 1] != k)
+      throw EngineError(op + ": input " + shape_str(x) + " for a weight of " + std::to_string(k) + " inputs");
+    m = k ? x.numel() / k : 0;
+    std::vector<int64_t> shape = x.shape();
+    shape.back() = n;
+    y = empty(DType::f32, shape);
+    has_bias = !b.is_none();
+    if (has_bias) {
+      bias = to_dtype(b.tensor((op + " bias").c_str()), DType::f32);
+      if (bias.numel() != n) throw EngineError(op + ": bias of " + shape_str(bias));
+    }
+  }
+};
+
 // mcq.qlinear(x, bias, params)
 Value op_qlinear(Args& a) {
   const Tensor& x = a[0].tensor("qlinear input");
   const QLinearParams& p = object<QLinearParams>(a[2], "qlinear");
   const PackedInt8& w = *p.weight;
-  if (x.nd < 1 || x.sh[x.nd - 1] != w.k)
-    throw EngineError("qlinear: input " + shape_str(x) + " for a weight of " + std::to_string(w.k) + " inputs");
-  const int64_t m = w.k ? x.numel() / w.k : 0;
-  std::vector<int64_t> shape = x.shape();
-  shape.back() = w.n;
-  Tensor y = empty(DType::f32, shape);
-  Tensor bias;
-  const bool has_bias = !a[1].is_none();
-  if (has_bias) {
-    bias = to_dtype(a[1].tensor("qlinear bias"), DType::f32);
-    if (bias.numel() != w.n) throw EngineError("qlinear: bias of " + shape_str(bias));
-  }
+  const LinearOutput out(x, a[1], w.k, w.n, "qlinear");
+  const int64_t m = out.m;
+  Tensor y = out.y, bias = out.bias;
+  const bool has_bias = out.has_bias;
   // the activations quantized straight into the kernel's layout, the accumulators dequantized by
   // the GEMM's tasks: one pass over x, none over an int32 tensor (buffers reused call to call)
   thread_local std::vector<uint8_t> xp;
@@ -232,6 +244,19 @@ Value op_qlinear(Args& a) {
     for (int64_t i = 0; i < m * w.n; ++i) o[i] += side[i];
   }
   return Value::Of(y);
+}
+
+// mcq.wlinear(x, bias, params): a weight-only linear (spec Q.4a), bias added in float32
+Value op_wlinear(Args& a) {
+  const Tensor x = to_dtype(a[0].tensor("wlinear input"), DType::f32);
+  const PackedWeightOnly& w = *object<WLinearParams>(a[2], "wlinear").weight;
+  const LinearOutput out(x, a[1], w.k, w.n, "wlinear");
+  float* o = out.y.data<float>();
+  gemm_weight_only(x.data<float>(), out.m, w.k, w, o, w.n);
+  if (out.has_bias)
+    for (int64_t r = 0; r < out.m; ++r)
+      for (int64_t c = 0; c < w.n; ++c) o[r * w.n + c] += out.bias.data<float>()[c];
+  return Value::Of(out.y);
 }
 
 // q - zp of x's quantization, int32 (exact: |q - zp| < 2^16)
@@ -447,6 +472,7 @@ Value op_qembedding(Args& a) {
 void add_quant_ops(OpTable& t) {
   t.insert(t.end(), {
       {"mcq.quantize", op_quantize}, {"mcq.dequantize", op_dequantize}, {"mcq.qlinear", op_qlinear},
+      {"mcq.wlinear", op_wlinear},
       {"mcq.qbmm", op_qbmm}, {"mcq.qbmm_int8b", op_qbmm_int8b},
       {"mcq.bmm_int8b", op_bmm_int8b}, {"mcq.qembedding", op_qembedding},
   });

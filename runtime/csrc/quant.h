@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gemm_int8.h"
+#include "gemm_wo.h"
 #include "tensor.h"
 
 namespace mcq {
@@ -45,6 +46,11 @@ struct QLinearParams : Object {
   std::vector<int32_t> correction;      // [N] or empty (zero input zero point)
   std::vector<int64_t> outlier_index;   // input channels of the float side path
   std::vector<float> outlier_weight_t;  // [outliers, N]: transposed once at load, as the GEMM reads it
+};
+
+// A weight-only linear (spec Q.4a): float32 input, int8 / int4 weight with scales and zero points
+struct WLinearParams : Object {
+  std::shared_ptr<const PackedWeightOnly> weight;
 };
 
 // the parameter index of batch b for a bmm operand's spec: per tensor 0, per batch b % count

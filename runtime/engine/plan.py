@@ -300,7 +300,8 @@ class Planner:
                 self.shared[key] = quant.linear_params(q, w_ref.name, self.tensor, self.release)
             except Unsupported as e:
                 raise Unsupported(f"node {node.name} ({node.qkey}): {e}") from None
-        self.emit("mcq.qlinear", node.name, [x, bias, ("object", self.shared[key])], out)
+        weight_only = not (q.get("inputs") or {}).get("x")
+        self.emit("mcq.wlinear" if weight_only else "mcq.qlinear", node.name, [x, bias, ("object", self.shared[key])], out)
 
     def bmm(self, node: Node, q: Mapping[str, Any], out: int) -> None:
         aspec, bspec = q["inputs"].get("a"), q["inputs"].get("b")

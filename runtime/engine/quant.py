@@ -84,9 +84,11 @@ def linear_params(q: Mapping[str, Any], weight_name: str, tensor: TensorSource,
                   release: Callable[[str], None] | None = None) -> Any:
     """The native QLinear of a quantized linear (spec Q.4: per-tensor int input, symmetric
     int8 weight per channel or tensor), or Unsupported."""
-    xspec, wspec = q["inputs"].get("x"), q.get("weight")
+    xspec, wspec = (q.get("inputs") or {}).get("x"), q.get("weight")
+    if xspec is None and wspec is not None:
+        return weight_only_params(wspec, weight_name, tensor, release)
     if xspec is None or wspec is None:
-        raise Unsupported("weight-only linear (the engine has no weight-only kernel yet)")
+        raise Unsupported("a linear with an input spec and no weight spec")
     x = Spec(xspec, tensor)
     if not x.per_tensor:
         raise Unsupported("a linear input quantized per channel")
@@ -121,3 +123,38 @@ def linear_params(q: Mapping[str, Any], weight_name: str, tensor: TensorSource,
     if release is not None:
         release(weight_name)  # the packed copy is what the kernels read
     return native.core().qlinear(x.native, packed.packed, out_scale, correction, outlier_index, outlier_weight)
+
+
+def weight_only_params(wspec: Mapping[str, Any], weight_name: str, tensor: TensorSource,
+                       release: Callable[[str], None] | None = None) -> Any:
+    """The native WLinear of a weight-only linear (spec Q.4a): int8 per output channel or per
+    tensor, or int4 in groups of input channels (axis 1, even group size), with zero points."""
+    if any(wspec.get(k) for k in ("smooth", "outliers", "rotation")):
+        raise Unsupported("a weight-only linear with smoothing, outliers or rotation")
+    bits, gran = _int_format(wspec), wspec.get("granularity", "tensor")
+    w = np.ascontiguousarray(tensor(weight_name))
+    if bits == 8:
+        if w.dtype != np.int8 or w.ndim != 2 or gran not in ("tensor", "channel") or \
+                (gran == "channel" and int(wspec.get("axis", 0)) not in (0, -2)):
+            raise Unsupported(f"int8 weight-only {gran} weight {w.dtype} {w.shape}")
+        n, k = w.shape
+        group = k
+    else:
+        shape = wspec.get("shape")
+        if w.dtype != np.uint8 or w.ndim != 2 or gran != "group" or int(wspec.get("axis", 1)) not in (1, -1) \
+                or not isinstance(shape, (list, tuple)) or len(shape) != 2:
+            raise Unsupported(f"int4 weight-only {gran} weight {w.dtype} {w.shape}")
+        n, k = int(shape[0]), int(shape[1])
+        group = int(wspec.get("group_size") or 0)
+        if k % 2 or group < 2 or group % 2 or w.shape != (n, k // 2):
+            raise Unsupported(f"int4 weight {list(shape)} in groups of {group} (engine: even sizes)")
+    groups = -(-k // group)
+    scale = np.broadcast_to(_f32(tensor, wspec["scale"]).reshape(-1, 1) if gran != "group" else
+                            _f32(tensor, wspec["scale"]).reshape(n, groups), (n, groups))
+    zp = np.asarray(tensor(wspec["zero_point"]), dtype=np.int32)
+    zp = np.broadcast_to(zp.reshape(-1, 1) if gran != "group" else zp.reshape(n, groups), (n, groups))
+    params = native.core().wlinear(w, n, k, bits, group, np.ascontiguousarray(scale, dtype=np.float32),
+                                   np.ascontiguousarray(zp, dtype=np.int32))
+    if release is not None:
+        release(weight_name)  # the packed copy is what the kernel reads
+    return params

@@ -257,13 +257,10 @@ def engine_impl():
     ids=[f"{f.name}/{b['name']}/{v['entry_point']}/q{v['qlevel']}" for f, b, v in ENGINE_VECTORS],
 )
 def test_engine_reproduces_the_qlevel4_vectors(engine_impl, folder, bundle, vector):
-    """Every qlevel-4 vector the engine can plan passes within the spec's tolerance (Q.1a); one it
-    cannot plan (weight-only linears, for now) names why, and is the only kind skipped."""
+    """Every qlevel-4 vector passes on the engine within the spec's tolerance (Q.1a, and Q.4a for
+    weight-only linears): the engine plans all of them."""
     engine = engine_impl.engine(str(folder / bundle["file"]))
-    reason = engine.unsupported.get(vector["entry_point"])
-    if reason is not None:
-        assert "weight-only" in reason, reason
-        pytest.skip(reason)
+    assert vector["entry_point"] not in engine.unsupported, engine.unsupported
     tol = runner.vector_tolerance(runner.load_manifest(folder), bundle, vector)
     result = runner.check_vector(engine_impl, folder, bundle, vector, tol)
     assert result.status == "PASS", result.detail
