@@ -340,6 +340,8 @@ def ratios(rows: dict[str, dict]) -> list[str]:
                               ("mcq-W8A8KV8-engine", "ortgenai-int8", "decode_b1_tok_s"),
                               ("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "decode_b1_tok_s"),
                               ("mcq-W8A8KV8-compiled", "ortgenai-int8", "decode_b1_tok_s"),
+                              ("mcq-W4A16-engine", "ortgenai-int4", "decode_b1_tok_s"),
+                              ("mcq-W8A16-engine", "llamacpp-Q8_0", "decode_b1_tok_s"),
                               ("mcq-W4A16-compiled", "ortgenai-int4", "decode_b1_tok_s"),
                               ("mcq-W8A8KV8-compiled", "llamacpp-Q8_0", "prefill_tok_s"),
                               ("mcq-W8A8KV8-interp", "llamacpp-Q8_0", "prefill_tok_s")):
@@ -353,7 +355,7 @@ def ratios(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-ALL = [f"mcq-{p}-{m}" for p in MCQ_PRESETS for m in ("interp", "compiled")] + ["mcq-W8A8KV8-engine"] + \
+ALL = [f"mcq-{p}-{m}" for p in MCQ_PRESETS for m in ("interp", "compiled", "engine")] + \
       ["hf-fp32", "hf-bf16", "ortgenai-fp32", "ortgenai-int8", "ortgenai-int4", "llamacpp-Q8_0"]
 
 

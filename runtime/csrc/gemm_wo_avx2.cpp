@@ -80,7 +80,7 @@ void blocks(const WoCall& c, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
     const uint8_t* blk = data + b * c.w->block_bytes();
     int64_t r = 0;
-    for (; r + 2 <= c.m; r += 2) tile<2, BITS>(c, blk, b, r);
+    for (; r + 4 <= c.m; r += 4) tile<4, BITS>(c, blk, b, r);  // 8 accumulator chains
     for (; r < c.m; ++r) tile<1, BITS>(c, blk, b, r);
   }
 }
