@@ -18,6 +18,8 @@ pytestmark = pytest.mark.skipif(not native.available(), reason=f"native core not
 VECTORS = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "v1.0" / "valid"
 LLAMA = VECTORS / "llama-tiny-w8a8kv8.mcq"
 GPTJ = VECTORS / "gptj-tiny-w8a8kv8.mcq"
+FLOAT_CACHE = {"llama-float": VECTORS / "llama-tiny-float.mcq", "llama-w8a8": VECTORS / "llama-mini-w8a8.mcq",
+               "gpt2-w8a16": VECTORS / "gpt2-tiny-w8a16.mcq"}  # float32 KV caches
 INT8 = 4
 
 
@@ -25,7 +27,7 @@ def _ops(engine, name):
     return [op for _, op, _ in engine.program(name).profile()]
 
 
-@pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama-gqa", "gptj"])
+@pytest.mark.parametrize("path", [LLAMA, GPTJ, *FLOAT_CACHE.values()], ids=["llama-gqa", "gptj", *FLOAT_CACHE])
 def test_fused_attention_equals_the_unfused_program_bit_for_bit(path, engine_pair, native_isa):
     fused, plain = engine_pair(path, attention)
     assert "mcq.attention" in _ops(fused, "decode") and "mcq.attention" not in _ops(plain, "decode")
@@ -64,14 +66,18 @@ def _spec(scale, zp):
     return native.core().quant_spec(s, z, -1 if s.size == 1 else 0, s.size > 1, -128, 127, INT8, None, None, None, None)
 
 
+@pytest.mark.parametrize("cache", ["int8", "float32"])
 @pytest.mark.parametrize("s,past,rep", [(1, 9, 3), (5, 0, 1), (37, 4, 2)])
-def test_attention_op_equals_a_numpy_reference(native_isa, s, past, rep):
+def test_attention_op_equals_a_numpy_reference(native_isa, s, past, rep, cache):
     rng = np.random.default_rng(s * 10 + past)
     b, kv, d = 2, 2, 8
     heads, length = kv * rep, past + s
     q = rng.normal(size=(b * heads, s, d)).astype(np.float32)
     k_parts = [rng.integers(-128, 128, (b, kv, n, d), dtype=np.int8) for n in (past, s) if n]
     v_parts = [rng.integers(-128, 128, (b, kv, n, d), dtype=np.int8) for n in (past, s) if n]
+    if cache == "float32":
+        k_parts = [(p * 0.05).astype(np.float32) for p in k_parts]
+        v_parts = [(p * 0.05).astype(np.float32) for p in v_parts]
     mask = np.where(np.tril(np.ones((s, length)), past) > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
     mask = np.broadcast_to(mask, (b, 1, s, length)).copy()
     mask[1, :, :, :2] = np.finfo(np.float32).min  # padding: keys nobody sees
@@ -83,10 +89,11 @@ def test_attention_op_equals_a_numpy_reference(native_isa, s, past, rep):
     inputs = [q, *k_parts, *v_parts, mask]
     n_in, nk = len(inputs), len(k_parts)
     program = native.core().Program(n_in + 1, list(range(n_in)), [n_in])
+    specs = [("object", _spec(sq, zq)), ("object", _spec(np.tile(sk, b), np.tile(zk, b))),
+             ("object", _spec(np.tile(sv, b), np.tile(zv, b)))] if cache == "int8" else [("none",)] * 3
     program.add("mcq.attention", "test", n_in, [
         ("ref", 0), ("list", [("ref", 1 + i) for i in range(nk)]), ("list", [("ref", 1 + nk + i) for i in range(nk)]),
-        ("ref", n_in - 1), ("object", _spec(sq, zq)), ("object", _spec(np.tile(sk, b), np.tile(zk, b))),
-        ("object", _spec(np.tile(sv, b), np.tile(zv, b))), ("int", rep), ("float", 0.125), ("bool", 0)], [])
+        ("ref", n_in - 1), *specs, ("int", rep), ("float", 0.125), ("bool", 0)], [])
     (data, code, shape), = program.run([(x, NUMPY_CODES[x.dtype]) for x in inputs])
     got = np.frombuffer(data, dtype=CODE_NUMPY[code]).reshape(shape)
 
@@ -95,9 +102,16 @@ def test_attention_op_equals_a_numpy_reference(native_isa, s, past, rep):
     t = q / np.float32(sq)
     qq = np.clip(np.trunc(t + np.copysign(np.float32(0.5), t)) + zq, -128, 127).astype(np.int64)
     want = np.empty_like(got)
+    if cache == "float32":
+        K, V = np.concatenate(k_parts, axis=2).astype(np.float64), np.concatenate(v_parts, axis=2).astype(np.float64)
     for i in range(b * heads):
         bb, h = divmod(i, heads)
         g = h // rep
+        if cache == "float32":
+            x = q[i].astype(np.float64) @ K[bb, g].T * 0.125 + mask[bb, 0]
+            p = np.exp(x - x.max(axis=-1, keepdims=True))
+            want[i] = (p / p.sum(axis=-1, keepdims=True)) @ V[bb, g]
+            continue
         acc = (qq[i] - zq) @ (K[bb, g] - zk[h]).T  # exact integers
         x = acc.astype(np.float64) * float(np.float32(sq) * sk[h]) * 0.125 + mask[bb, 0]
         p = np.exp(x - x.max(axis=-1, keepdims=True))

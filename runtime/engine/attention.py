@@ -10,8 +10,9 @@ other rotate-half families), with grouped-query heads or without:
     P = softmax(S * c + mask, -1)       (or S / c)
     out = bmm(view(expand([clone] P, ...), [B*H, S, L]), view(expand(V', ...), [B*H, L, D]))
 
-where Q·Kᵀ is a quantized bmm whose K spec gives back the cache's integers (kv_shadow.matches)
-and P·V is a float bmm. The fused op reads the cache's parts in place (no cat, no repeat copy)
+where either Q·Kᵀ is a quantized bmm whose K spec gives back the int8 cache's integers
+(kv_shadow.matches) and P·V a float bmm over the dequantized V, or the cache is float32 and
+both bmms are float. The fused op reads the cache's parts in place (no cat, no repeat copy)
 and computes every value as the unfused program does (bit for bit, tests/test_engine_fusion.py);
 anything else, or a graph where a size that must be a literal is not, stays unfused."""
 from __future__ import annotations
@@ -28,7 +29,7 @@ VIEWS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default
 
 @dataclass(frozen=True)
 class Match:
-    qk: Node              # the quantized Q·Kᵀ bmm (its qnode gives the Q and K specs)
+    qk: Node              # the Q·Kᵀ bmm (quantized: its qnode gives the Q and K specs)
     q: Ref                # its left operand [B*H, S, D]
     k_parts: list[Ref]    # K along the sequence: graph inputs (the past cache) or KV points
     v_parts: list[Ref]
@@ -111,7 +112,7 @@ class Matcher:
                 if view is None or len(view[1][1]) != 4:
                     continue
                 bmm = self._args(view[1][0], "aten.bmm.default")
-                if bmm is not None and bmm[0].qkey is not None and len(bmm[0].args) == 2:
+                if bmm is not None and len(bmm[0].args) == 2:
                     return bmm[0], float(c), divide
         return None
 

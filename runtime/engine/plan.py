@@ -221,8 +221,12 @@ class Planner:
         (runtime.engine.attention), where it computes exactly what the unfused calls do: the
         Q·Kᵀ spec gives back the cache's integers and V dequantizes with its own parameters."""
         m = self.attention.match(node) if self.attention is not None and attention.ENABLED and kv_shadow.ENABLED else None
-        qk = self.qnodes.get(m.qk.qkey) if m is not None else None
-        if m is None or not qk or qk.get("weight") is not None:
+        if m is None:
+            return False
+        qk = self.qnodes.get(m.qk.qkey) if m.qk.qkey else None
+        if qk is None:
+            return self._fused_float_attention(node, m, out)
+        if qk.get("weight") is not None:
             return False
         aspec, bspec = (qk.get("inputs") or {}).get("a"), (qk.get("inputs") or {}).get("b")
         k, v = self._cache_parts(m.k_parts), self._cache_parts(m.v_parts)
@@ -249,6 +253,22 @@ class Planner:
         self.emit("mcq.attention", node.name, [
             self.arg(m.q, node.name), ("list", [("ref", s) for s in k[0]]), ("list", [("ref", s) for s in v[0]]),
             self.arg(m.mask, node.name), ("object", a.native), ("object", b.native), ("object", v_spec),
+            ("int", m.rep), ("float", m.factor), ("bool", int(m.divide))], out)
+        return True
+
+    def _fused_float_attention(self, node: Node, m: attention.Match, out: int) -> bool:
+        """The same chain over a float32 cache (no KV quantization): both bmms float."""
+        parts = [*m.k_parts, *m.v_parts]
+        if any(p.name in self.stored or p.name in self.pending or p.name in self.shadows for p in parts):
+            return False  # an int8 cache the quantized form did not match
+        heads = m.heads if m.heads is not None else m.expanded[0]
+        if not isinstance(heads, int) or isinstance(heads, bool) or any(h != heads for h in m.expanded) \
+                or heads % m.rep:
+            return False
+        none = ("none",)
+        self.emit("mcq.attention", node.name, [
+            self.arg(m.q, node.name), ("list", [self.arg(p, node.name) for p in m.k_parts]),
+            ("list", [self.arg(p, node.name) for p in m.v_parts]), self.arg(m.mask, node.name), none, none, none,
             ("int", m.rep), ("float", m.factor), ("bool", int(m.divide))], out)
         return True
 
