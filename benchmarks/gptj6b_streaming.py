@@ -180,7 +180,8 @@ def main() -> None:
             notes["tokens"] = " ".join(map(str, r["tokens"]))
         print(f"| {r['phase']} | {r['seconds']} | {r['peak_rss_gib']} | {verdict} | "
               f"{', '.join(f'{k}: {v}' for k, v in notes.items())} |")
-    print(f"\nqlevel 3 and qlevel 4 tokens {'identical' if same else 'DIFFER'}")
+    if "generate-q3" in by and "generate-q4" in by:
+        print(f"\nqlevel 3 and qlevel 4 tokens {'identical' if same else 'DIFFER'}")
     if "generate-engine" in by and "generate-q4" in by:
         a, b = by["generate-engine"]["tokens"], by["generate-q4"]["tokens"]
         first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
