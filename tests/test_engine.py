@@ -79,7 +79,8 @@ def test_an_op_error_names_the_node_and_is_a_value_error():
     assert issubclass(native.core().EngineError, ValueError)
 
 
-@pytest.mark.parametrize("path", [LLAMA, GPTJ], ids=["llama", "gptj"])
+@pytest.mark.parametrize("path", [LLAMA, GPTJ, VECTORS / "gpt2-mini-w8a8kv8-tensor-sym.mcq", W8A16],
+                         ids=["llama", "gptj", "gpt2", "gpt2-w8a16"])
 def test_engine_generation_equals_the_reference_path(path):
     import runtime
 

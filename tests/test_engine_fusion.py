@@ -53,6 +53,9 @@ def test_llama_blocks_take_the_fused_forms(engine_pair):
     assert layers >= 1 and ops.count("mcq.rms_norm") == 2 * layers + 1 and ops.count("mcq.rotary") == 2 * layers
     assert "aten.rsqrt.default" not in ops and "aten.neg.default" not in ops and "aten.sigmoid.default" not in ops
     assert len(unfused) - len(ops) >= 15 * layers  # what the fusion saves per block
+    # q/k/v and gate/up: one call each (the linears that read one input), five linears a block before
+    assert ops.count("mcq.qlinear_group") == 2 * layers and unfused.count("mcq.qlinear_group") == 0
+    assert unfused.count("mcq.qlinear") - ops.count("mcq.qlinear") == 5 * layers
 
 
 def test_gptj_interleaved_rotary_is_left_unfused(engine_pair):

@@ -209,4 +209,36 @@ void gemm_int8_prepared(const uint8_t* xp, int64_t m, const PackedInt8& w, int32
   tp.run((w.blocks + g.per_task - 1) / g.per_task, run_task, &g);
 }
 
+void gemm_int8_jobs(const GemmJob* jobs, int64_t count, int64_t m) {
+  if (m <= 0 || count <= 0) return;
+  void (*kernel)(const GemmCall&, int64_t, int64_t) = gemm_int8_portable;
+  switch (selected_isa()) {
+    case Isa::avx512_vnni: kernel = gemm_int8_avx512_vnni; break;
+    case Isa::avx2: kernel = gemm_int8_avx2; break;
+    default: break;
+  }
+  struct Task {
+    ParallelGemm gemm;
+    int64_t begin, end;
+  };
+  thread_local std::vector<Task> tasks;
+  tasks.clear();
+  int64_t total = 0;
+  for (int64_t j = 0; j < count; ++j) total += jobs[j].w->blocks;
+  ThreadPool& tp = pool();
+  // runs of blocks about as long as one product's tasks would be, never across two products
+  const int64_t per_task = std::max<int64_t>(1, (total + tp.threads() * 4 - 1) / (tp.threads() * 4));
+  for (int64_t j = 0; j < count; ++j) {
+    const GemmJob& job = jobs[j];
+    const PackedInt8& w = *job.w;
+    const ParallelGemm g{{job.xp, m, w.data.data(), w.shift.data(), w.n, w.k4, w.blocks, job.acc, job.ldacc}, kernel, 1,
+                         job.epilogue};
+    for (int64_t b = 0; b < w.blocks; b += per_task) tasks.push_back({g, b, std::min(b + per_task, w.blocks)});
+  }
+  tp.run(static_cast<int64_t>(tasks.size()), [](void* ctx, int64_t t) {
+    const Task& task = (*static_cast<std::vector<Task>*>(ctx))[static_cast<size_t>(t)];
+    run_blocks(task.gemm, task.begin, task.end);
+  }, &tasks);
+}
+
 }  // namespace mcq

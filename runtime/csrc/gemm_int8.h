@@ -99,4 +99,15 @@ struct Int8Epilogue {
 void gemm_int8_prepared(const uint8_t* xp, int64_t m, const PackedInt8& w, int32_t* acc, int64_t ldacc,
                         const Int8Epilogue* epilogue = nullptr, bool serial = false);
 
+// Several products of m rows each (the linears that read one input: q/k/v, gate/up), one pool
+// call over all their column blocks: each job's values are what gemm_int8_prepared gives it
+struct GemmJob {
+  const uint8_t* xp;
+  const PackedInt8* w;
+  int32_t* acc;
+  int64_t ldacc;
+  const Int8Epilogue* epilogue;
+};
+void gemm_int8_jobs(const GemmJob* jobs, int64_t count, int64_t m);
+
 }  // namespace mcq

@@ -449,17 +449,25 @@ bool parse_arg(ProgramObject* self, PyObject* obj, mcq::Arg* out) {
 
 PyObject* Program_add(ProgramObject* self, PyObject* args) {
   const char *op, *node;
-  int out;
-  PyObject *arg_list, *release;
-  if (!PyArg_ParseTuple(args, "ssiOO", &op, &node, &out, &arg_list, &release)) return nullptr;
+  PyObject *out_obj, *arg_list, *release;
+  if (!PyArg_ParseTuple(args, "ssOOO", &op, &node, &out_obj, &arg_list, &release)) return nullptr;
   if (self->program == nullptr) return PyErr_SetString(PyExc_RuntimeError, "Program not initialized"), nullptr;
   mcq::Instruction ins;
   ins.fn = mcq::find_op(op);
   if (ins.fn == nullptr) return PyErr_Format(PyExc_ValueError, "the engine has no op %s", op), nullptr;
   ins.node = node;
   ins.op = op;
-  ins.out = out;
-  if (out < 0 || out >= self->program->slots) return PyErr_SetString(PyExc_ValueError, "slot out of range"), nullptr;
+  if (PyLong_Check(out_obj)) {  // one output slot, or a list of them (an op returning a list)
+    ins.out = static_cast<int>(PyLong_AsLong(out_obj));
+    if (ins.out == -1 && PyErr_Occurred()) return nullptr;
+  } else {
+    if (!int_list(out_obj, &ins.outs, "out") || ins.outs.empty())
+      return PyErr_Occurred() ? nullptr : (PyErr_SetString(PyExc_ValueError, "out: no slots"), nullptr);
+    ins.out = ins.outs[0];
+  }
+  if (ins.out < 0 || ins.out >= self->program->slots) return PyErr_SetString(PyExc_ValueError, "slot out of range"), nullptr;
+  for (int s : ins.outs)
+    if (s < 0 || s >= self->program->slots) return PyErr_SetString(PyExc_ValueError, "slot out of range"), nullptr;
   PyObject* seq = PySequence_Fast(arg_list, "args");
   if (seq == nullptr) return nullptr;
   for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); ++i) {
@@ -595,7 +603,7 @@ PyMethodDef Program_methods[] = {
     {"profile", reinterpret_cast<PyCFunction>(Program_profile), METH_NOARGS,
      "[(node, op, seconds summed over runs), ...] in program order"},
     {"add", reinterpret_cast<PyCFunction>(Program_add), METH_VARARGS,
-     "add(op, node, out_slot, args, release): append one op call"},
+     "add(op, node, out_slot | [out_slots], args, release): append one op call"},
     {"run", reinterpret_cast<PyCFunction>(Program_run), METH_VARARGS,
      "run([(array, dtype_code), ...]) -> [(bytes, dtype_code, shape), ...]"},
     {nullptr, nullptr, 0, nullptr}};

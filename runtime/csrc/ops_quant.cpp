@@ -246,6 +246,55 @@ Value op_qlinear(Args& a) {
   return Value::Of(y);
 }
 
+// mcq.qlinear_group(x, [bias | None, ...], [params, ...]): the quantized linears that read one
+// input (q/k/v, gate/up: planned together by runtime/engine/plan.py), one pool call over all their
+// columns; the list of their outputs, each the value mcq.qlinear gives (the same quantization,
+// the same kernel per column block, the same epilogue)
+Value op_qlinear_group(Args& a) {
+  const Tensor& x = a[0].tensor("qlinear input");
+  if (a[1].kind != Value::Kind::list || a[2].kind != Value::Kind::list || a[1].items.size() != a[2].items.size() ||
+      a[2].items.empty())
+    throw EngineError("qlinear_group: lists of biases and parameters of one length expected");
+  const size_t count = a[2].items.size();
+  thread_local std::vector<std::vector<uint8_t>> xps;
+  thread_local std::vector<std::vector<int32_t>> accs;
+  xps.resize(count);
+  accs.resize(count);
+  std::vector<LinearOutput> outs;
+  std::vector<Int8Epilogue> epilogues;
+  std::vector<GemmJob> jobs;
+  outs.reserve(count);
+  epilogues.reserve(count);
+  const uint8_t flip = activation_flip();
+  for (size_t i = 0; i < count; ++i) {
+    const QLinearParams& p = object<QLinearParams>(a[2].items[i], "qlinear_group");
+    const PackedInt8& w = *p.weight;
+    if (!p.outlier_index.empty() || !row_quantizable(*p.input))
+      throw EngineError("qlinear_group: a member with outliers or a per-channel input");
+    outs.emplace_back(x, a[1].items[i], w.k, w.n, "qlinear");
+    const int64_t m = outs.back().m, kp = w.k4 * 4;
+    const uint8_t* xp = nullptr;
+    for (size_t j = 0; j < i; ++j) {  // an input quantized the same way already: its bytes
+      const QLinearParams& q = object<QLinearParams>(a[2].items[j], "qlinear_group");
+      if (q.input == p.input && q.weight->k4 == w.k4) xp = xps[j].data();
+    }
+    if (xp == nullptr) {
+      xps[i].resize(static_cast<size_t>(m * kp));
+      quantize_rows(x, *p.input, xps[i].data(), kp, flip);
+      xp = xps[i].data();
+    }
+    accs[i].resize(static_cast<size_t>(m * w.n));
+    epilogues.push_back({outs.back().y.data<float>(), w.n, p.out_scale.data(),
+                         p.correction.empty() ? nullptr : p.correction.data(),
+                         outs.back().has_bias ? outs.back().bias.data<float>() : nullptr});
+    jobs.push_back({xp, &w, accs[i].data(), w.n, &epilogues.back()});
+  }
+  gemm_int8_jobs(jobs.data(), static_cast<int64_t>(count), outs[0].m);
+  std::vector<Value> ys;
+  for (LinearOutput& o : outs) ys.push_back(Value::Of(o.y));
+  return Value::List(std::move(ys));
+}
+
 // mcq.wlinear(x, bias, params): a weight-only linear (spec Q.4a), bias added in float32
 Value op_wlinear(Args& a) {
   const Tensor x = to_dtype(a[0].tensor("wlinear input"), DType::f32);
@@ -472,7 +521,7 @@ Value op_qembedding(Args& a) {
 void add_quant_ops(OpTable& t) {
   t.insert(t.end(), {
       {"mcq.quantize", op_quantize}, {"mcq.dequantize", op_dequantize}, {"mcq.qlinear", op_qlinear},
-      {"mcq.wlinear", op_wlinear},
+      {"mcq.wlinear", op_wlinear}, {"mcq.qlinear_group", op_qlinear_group},
       {"mcq.qbmm", op_qbmm}, {"mcq.qbmm_int8b", op_qbmm_int8b},
       {"mcq.bmm_int8b", op_bmm_int8b}, {"mcq.qembedding", op_qembedding},
   });

@@ -45,7 +45,14 @@ std::vector<Value> Program::run(std::vector<Value> in) const {
     args.clear();
     for (const Arg& a : ins.args) args.push_back(evaluate(a, values));
     try {
-      values[static_cast<size_t>(ins.out)] = ins.fn(args);
+      if (ins.outs.empty()) {
+        values[static_cast<size_t>(ins.out)] = ins.fn(args);
+      } else {
+        Value result = ins.fn(args);
+        if (result.kind != Value::Kind::list || result.items.size() != ins.outs.size())
+          throw EngineError("an op of " + std::to_string(ins.outs.size()) + " outputs returned another number");
+        for (size_t k = 0; k < ins.outs.size(); ++k) values[static_cast<size_t>(ins.outs[k])] = std::move(result.items[k]);
+      }
     } catch (const EngineError& e) {
       throw EngineError("node " + ins.node + ": " + e.what());
     }

@@ -25,6 +25,7 @@ struct Instruction {
   std::string node;  // the graph node's name, for errors
   std::vector<Arg> args;
   int out = -1;
+  std::vector<int> outs;     // several outputs (the op returns a list): its items go to these slots
   std::vector<int> release;  // slots whose last use this is
 };
 

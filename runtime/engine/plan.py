@@ -32,7 +32,7 @@ class Planner:
         self.graph, self.tensor, self.shared, self.release = graph, tensor, shared, release
         self.qnodes: Mapping[str, Any] = (qformat or {}).get("nodes", {})
         self.slots: dict[str, int] = {}
-        self.code: list[tuple[str, str, int, list[Any]]] = []  # (op, node, out slot, args)
+        self.code: list[tuple[str, str, Any, list[Any]]] = []  # (op, node, out slot or slots, args)
         self.pending: dict[str, Any] = {}  # past-KV input -> its dequantizing spec (at first use)
         self.stored: dict[str, int] = {}  # kv point node -> slot of its stored (quantized) form
         self.stored_specs: dict[str, Spec] = {}  # kv point node -> its spec
@@ -55,7 +55,7 @@ class Planner:
     def temp(self, hint: str) -> int:
         return self.slot(f"#{len(self.slots)}:{hint}")
 
-    def emit(self, op: str, node: str, args: list[Any], out: int | None = None) -> int:
+    def emit(self, op: str, node: str, args: list[Any], out: int | list[int] | None = None) -> Any:
         out = self.temp(node) if out is None else out
         self.code.append((op, node, out, args))
         return out
@@ -114,8 +114,10 @@ class Planner:
                 shadow = kv_shadow.source(self.slots[spec.name], kv_specs[spec.name], spec.shape)
                 if shadow is not None:
                     self.shadows[spec.name], self.shadow_slots[spec.name] = shadow, self.slots[spec.name]
+        self.groups, self.grouped = self._linear_groups(), set()
         for node in self.graph.nodes:
-            self.node(node)
+            if node.name not in self.grouped:
+                self.node(node)
         outputs = []
         for name, v in self.graph.outputs:
             if not isinstance(v, Ref):
@@ -125,12 +127,52 @@ class Planner:
                 raise Unsupported(f"output {name!r} refers to unknown value {v.name!r}")
         return self._program(inputs, outputs), codes
 
+    def _linear_groups(self) -> dict[str, list[Node]]:
+        """Quantized linears that read one input (q/k/v, gate/up), keyed by the first: run as one
+        mcq.qlinear_group call (one pool call over all their columns, the same values)."""
+        if self.fusions is None or not fuse.ENABLED:
+            return {}
+        by_input: dict[str, list[Node]] = {}
+        for n in self.graph.nodes:
+            q = self.qnodes.get(n.qkey) if n.qkey else None
+            if n.op != LINEAR or not q or n.name in self.last_position_of or not isinstance(n.args[0], Ref):
+                continue
+            xspec = (q.get("inputs") or {}).get("x")
+            bias = n.args[2] if len(n.args) > 2 else None
+            if xspec is None or not q.get("weight") or q.get("outlier_weight") or xspec.get("outliers") \
+                    or not (bias is None or isinstance(bias, TensorRef)) or not isinstance(n.args[1], TensorRef):
+                continue
+            by_input.setdefault(n.args[0].name, []).append(n)
+        return {members[0].name: members for members in by_input.values() if len(members) > 1}
+
+    def linear_group(self, members: list[Node]) -> bool:
+        """The group's one call, or False (a member's form the group op does not take)."""
+        params = []
+        for n in members:
+            q = self.qnodes[n.qkey]
+            x = self.spec(q["inputs"]["x"])
+            if not x.per_tensor or x.storage != DTYPE_CODES["int8"] or x.qmin < -128 or x.qmax > 127:
+                return False
+            key = ("qlinear", n.qkey, n.args[1].name)
+            if key not in self.shared:
+                try:
+                    self.shared[key] = quant.linear_params(q, n.args[1].name, self.tensor, self.release)
+                except Unsupported as e:
+                    raise Unsupported(f"node {n.name} ({n.qkey}): {e}") from None
+            params.append(("object", self.shared[key]))
+        first = members[0]
+        biases = [self.arg(n.args[2], n.name) if len(n.args) > 2 else ("none",) for n in members]
+        self.emit("mcq.qlinear_group", first.name, [self.arg(first.args[0], first.name), ("list", biases),
+                                                    ("list", params)], [self.slot(n.name) for n in members])
+        self.grouped.update(n.name for n in members[1:])
+        return True
+
     def _program(self, inputs: list[int], outputs: list[int]) -> Any:
         # drop op calls whose values nobody reads (float paths an int8 shadow replaced)
         live = set(outputs)
         kept = []
         for op, node, out, args in reversed(self.code):
-            if out in live:
+            if any(o in live for o in (out if isinstance(out, list) else [out])):
                 kept.append((op, node, out, args))
                 live.update(_refs(args))
         self.code = kept[::-1]
@@ -144,8 +186,9 @@ class Planner:
             if s not in keep:
                 release[i].append(s)
         for i, (_, _, out, _) in enumerate(self.code):  # values nobody reads
-            if out not in last_use and out not in keep:
-                release[i].append(out)
+            for o in (out if isinstance(out, list) else [out]):
+                if o not in last_use and o not in keep:
+                    release[i].append(o)
         program = native.core().Program(len(self.slots), inputs, outputs)
         for (op, node, out, args), rel in zip(self.code, release):
             program.add(op, node, out, args, rel)
@@ -303,6 +346,8 @@ class Planner:
         return self.shadow_slots[name]
 
     def linear(self, node: Node, q: Mapping[str, Any] | None, out: int) -> None:
+        if node.name in self.groups and self.linear_group(self.groups[node.name]):
+            return
         x = self.arg(node.args[0], node.name)
         if node.name in self.last_position_of:  # x[..., -1:, :]
             x = ("ref", self.emit("aten.slice.Tensor", node.name,
