@@ -62,7 +62,8 @@ _warned_fallback: set[str] = set()
 
 def _has_weight_only(qformat: Any) -> bool:
     nodes = (qformat or {}).get("nodes", {})
-    return any(isinstance(q, dict) and q.get("weight") and not (q.get("inputs") or {}).get("x") for q in nodes.values())
+    return any(isinstance(q, dict) and q.get("kind") == "linear" and q.get("weight") and not (q.get("inputs") or {}).get("x")
+               for q in nodes.values())
 
 
 def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, engine: str) -> "EngineModel | None":

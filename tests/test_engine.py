@@ -189,3 +189,17 @@ def test_concurrent_calls_from_threads_give_the_sequential_results():
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads)
     assert [got[i] for i in range(len(prompts))] == want
+
+
+def test_only_weight_only_linears_keep_qlevel_3_off_the_engine():
+    """qlevel 3 equals qlevel 4 for integer formats (the engine runs both); only a weight-only
+    *linear* (no input spec) makes qlevel 3 the reference's exact float32 product. An int8
+    embedding table (a weight spec, no input spec, kind "embedding") is not one."""
+    import runtime
+
+    w = {"dtype": "int8", "nbits": 8}
+    assert runtime._has_weight_only({"nodes": {"l": {"kind": "linear", "weight": w, "inputs": {}}}})
+    assert not runtime._has_weight_only({"nodes": {"e": {"kind": "embedding", "weight": w}}})
+    assert not runtime._has_weight_only({"nodes": {"l": {"kind": "linear", "weight": w, "inputs": {"x": w}}}})
+    assert not runtime._has_weight_only(None)
+    assert type(runtime.load(LLAMA, qlevel=3, engine="native")).__name__ == "EngineModel"
