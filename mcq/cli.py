@@ -197,8 +197,11 @@ def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: 
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--nodes/--no-nodes", default=True, show_default=True, help="Show the per-node qformat table.")
+@click.option("--engine", "engine", is_flag=True,
+              help="Also plan the bundle on the native engine (packs its weights: seconds for a large model) "
+                   "and say which entry points run there, in how many op calls and which fused ops, or why not.")
 @_friendly_errors
-def inspect(file: Path, as_json: bool, nodes: bool) -> None:
+def inspect(file: Path, as_json: bool, nodes: bool, engine: bool) -> None:
     """Show a bundle's versions, entry points, per-node qformat table and tensor bytes by dtype."""
     import mcq_format
 
@@ -213,8 +216,8 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
         for name in b.tensor_names():
             info = b.tensor_info(name)
             sizes[info.dtype] += info.nbytes
-        nodes = {g: Counter(n["op"] for n in b.sections[ep["graph"]]["nodes"])
-                 for g, ep in man["entry_points"].items()}
+        graph_nodes = {g: Counter(n["op"] for n in b.sections[ep["graph"]]["nodes"])
+                       for g, ep in man["entry_points"].items()}
         report = {
             "file": str(file), "bytes": file.stat().st_size,
             "format_version": ".".join(map(str, man["format_version"])), "opset_version": man["opset_version"],
@@ -222,10 +225,12 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
             "kv_cache": man.get("kv_cache"),
             "entry_points": {g: {"inputs": [f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"]],
                                  "outputs": [o["name"] for o in ep["outputs"]],
-                                 "nodes": sum(nodes[g].values())} for g, ep in man["entry_points"].items()},
+                                 "nodes": sum(graph_nodes[g].values())} for g, ep in man["entry_points"].items()},
             "quantized_nodes": dict(sorted(kinds.items())), "tensor_bytes_by_dtype": dict(sorted(sizes.items())),
             "qformat": {k: _describe(qf["nodes"][k]) for k in _graph_order(b.sections, man, qf["nodes"])},
         }
+    if engine:
+        report["engine"] = _engine_placement(file)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -243,11 +248,44 @@ def inspect(file: Path, as_json: bool, nodes: bool) -> None:
     click.echo("tensor bytes by dtype:")
     for k, v in report["tensor_bytes_by_dtype"].items():
         click.echo(f"  {k:<8} {v / 2**20:10.2f} MiB")
+    for g, place in (report.get("engine") or {}).items():
+        if place["runs_on"] == "native":
+            fused = ", ".join(f"{k} x{v}" for k, v in place["engine_ops"].items())
+            click.echo(f"native engine, {g}: {place['op_calls']} op calls ({fused})")
+        else:
+            click.echo(f"native engine, {g}: runs on the reference path: {place['why']}")
     if nodes and report["qformat"]:
         width = max(len(k) for k in report["qformat"])
         click.echo(f"{'qkey':<{width}}  {'kind':<8}  {'weight':<28}  inputs")
         for k, d in report["qformat"].items():
             click.echo(f"{k:<{width}}  {d['kind']:<8}  {d['weight']:<28}  {d['inputs']}")
+
+
+def _engine_placement(file: Path) -> dict[str, Any]:
+    """Per entry point: whether the native engine runs it (qlevel 4), in how many op calls and
+    which of the engine's own ops (fused chains, quantized linears), or why it falls back."""
+    import mcq_format
+    from runtime import native
+
+    with mcq_format.read(file) as b:
+        entry_points = list(b.sections["manifest"]["entry_points"])
+        if not native.available():
+            return {g: {"runs_on": "reference", "why": f"the native core is not built ({native.load_error()})"}
+                    for g in entry_points}
+        from runtime.engine import Engine
+        from runtime.ir import Graph
+
+        graphs = {g: Graph.decode(b.sections[ep["graph"]]) for g, ep in b.sections["manifest"]["entry_points"].items()}
+        engine = Engine(graphs, b.tensor, b.sections.get("qformat"))
+        out: dict[str, Any] = {}
+        for g in entry_points:
+            if g in engine.unsupported:
+                out[g] = {"runs_on": "reference", "why": engine.unsupported[g]}
+                continue
+            ops = Counter(op for _, op, _ in engine.program(g).profile())
+            out[g] = {"runs_on": "native", "op_calls": sum(ops.values()),
+                      "engine_ops": dict(sorted((k, v) for k, v in ops.items() if k.startswith("mcq.")))}
+        return out
 
 
 def _some(names: list[str], shown: int = 3) -> str:

@@ -336,3 +336,25 @@ def test_generate_on_the_native_engine_equals_the_reference_and_refuses_what_it_
     refused = run("generate", vectors / "gpt2-tiny-w8a16.mcq", "--ids", "--prompt", "3", "--qlevel", "3",
                   "--engine", "native")
     assert refused.exit_code != 0 and "weight-only" in refused.output
+
+
+def test_inspect_engine_says_where_each_entry_point_runs_and_no_nodes_hides_the_table():
+    from pathlib import Path
+
+    from runtime import native
+
+    vectors = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "v1.0" / "valid"
+    plain = run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--no-nodes")
+    assert plain.exit_code == 0 and "qkey" not in plain.output and "native engine" not in plain.output
+    assert "qkey" in run("inspect", vectors / "llama-tiny-w8a8kv8.mcq").output
+    if not native.available():
+        pytest.skip(f"native core not built: {native.load_error()}")
+    r = run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--engine", "--json")
+    assert r.exit_code == 0, r.output
+    placement = json.loads(r.output)["engine"]
+    assert set(placement) == {"prefill", "decode"}
+    for where in placement.values():
+        assert where["runs_on"] == "native" and where["engine_ops"]["mcq.attention"] == 2  # one per layer
+        assert where["op_calls"] >= sum(where["engine_ops"].values())
+    text = run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--engine", "--no-nodes").output
+    assert "native engine, decode:" in text and "mcq.attention x2" in text
