@@ -171,6 +171,19 @@ bool set_isa(Isa isa) {
   return true;
 }
 
+namespace {
+
+// the selected ISA's int8 kernel
+void (*selected_kernel())(const GemmCall&, int64_t, int64_t) {
+  switch (selected_isa()) {
+    case Isa::avx512_vnni: return gemm_int8_avx512_vnni;
+    case Isa::avx2: return gemm_int8_avx2;
+    default: return gemm_int8_portable;
+  }
+}
+
+}  // namespace
+
 uint8_t activation_flip() { return selected_isa() == Isa::avx512_vnni ? 0x80 : 0; }
 
 void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int32_t* y, int64_t ldy, bool serial) {
@@ -192,12 +205,8 @@ void gemm_int8(const int8_t* x, int64_t m, int64_t ldx, const PackedInt8& w, int
 void gemm_int8_prepared(const uint8_t* xp, int64_t m, const PackedInt8& w, int32_t* acc, int64_t ldacc,
                         const Int8Epilogue* epilogue, bool serial) {
   if (m <= 0 || w.n <= 0) return;
-  ParallelGemm g{{xp, m, w.data.data(), w.shift.data(), w.n, w.k4, w.blocks, acc, ldacc}, nullptr, 1, epilogue};
-  switch (selected_isa()) {
-    case Isa::avx512_vnni: g.kernel = gemm_int8_avx512_vnni; break;
-    case Isa::avx2: g.kernel = gemm_int8_avx2; break;
-    default: g.kernel = gemm_int8_portable; break;
-  }
+  ParallelGemm g{{xp, m, w.data.data(), w.shift.data(), w.n, w.k4, w.blocks, acc, ldacc}, selected_kernel(), 1,
+                 epilogue};
   if (serial) {
     run_blocks(g, 0, w.blocks);
     return;
@@ -211,12 +220,7 @@ void gemm_int8_prepared(const uint8_t* xp, int64_t m, const PackedInt8& w, int32
 
 void gemm_int8_jobs(const GemmJob* jobs, int64_t count, int64_t m) {
   if (m <= 0 || count <= 0) return;
-  void (*kernel)(const GemmCall&, int64_t, int64_t) = gemm_int8_portable;
-  switch (selected_isa()) {
-    case Isa::avx512_vnni: kernel = gemm_int8_avx512_vnni; break;
-    case Isa::avx2: kernel = gemm_int8_avx2; break;
-    default: break;
-  }
+  void (*kernel)(const GemmCall&, int64_t, int64_t) = selected_kernel();
   struct Task {
     ParallelGemm gemm;
     int64_t begin, end;

@@ -153,13 +153,7 @@ class Planner:
             x = self.spec(q["inputs"]["x"])
             if not x.per_tensor or x.storage != DTYPE_CODES["int8"] or x.qmin < -128 or x.qmax > 127:
                 return False
-            key = ("qlinear", n.qkey, n.args[1].name)
-            if key not in self.shared:
-                try:
-                    self.shared[key] = quant.linear_params(q, n.args[1].name, self.tensor, self.release)
-                except Unsupported as e:
-                    raise Unsupported(f"node {n.name} ({n.qkey}): {e}") from None
-            params.append(("object", self.shared[key]))
+            params.append(("object", self.linear_params(n, q, n.args[1].name)))
         first = members[0]
         biases = [self.arg(n.args[2], n.name) if len(n.args) > 2 else ("none",) for n in members]
         self.emit("mcq.qlinear_group", first.name, [self.arg(first.args[0], first.name), ("list", biases),
@@ -359,14 +353,20 @@ class Planner:
         w_ref = node.args[1]
         if not isinstance(w_ref, TensorRef):
             raise Unsupported(f"node {node.name}: a quantized linear whose weight is not a stored tensor")
-        key = ("qlinear", node.qkey, w_ref.name)
+        weight_only = not (q.get("inputs") or {}).get("x")
+        self.emit("mcq.wlinear" if weight_only else "mcq.qlinear", node.name,
+                  [x, bias, ("object", self.linear_params(node, q, w_ref.name))], out)
+
+    def linear_params(self, node: Node, q: Mapping[str, Any], weight: str) -> Any:
+        """The native params of a quantized linear's weight, made once per (qkey, weight) and
+        shared by the entry points."""
+        key = ("qlinear", node.qkey, weight)
         if key not in self.shared:
             try:
-                self.shared[key] = quant.linear_params(q, w_ref.name, self.tensor, self.release)
+                self.shared[key] = quant.linear_params(q, weight, self.tensor, self.release)
             except Unsupported as e:
                 raise Unsupported(f"node {node.name} ({node.qkey}): {e}") from None
-        weight_only = not (q.get("inputs") or {}).get("x")
-        self.emit("mcq.wlinear" if weight_only else "mcq.qlinear", node.name, [x, bias, ("object", self.shared[key])], out)
+        return self.shared[key]
 
     def bmm(self, node: Node, q: Mapping[str, Any], out: int) -> None:
         aspec, bspec = q["inputs"].get("a"), q["inputs"].get("b")
