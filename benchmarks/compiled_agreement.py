@@ -25,8 +25,8 @@ from mcq.evaluate import AGREEMENT_PROMPTS, perplexity
 args = [a for a in sys.argv[1:] if a != "--inexact"]
 compiled.EXACT_FLOAT_GLUE = "--inexact" not in sys.argv
 path, new_tokens = args[0], int(args[1]) if len(args) > 1 else 32
-ref = runtime.load(path)
-fast = runtime.load(path, compile=True)
+ref = runtime.load(path, engine="reference")
+fast = runtime.load(path, compile=True, engine="reference")
 text = (Path(__file__).parent / "data" / "heldout_en.txt").read_text()
 ids = ref.tokenizer.encode(text)
 

@@ -185,7 +185,7 @@ def main() -> None:
         results["cold_start_s_llama.cpp"], _ = cold_start(args.gguf, "llama.cpp")
         results["cold_start_native_over_llama.cpp"] = round(results["cold_start_s_native"] /
                                                              results["cold_start_s_llama.cpp"], 2)
-    native, reference = runtime.load(bundle, engine="native"), runtime.load(bundle)
+    native, reference = runtime.load(bundle, engine="native"), runtime.load(bundle, engine="reference")
     results["memory_native"] = memory(bundle, native.tokenizer.encode(" ".join(HELDOUT.read_text().split()[:40]))[:32])
     for name, model in (("native", native), ("reference", reference)):
         results[f"prefill512_tok_s_{name}"], results[f"decode_tok_s_{name}"] = speed(model)

@@ -40,7 +40,7 @@ def prompt_ids(path: str) -> list[int]:
     (serving code often tokenizes elsewhere); its own cost is measured apart (`tokenizer_mib`)."""
     import runtime
 
-    return runtime.load(path).tokenizer.encode(HELDOUT.read_text()[:4000])[:32]
+    return runtime.load(path, engine="reference").tokenizer.encode(HELDOUT.read_text()[:4000])[:32]
 
 
 def warm_up_bundle(path: str, folder: Path) -> Path:
@@ -52,7 +52,7 @@ def warm_up_bundle(path: str, folder: Path) -> Path:
     from mcq.config import QuantConfig
     from mcq.examples import load_example
 
-    config = dict(runtime.load(path).manifest["quant"])
+    config = dict(runtime.load(path, engine="reference").manifest["quant"])
     config.pop("search", None)  # an automatic search's record: the tiny model uses its overrides as given
     out = folder / f"warm-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]}.mcq"
     if not out.exists():
@@ -70,13 +70,13 @@ def worker(path: str, compile: bool, ids: list[int], warm: str) -> dict:
 
     torch.set_num_threads(2)
     baseline = _status("VmRSS")
-    tiny = runtime.load(warm)  # interpreted even with --compile: the compiler's memory stays counted
+    tiny = runtime.load(warm, engine="reference")  # interpreted even with --compile: the compiler's memory stays counted
     tiny.generate(list(range(1, 9)), max_new_tokens=8, stop_at_eos=False)  # ids within its vocabulary
     del tiny
     gc.collect()
     release_free_heap()
     warmed = _status("VmRSS")
-    model = runtime.load(path, compile=compile)
+    model = runtime.load(path, compile=compile, engine="reference")
     after_load = _status("VmRSS") - baseline
     if compile:  # compile every pattern first: the figure is the generation's, not the compiler's
         model.generate(ids, max_new_tokens=4, stop_at_eos=False)

@@ -188,13 +188,13 @@ def worker_mcq(path: Path, compiled: bool, new_tokens: int, prompts: dict) -> di
     baseline = _rss_mib()
     t_file = _timed(lambda: load_file(str(path)))
     t = time.perf_counter()
-    m = runtime.load(path, compile=compiled)
+    m = runtime.load(path, compile=compiled, engine="reference")
     load_s = time.perf_counter() - t
     res = {"load_s": load_s, "safetensors_load_file_s": t_file, "file_mib": path.stat().st_size / 2**20}
     res.update(measure_model(m, torch.tensor, new_tokens, prompts, baseline))
     res["weights_mib"] = sum(v.nbytes for v in load_file(str(path)).values()) / 2**20
     if compiled:  # greedy tokens of the fast path against the reference qlevel-4 interpreter
-        ref = runtime.load(path)
+        ref = runtime.load(path, engine="reference")
         short = prompts["short"]
         a = m.generate(short[:2], max_new_tokens=48, stop_at_eos=False)
         b = ref.generate(short[:2], max_new_tokens=48, stop_at_eos=False)

@@ -145,7 +145,7 @@ def _join_torchrun() -> bool:
     return True
 
 
-def _load(path: Path, qlevel: int | None, engine: str = "reference"):
+def _load(path: Path, qlevel: int | None, engine: str | None = None):
     import runtime
 
     if not path.is_file():
@@ -167,17 +167,19 @@ def _load(path: Path, qlevel: int | None, engine: str = "reference"):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ids", is_flag=True, help="Prompts are space-separated token ids; print token ids "
                                           "(for bundles without a tokenizer).")
-@click.option("--engine", type=click.Choice(["reference", "native", "auto"]), default="reference",
-              show_default=True,
-              help="reference: the graphs as torch.fx; native: the C++ engine (qlevel 4, no torch; "
-                   "errors naming what it cannot run); auto: native where it can, else reference.")
+@click.option("--engine", type=click.Choice(["reference", "native", "auto"]), default=None,
+              help="Default: the C++ engine at qlevel 4 where it runs the bundle, else the reference "
+                   "path ($MCQ_ENGINE names another default). reference: the graphs as torch.fx (the "
+                   "spec's numerics, any qlevel); native: the engine or an error naming what it cannot "
+                   "run; auto: the engine where it can, else reference with a warning saying why.")
 @_friendly_errors
 def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: str | None, sample: bool,
-             temperature: float, top_k: int, top_p: float, seed: int, ids: bool, engine: str) -> None:
+             temperature: float, top_k: int, top_p: float, seed: int, ids: bool, engine: str | None) -> None:
     """Continue each PROMPT with the model in FILE (a .mcq bundle).
 
-    Greedy decoding by default; --engine native runs the bundle on the C++ engine (same greedy
-    tokens up to float-rounding flips, spec Q.4b; sampling draws from numpy's generator)."""
+    Greedy decoding by default. At qlevel 4 the bundle runs on the C++ engine where it can (the
+    reference path's greedy tokens up to float-rounding flips, spec Q.4b; sampling draws from
+    numpy's generator, so sampled tokens differ from --engine reference's torch draws)."""
     model = _load(file, int(qlevel) if qlevel else None, engine)
     batch: list = list(prompts)
     if not ids and model.tokenizer is None:

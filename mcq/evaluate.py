@@ -20,10 +20,11 @@ AGREEMENT_PROMPTS = (
 )
 
 
-def perplexity(model: Any, ids: Sequence[int], window: int = 512, progress: bool = False) -> float:
-    """exp(mean NLL) of every token after the first of each `window`-token chunk (last chunk kept
-    if it has >= 2 tokens). `model` is a runtime Model (anything with prefill(ids) -> (logits, _),
-    logits a torch tensor or, from the native engine, a numpy array)."""
+def window_nll(model: Any, ids: Sequence[int], window: int = 512, progress: bool = False) -> tuple[float, int]:
+    """(summed negative log-likelihood, tokens scored) of every token after the first of each
+    `window`-token chunk (last chunk kept if it has >= 2 tokens): the parts perplexity is made of,
+    so several texts pool into one figure. `model` is a runtime Model (anything with
+    prefill(ids) -> (logits, _), logits a torch tensor or, from the native engine, a numpy array)."""
     ids = list(ids)
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
     chunks = [c for c in chunks if len(c) >= 2]
@@ -32,9 +33,15 @@ def perplexity(model: Any, ids: Sequence[int], window: int = 512, progress: bool
         x = torch.tensor([c])
         logits = torch.as_tensor(model.prefill(x)[0])
         logp = torch.log_softmax(logits[0, :-1].to(torch.float64), dim=-1)
-        nll = -logp.gather(1, x[0, 1:, None]).sum()
-        total += float(nll)
+        total += float(-logp.gather(1, x[0, 1:, None]).sum())
         count += len(c) - 1
+    return total, count
+
+
+def perplexity(model: Any, ids: Sequence[int], window: int = 512, progress: bool = False) -> float:
+    """exp(mean NLL) over `window_nll`'s windows (same protocol for every qlevel, the engine and
+    the float model, so the numbers compare)."""
+    total, count = window_nll(model, ids, window, progress)
     return math.exp(total / count)
 
 
@@ -50,6 +57,8 @@ def reference_embeddings(model: Any, tokenizer: Any, texts: Sequence[str]) -> to
     return torch.nn.functional.normalize(mean, p=2, dim=1)
 
 
-def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine similarity of two [n, dim] embedding matrices, in float64."""
-    return torch.nn.functional.cosine_similarity(a.to(torch.float64), b.to(torch.float64), dim=-1)
+def cosines(a: Any, b: Any) -> torch.Tensor:
+    """Row-wise cosine similarity of two [n, dim] embedding matrices (torch tensors, or numpy
+    arrays from the native engine), in float64."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["EntryPointError", "KVCache", "Model", "load", "tensor_source"]
 
 ENGINES = ("reference", "native", "auto")
-_LAZY = {"EntryPointError": "runtime.model", "KVCache": "runtime.model", "Model": "runtime.model"}
+# the default when load() is not told (engine=None): "reference" here switches the engine off for a
+# whole process, e.g. the CI's run of the suite on the reference path
+ENGINE_ENV = "MCQ_ENGINE"
+_LAZY = {"EntryPointError": "runtime.batching", "KVCache": "runtime.model", "Model": "runtime.model"}
 
 
 def __getattr__(name: str) -> Any:
@@ -66,12 +69,17 @@ def _has_weight_only(qformat: Any) -> bool:
                for q in nodes.values())
 
 
-def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, engine: str) -> "EngineModel | None":
-    """The bundle on the native engine, or None (engine="auto": the reason is warned once)."""
+def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, engine: str,
+                  default: bool = False) -> "EngineModel | None":
+    """The bundle on the native engine, or None (engine="auto": the reason is warned once; the
+    default: quietly, unless the native core is missing)."""
     from runtime import native
 
     why = None
     bundle_qlevel = int(bundle.sections["manifest"].get("quant", {}).get("qlevel", 4))
+    if default and ((qlevel if qlevel is not None else bundle_qlevel) != 4 or compile
+                    or not (bundle.sections.get("qformat") or {}).get("nodes")):
+        return None  # the engine is the default at qlevel 4 only; other qlevels are the reference's
     if compile:
         why = "compile=True is a reference-path option"
     elif (qlevel if qlevel is not None else bundle_qlevel) not in (3, 4) and (bundle.sections.get("qformat") or {}).get("nodes"):
@@ -91,6 +99,8 @@ def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, 
             why = str(e)
     if engine == "native":
         raise ValueError(f"{bundle.path}: cannot run on the native engine: {why}")
+    if default and native.available():
+        return None  # a graph the engine does not run: the reference path runs it, as it always has
     if why not in _warned_fallback:
         _warned_fallback.add(why)
         warnings.warn(f"running the reference path: {why}", RuntimeWarning, stacklevel=3)
@@ -98,26 +108,37 @@ def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, 
 
 
 def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool = False,
-         engine: str = "reference") -> "Model | EngineModel":
+         engine: str | None = None) -> "Model | EngineModel":
     """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own).
 
-    engine="reference" (default): the graphs as torch.fx; compile=True compiles each entry point
-    with Inductor at its first call for each input pattern (fused float glue, outputs equal to
-    the interpreted graph's bit for bit; minutes per pattern cold; see `runtime.compiled`).
-    engine="native": the native engine (runtime.engine: numpy arrays in and out, no torch; a
-    ValueError names what it cannot run); engine="auto": native where it can, else the reference
-    path with a warning. Weights stay memory-mapped from the file (the engine packs its int8
-    weights once and releases their file pages). The graph sections are released once decoded
-    (`model.bundle.sections` keeps the other sections)."""
-    if engine not in ENGINES:
+    engine=None (default): the native engine at qlevel 4 where it runs the bundle's graphs, else
+    the reference path, quietly (a missing native core is warned once); $MCQ_ENGINE names another
+    default. engine="reference": the graphs as torch.fx (torch tensors in and out; the spec's
+    numerics, at any qlevel). engine="native": the native engine (runtime.engine: numpy arrays in
+    and out, no torch; a ValueError names what it cannot run); engine="auto": native where it
+    can, else the reference path with a warning naming why. compile=True (reference path,
+    deprecated: the engine is faster with no compile step) compiles each entry point with
+    Inductor at its first call for each input pattern. Weights stay memory-mapped from the file
+    (the engine packs its int8 weights once and releases their file pages). The graph sections
+    are released once decoded (`model.bundle.sections` keeps the other sections)."""
+    default = engine is None
+    if engine is None:
+        engine = os.environ.get(ENGINE_ENV) or "auto"
+        if engine not in ENGINES:
+            raise ValueError(f"${ENGINE_ENV} must be one of {', '.join(ENGINES)}, got {engine!r}")
+        default = engine == "auto"
+    elif engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if compile:
+        warnings.warn("compile=True is deprecated and will be removed: the native engine (the default at "
+                      "qlevel 4) runs faster with no compile step", DeprecationWarning, stacklevel=2)
     # the cyclic garbage collector would walk the growing object graph (decoded sections, fx
     # nodes) again and again while nothing here is garbage: 0.7 s of a 1.8 s load on SmolLM2
     collecting = gc.isenabled()
     gc.disable()
     try:
         bundle = mcq_format.read(path)
-        model: Any = _native_model(bundle, qlevel, compile, engine) if engine != "reference" else None
+        model: Any = _native_model(bundle, qlevel, compile, engine, default) if engine != "reference" else None
         if model is None:
             from runtime.model import from_sections
 

@@ -7,8 +7,44 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+class EntryPointError(ValueError):
+    """The bundle has no entry point of that name (or not the inputs/outputs a helper needs)."""
+
+
 EMBEDDING_OUTPUT = "sentence_embedding"  # encoder bundles: mean-pooled, L2-normalized states
 MIN_PREFILL_LEN = 2  # graphs are exported for seq >= 2; shorter inputs are padded
+
+
+def missing_entry_point(name: str, entry_points: Sequence[str], purpose: str = "") -> EntryPointError:
+    hint = f" ({purpose})" if purpose else ""
+    return EntryPointError(f"this bundle has no {name!r} entry point{hint}; it has "
+                           f"{', '.join(map(repr, entry_points))}: use model.run(name, ...)")
+
+
+def no_embedding_entry(entry_points: Sequence[str]) -> EntryPointError:
+    return EntryPointError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output "
+                           f"(entry points: {', '.join(entry_points)}); embed needs an encoder bundle")
+
+
+def bind_inputs(entry_point: str, names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    """An entry point's inputs in graph order from positional and by-name arguments (`run`'s
+    calling convention on both execution paths), or TypeError naming the surplus or missing."""
+    if len(args) > len(names):
+        raise TypeError(f"{entry_point}: {len(args)} inputs given, the graph takes {len(names)}")
+    values = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key in values or key not in names:
+            raise TypeError(f"{entry_point}: unexpected or repeated input {key!r}")
+        values[key] = value
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise TypeError(f"{entry_point}: missing input(s) {', '.join(missing)}")
+    return [values[n] for n in names]
+
+
+def single_entry_point(entry_points: Sequence[str]) -> str:
+    """The entry point `model(...)` runs: `forward`, or the bundle's only one."""
+    return entry_points[0] if len(entry_points) == 1 and "forward" not in entry_points else "forward"
 
 
 def embedding_entry(graphs: Mapping[str, Any]) -> tuple[str, int] | None:

@@ -7,8 +7,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from runtime import lower
-from runtime.batching import (EMBEDDING_OUTPUT, MIN_PREFILL_LEN, GenerationPrompt, embedding_entry, encode_texts,
-                              padded_batches)
+from runtime.batching import (MIN_PREFILL_LEN, EntryPointError, GenerationPrompt, bind_inputs, embedding_entry,
+                              encode_texts, missing_entry_point, no_embedding_entry, padded_batches,
+                              single_entry_point)
 from runtime.compiled import CompiledEntryPoint
 from runtime.ir import Graph
 from runtime.memory import release_free_heap
@@ -16,9 +17,7 @@ from runtime.ops import DTYPES
 from runtime.tokenizer import Tokenizer
 
 
-
-class EntryPointError(ValueError):
-    """The bundle has no entry point of that name (or not the inputs/outputs a helper needs)."""
+__all__ = ["EntryPointError", "KVCache", "Model", "from_sections"]
 
 
 class _KVStore:
@@ -127,9 +126,7 @@ class Model:
 
     def _entry(self, name: str, purpose: str = "", last_position_logits: bool = False) -> Callable[..., Any]:
         if name not in self._graphs:
-            hint = f" ({purpose})" if purpose else ""
-            raise EntryPointError(f"this bundle has no {name!r} entry point{hint}; it has "
-                                  f"{', '.join(map(repr, self._graphs))}: use model.run(name, ...)")
+            raise missing_entry_point(name, list(self._graphs), purpose)
         return self._module(name, last_position_logits)
 
     def run(self, entry_point: str, *args: Any, **kwargs: Any) -> Any:
@@ -139,17 +136,8 @@ class Model:
         them in the entry point's output order when it has several."""
         module = self._entry(entry_point)
         specs = self._graphs[entry_point].inputs
-        if len(args) > len(specs):
-            raise TypeError(f"{entry_point}: {len(args)} inputs given, the graph takes {len(specs)}")
-        values = dict(zip((s.name for s in specs), args))
-        for key, value in kwargs.items():
-            if key in values or key not in {s.name for s in specs}:
-                raise TypeError(f"{entry_point}: unexpected or repeated input {key!r}")
-            values[key] = value
-        missing = [s.name for s in specs if s.name not in values]
-        if missing:
-            raise TypeError(f"{entry_point}: missing input(s) {', '.join(missing)}")
-        inputs = [torch.as_tensor(values[s.name], dtype=DTYPES.get(s.dtype)) for s in specs]
+        values = bind_inputs(entry_point, [s.name for s in specs], args, kwargs)
+        inputs = [torch.as_tensor(v, dtype=DTYPES.get(s.dtype)) for s, v in zip(specs, values)]
         for spec, x in zip(specs, inputs):
             if not spec.accepts(x.shape):
                 raise ValueError(f"{entry_point}: input {spec.name!r} has shape {list(x.shape)}, "
@@ -160,8 +148,7 @@ class Model:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """`run` of the bundle's `forward` entry point (or of its only one)."""
-        single = len(self._graphs) == 1 and "forward" not in self._graphs
-        return self.run(self.entry_points[0] if single else "forward", *args, **kwargs)
+        return self.run(single_entry_point(self.entry_points), *args, **kwargs)
 
     # -- encoders ------------------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -169,8 +156,7 @@ class Model:
         `forward` entry point's `sentence_embedding` output (a str is one text, n = 1)."""
         found = embedding_entry(self._graphs)
         if found is None:
-            raise EntryPointError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output "
-                                  f"(entry points: {', '.join(self._graphs)}); embed needs an encoder bundle")
+            raise no_embedding_entry(list(self._graphs))
         name, index = found
         encoded = encode_texts(self.tokenizer, texts)
         rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)

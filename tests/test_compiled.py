@@ -19,8 +19,8 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g+
 @needs_compiler
 def test_compiled_generation_matches_the_interpreted_path(quantized):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
-    ref = runtime.load(path)
-    fast = runtime.load(path, compile=True)
+    ref = runtime.load(path, engine="reference")
+    fast = runtime.load(path, compile=True, engine="reference")
     assert all(isinstance(m, compiled.CompiledEntryPoint) for m in fast._built.values())
     ids = torch.tensor([PROMPTS[0]])
     l_ref, c_ref = ref.prefill(ids)
@@ -47,7 +47,8 @@ def test_compiled_generation_matches_the_interpreted_path(quantized):
 @needs_compiler
 def test_compiled_weight_only_bundle_matches_the_interpreted_path(quantized):
     _, _, path = quantized("llama-tiny", "W4A16")
-    ref, fast = runtime.load(path, qlevel=4), runtime.load(path, qlevel=4, compile=True)
+    ref = runtime.load(path, qlevel=4, engine="reference")
+    fast = runtime.load(path, qlevel=4, compile=True, engine="reference")
     ids = torch.tensor([PROMPTS[0]])
     l_ref, c_ref = ref.prefill(ids)
     l_fast, _ = fast.prefill(ids)
@@ -69,7 +70,7 @@ def test_a_variant_runs_only_the_sizes_its_trace_fixed(quantized, monkeypatch):
                                 fixed=[(0, 1, 99)], tied=[[(0, 0), (1, 0)]], compile_seconds=0.0)
 
     monkeypatch.setattr(compiled, "compile_variant", fake_compile)
-    fast, ref = runtime.load(path, compile=True), runtime.load(path)
+    fast, ref = runtime.load(path, compile=True, engine="reference"), runtime.load(path, engine="reference")
     ids = torch.tensor([PROMPTS[0]])
     logits, _ = fast.prefill(ids)  # seq 7, not 99: the interpreter runs it
     assert torch.equal(logits, ref.prefill(ids)[0])
@@ -84,11 +85,11 @@ def test_a_failing_compile_falls_back_to_the_interpreted_graph(quantized, monkey
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(compiled, "compile_variant", broken)
-    fast = runtime.load(path, compile=True)
+    fast = runtime.load(path, compile=True, engine="reference")
     ids = torch.tensor([PROMPTS[0]])
     with pytest.warns(RuntimeWarning, match="'prefill'.*no C\\+\\+ compiler"):
         logits, _ = fast.prefill(ids)
-    assert torch.equal(logits, runtime.load(path).prefill(ids)[0])
+    assert torch.equal(logits, runtime.load(path, engine="reference").prefill(ids)[0])
     assert not fast._module("prefill").compiled and "no C++ compiler" in fast._module("prefill").error
 
 

@@ -64,7 +64,7 @@ def test_tied_table_is_stored_once_with_the_lm_head(tiny_models, tmp_path):
     assert "shared_with" not in tables["transformer.wpe/embedding0"]["weight"]  # positions: not tied
     graph = q.sections["graph/prefill"]
     assert "lm_head/linear0/weight" in str(graph) and "transformer.wte.weight" not in str(graph)
-    rt = runtime.load(path, qlevel=4)
+    rt = runtime.load(path, qlevel=4, engine="reference")
     out = {}
     rt._module("prefill").get_submodule(next(n for n, m in rt._module("prefill").named_children()
                                               if "wte" in n)).register_forward_hook(
@@ -84,9 +84,9 @@ def test_tied_table_is_stored_once_with_the_lm_head(tiny_models, tmp_path):
 @pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
 def test_qlevels_agree_with_int8_tables(quantized, name):
     _, _, path = quantized(name, "W8A8KV8")
-    l3, _ = runtime.load(path, qlevel=3).prefill(IDS)
-    l4, _ = runtime.load(path, qlevel=4).prefill(IDS)
-    l2, _ = runtime.load(path, qlevel=2).prefill(IDS)
+    l3, _ = runtime.load(path, qlevel=3, engine="reference").prefill(IDS)
+    l4, _ = runtime.load(path, qlevel=4, engine="reference").prefill(IDS)
+    l2, _ = runtime.load(path, qlevel=2, engine="reference").prefill(IDS)
     assert torch.equal(l3, l4)
     assert torch.allclose(l2, l4, atol=1e-3, rtol=1e-3)
 

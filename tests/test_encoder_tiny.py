@@ -84,14 +84,14 @@ def test_w8a8_qlevel3_and_4_bit_identical_and_close_to_qlevel2(bert):
         "embeddings.position_embeddings/embedding0", "embeddings.token_type_embeddings/embedding0",
         "embeddings.word_embeddings/embedding0"]
     ids, mask = _padded_batch()
-    h2, e2 = runtime.load(path, qlevel=2)(ids, mask)
-    h3, e3 = runtime.load(path, qlevel=3)(ids, mask)
-    h4, e4 = runtime.load(path, qlevel=4)(ids, mask)
+    h2, e2 = runtime.load(path, qlevel=2, engine="reference")(ids, mask)
+    h3, e3 = runtime.load(path, qlevel=3, engine="reference")(ids, mask)
+    h4, e4 = runtime.load(path, qlevel=4, engine="reference")(ids, mask)
     assert torch.equal(h3, h4) and torch.equal(e3, e4)
     assert (h2 - h4)[mask.bool()].abs().max() < 1e-2 * h2.abs().max()
     assert cosines(e2, e4).min() > 0.999
-    texts = runtime.load(path, qlevel=4).embed(TEXTS)
-    assert torch.equal(texts, runtime.load(path, qlevel=3).embed(TEXTS))
+    texts = runtime.load(path, qlevel=4, engine="reference").embed(TEXTS)
+    assert torch.equal(texts, runtime.load(path, qlevel=3, engine="reference").embed(TEXTS))
 
 
 def test_encoder_bundle_manifest_and_clear_errors(bert, quantized):
@@ -218,7 +218,7 @@ def test_generic_module_w8a8_qlevels(net, tmp_path):
     assert set(nodes["attn/bmm0"]["inputs"]) == {"a", "b"}
     q.save(tmp_path / "net8.mcq")
     x, mask = _net_inputs(2, 5, 9)
-    outs = {level: runtime.load(tmp_path / "net8.mcq", qlevel=level)(x, mask) for level in (2, 3, 4)}
+    outs = {level: runtime.load(tmp_path / "net8.mcq", qlevel=level, engine="reference")(x, mask) for level in (2, 3, 4)}
     assert all(torch.equal(a, b) for a, b in zip(outs[3], outs[4]))
     assert (outs[2][0] - outs[4][0]).abs().max() < 1e-2 * outs[2][0].abs().max()
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_encoder_attention_scores_run_as_int8_bmm(tiny_models, tmp_path):
     for entry in bmm.values():
         assert entry["inputs"]["b"]["granularity"] == "tensor" and "source" not in entry["inputs"]["b"]
     q.save(tmp_path / "bert8.mcq")
-    m3, m4 = (runtime.load(tmp_path / "bert8.mcq", qlevel=level) for level in (3, 4))
+    m3, m4 = (runtime.load(tmp_path / "bert8.mcq", qlevel=level, engine="reference") for level in (3, 4))
     assert sum(isinstance(mod, QBmm) for mod in m4._module("forward").modules()) == 2
     ids = torch.randint(5, 500, (2, 11), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)

@@ -48,7 +48,7 @@ def test_qlevel4_matches_qlevel2_greedy_tokens(name, quantized):
 
 def test_quantized_kv_cache_is_int8_and_decode_keys_match_prefill(quantized):
     _, q, path = quantized("llama-tiny", "W8A8KV8")
-    rt = runtime.load(path, qlevel=4)
+    rt = runtime.load(path, qlevel=4, engine="reference")
     _, cache = rt.prefill(torch.tensor([[5, 6, 7, 8]]))
     assert all(t.dtype == torch.int8 for t in cache.tensors)
     qkeys = {g: {n["qkey"] for n in q.sections[f"graph/{g}"]["nodes"] if "qkey" in n} for g in ("prefill", "decode")}
@@ -61,7 +61,7 @@ def test_quantized_kv_cache_is_int8_and_decode_keys_match_prefill(quantized):
 
 def test_kv_cache_grows_in_place_in_its_reserved_buffers_and_branches_copy(quantized):
     _, _, path = quantized("llama-tiny", "W8A8KV8")
-    rt = runtime.load(path, qlevel=4)
+    rt = runtime.load(path, qlevel=4, engine="reference")
     ids, mask = _batch()
     _, plain = rt.prefill(ids, mask)  # no reserve: the first decode step reallocates
     logits, cache = rt.prefill(ids, mask, reserve=4)
@@ -235,7 +235,7 @@ def test_last_position_prefill_equals_the_last_row_of_full_prefill(quantized, pr
     same KV cache and the same logits row, bit for bit where the projection is an integer kernel
     (qlevel 4); a float GEMM of one row may round differently from a GEMM of many (qlevels 0, 2)."""
     _, _, path = quantized("llama-tiny", preset)
-    m = runtime.load(path, level)
+    m = runtime.load(path, level, engine="reference")
     ids, mask = _batch()
     full, full_cache = m.prefill(ids, mask)
     last, last_cache = m.prefill(ids, mask, all_logits=False)

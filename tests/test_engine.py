@@ -84,7 +84,7 @@ def test_an_op_error_names_the_node_and_is_a_value_error():
 def test_engine_generation_equals_the_reference_path(path):
     import runtime
 
-    engine, reference = runtime.load(path, engine="native"), runtime.load(path)
+    engine, reference = runtime.load(path, engine="native"), runtime.load(path, engine="reference")
     prompts = [[3, 17, 5, 9], [8, 1, 1, 2, 30, 12], [4]]
     for prompt in prompts:
         assert engine.generate(prompt, max_new_tokens=12) == reference.generate(prompt, max_new_tokens=12)
@@ -116,6 +116,64 @@ def test_native_refuses_what_it_cannot_run_and_auto_falls_back_with_a_warning():
         model = runtime.load(W8A16, qlevel=3, engine="auto")
     assert isinstance(model, runtime.Model)
     assert any("running the reference path" in str(w.message) and "weight-only" in str(w.message) for w in caught)
+
+
+def test_the_engine_is_the_default_at_qlevel_4_and_the_reference_runs_the_rest(monkeypatch):
+    """runtime.load(path): the engine at qlevel 4 (the bundle's own or asked), the reference path
+    at qlevels 2 and 3, for float bundles and where the engine does not run a graph, with no
+    warning; $MCQ_ENGINE picks another default; compile=True is deprecated."""
+    import runtime
+    from runtime.engine import Unsupported
+    from runtime.engine.model import EngineModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default falls back quietly
+        assert type(runtime.load(LLAMA)) is EngineModel
+        assert type(runtime.load(LLAMA, qlevel=4)) is EngineModel
+        assert type(runtime.load(W8A16)) is EngineModel
+        for level in (2, 3):
+            assert isinstance(runtime.load(LLAMA, qlevel=level), runtime.Model)
+        assert isinstance(runtime.load(VECTORS / "llama-tiny-float.mcq"), runtime.Model)
+        monkeypatch.setattr(EngineModel, "__init__", lambda *a: (_ for _ in ()).throw(Unsupported("an op it lacks")))
+        assert isinstance(runtime.load(LLAMA), runtime.Model)
+    with pytest.warns(RuntimeWarning, match="an op it lacks"):  # asked for "auto": says why
+        runtime.load(LLAMA, engine="auto")
+    monkeypatch.undo()
+    monkeypatch.setenv("MCQ_ENGINE", "reference")
+    assert isinstance(runtime.load(LLAMA), runtime.Model)
+    assert type(runtime.load(LLAMA, engine="native")) is EngineModel  # an argument beats the default
+    monkeypatch.setenv("MCQ_ENGINE", "turbo")
+    with pytest.raises(ValueError, match=r"\$MCQ_ENGINE must be one of reference, native, auto, got 'turbo'"):
+        runtime.load(LLAMA)
+    monkeypatch.delenv("MCQ_ENGINE")
+    with pytest.warns(DeprecationWarning, match="compile=True is deprecated"):
+        assert isinstance(runtime.load(LLAMA, compile=True), runtime.Model)
+
+
+def test_engine_model_runs_entry_points_as_the_reference_model_does():
+    """run by position or by input name, model(...) for the single entry point, and the same
+    errors (EntryPointError, TypeError naming the input) as runtime.Model."""
+    import runtime
+
+    engine, reference = runtime.load(LLAMA, engine="native"), runtime.load(LLAMA, engine="reference")
+    ids, mask = np.array([[3, 17, 5, 9]]), np.ones((1, 4), dtype=np.int64)
+    by_position = engine.run("prefill", ids, mask)
+    by_name = engine.run("prefill", attention_mask=mask, input_ids=ids)
+    for a, b in zip(by_position, by_name):
+        np.testing.assert_array_equal(a, b)
+    ref_logits = reference.run("prefill", ids, mask)[0].numpy()
+    assert np.abs(by_position[0] - ref_logits).max() < 1e-2 * np.abs(ref_logits).max()
+    for model in (engine, reference):
+        with pytest.raises(runtime.EntryPointError, match="no 'nope' entry point"):
+            model.run("nope")
+        with pytest.raises(TypeError, match="missing input\\(s\\) attention_mask"):
+            model.run("prefill", ids)
+        with pytest.raises(TypeError, match="unexpected or repeated input 'input_ids'"):
+            model.run("prefill", ids, mask, input_ids=ids)
+        with pytest.raises(runtime.EntryPointError, match="sentence_embedding"):
+            model.embed("hello")
+        with pytest.raises(runtime.EntryPointError, match="no 'forward' entry point"):
+            model(ids, mask)
 
 
 def test_serving_on_the_engine_never_imports_torch():
@@ -159,7 +217,7 @@ def test_encoder_embeddings_on_the_engine_match_the_reference(tmp_path):
     path = tmp_path / "bert.mcq"
     mcq.quantize(model, mcq.preset("W8A8"), tokenizer=tok, progress=False).save(path)
     texts = ["hello world", "a longer sentence about quantization and its runtime", "x"]
-    engine, reference = runtime.load(path, engine="native"), runtime.load(path)
+    engine, reference = runtime.load(path, engine="native"), runtime.load(path, engine="reference")
     got, want = engine.embed(texts), reference.embed(texts).numpy()
     assert got.shape == want.shape == (3, want.shape[1])
     np.testing.assert_allclose(got, want, atol=1e-5)  # float glue within rounding (spec Q.4b)

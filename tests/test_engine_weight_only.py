@@ -1,7 +1,8 @@
 """The engine's weight-only linears (runtime/csrc/gemm_wo*.cpp, spec Q.4a) on every ISA path this
 CPU has: within Q.4a's bound of the definition x · ((q - zp) · s) on random shapes (int8 per
-channel, int4 groups with a shorter last group, zero points, odd output counts, several rows), and
-a row's values the same whether it comes alone (a decode step) or among many (a prefill)."""
+channel and in groups, int4 groups, shorter last groups, zero points, odd output counts, several
+rows), and a row's values the same whether it comes alone (a decode step) or among many (a
+prefill)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +33,7 @@ def _pack_int4(q: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("bits,n,k,group,m", [(8, 1, 4, None, 1), (8, 33, 70, None, 3), (8, 100, 576, None, 9),
+                                              (8, 20, 96, 32, 2), (8, 9, 70, 32, 5), (8, 16, 7, 3, 1),
                                               (4, 17, 160, 64, 5), (4, 48, 256, 128, 1), (4, 7, 2, 2, 2)])
 def test_weight_only_linear_is_within_the_spec_bound(native_isa, bits, n, k, group, m):
     rng = np.random.default_rng(n * 1000 + k + m)
@@ -85,3 +87,31 @@ def test_weight_only_bundle_on_the_engine_is_the_float32_definition():
     want, _ = runtime.load(path, qlevel=3).prefill(torch.tensor(ids))
     want = want.float().numpy()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
+def test_int8_group_weight_only_bundle_runs_on_the_engine_as_the_float32_definition(tiny_models, tmp_path, name):
+    """W8A16 with int8 weights in groups of 32 input channels (a shorter last group where the
+    width is not a multiple): planned on the engine's weight-only kernel (no fallback), logits
+    within float32 summation of the qlevel-3 reference, greedy tokens equal."""
+    import torch
+
+    import mcq
+    import runtime
+
+    config = mcq.QuantConfig.from_dict({"preset": "W8A16", "weight_granularity": "group", "weight_group_size": 32})
+    q = mcq.quantize(tiny_models(name), config, progress=False)
+    specs = [e["weight"] for e in q.sections["qformat"]["nodes"].values() if e["kind"] == "linear"]
+    assert specs and all(w["granularity"] == "group" and w["group_size"] == 32 and w["dtype"] == "int8"
+                         for w in specs)
+    path = tmp_path / "w8g32.mcq"
+    q.save(path)
+    engine = runtime.load(path, engine="native")
+    assert type(engine).__name__ == "EngineModel"
+    ids = [[3, 17, 5, 9, 22, 41, 7]]
+    got, _ = engine.prefill(np.array(ids))
+    want = runtime.load(path, qlevel=3, engine="reference").prefill(torch.tensor(ids))[0].float().numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    reference = runtime.load(path, qlevel=3, engine="reference")
+    assert engine.generate(ids, max_new_tokens=8, stop_at_eos=False) == \
+        reference.generate(ids, max_new_tokens=8, stop_at_eos=False)

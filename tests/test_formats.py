@@ -315,7 +315,7 @@ def test_format_bundle_runs_bit_identical_at_qlevels_3_and_4(format_bundles, hf_
     mask[0, :3] = 0
     runs = {}
     for level in (3, 4):
-        m = runtime.load(paths[name], level)
+        m = runtime.load(paths[name], level, engine="reference")
         logits, cache = m.prefill(ids, mask)
         step, _ = m.decode(logits[:, -1].argmax(-1), cache)
         runs[level] = (logits, step, cache.tensors[0])

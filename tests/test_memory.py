@@ -33,14 +33,14 @@ def test_w4a16_lowering_releases_packed_weights_and_keeps_no_unpacked_copy(quant
     bundle.close()
 
     ids = torch.tensor([[3, 5, 7, 11, 13, 17]])
-    released_pages, _ = runtime.load(path, qlevel=4).prefill(ids)
+    released_pages, _ = runtime.load(path, qlevel=4, engine="reference").prefill(ids)
     in_memory, _ = q.model(4).prefill(ids)  # tensors in memory: nothing to release
     assert torch.equal(released_pages, in_memory)
 
 
 def test_load_drops_the_graph_sections_it_decoded(quantized):
     _, q, path = quantized("llama-tiny", "W8A8KV8")
-    model = runtime.load(path)
+    model = runtime.load(path, engine="reference")
     assert not [s for s in model.bundle.sections if s.startswith("graph/")]
     assert "qformat" in model.bundle.sections and "manifest" in model.bundle.sections
     logits, _ = model.prefill(torch.tensor([[1, 2, 3]]))
@@ -67,7 +67,7 @@ def test_w4a16_packed_kernels_live_in_the_arena(quantized):
     from runtime.quant_modules import WeightOnlyLinear
 
     _, q, path = quantized("llama-tiny", "W4A16")
-    rt = runtime.load(path, qlevel=4)
+    rt = runtime.load(path, qlevel=4, engine="reference")
     kernels = [m.kernel for gm in rt._built.values() for m in gm.modules() if isinstance(m, WeightOnlyLinear)
                and m.kernel.kind == "bf16-int4"]
     blocks = {k.packed.untyped_storage().data_ptr() for k in kernels}
@@ -81,7 +81,7 @@ def test_each_past_kv_input_is_dequantized_just_before_its_layer_reads_it(quanti
     from runtime.quant_modules import TensorQuantOp
 
     _, _, path = quantized("llama-tiny", "W8A8KV8")
-    gm = runtime.load(path, qlevel=4)._module("decode")
+    gm = runtime.load(path, qlevel=4, engine="reference")._module("decode")
     nodes = list(gm.graph.nodes)
     at = {n: i for i, n in enumerate(nodes)}
     past = [n for n in nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), TensorQuantOp)

@@ -116,7 +116,7 @@ def test_rotated_bundle_runs_bit_identical_at_qlevels_3_and_4_and_near_qlevel_2(
     mask[0, :3] = 0
     runs = {}
     for level in (2, 3, 4):
-        m = runtime.load(path, level)
+        m = runtime.load(path, level, engine="reference")
         logits, cache = m.prefill(ids, mask)
         step, _ = m.decode(logits[:, -1].argmax(-1), cache)
         runs[level] = (logits, step)
@@ -135,7 +135,7 @@ def test_rotation_lowers_the_logit_error_of_a_tiny_model(rotated_bundle, quantiz
     ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(9))
     mask = torch.ones_like(ids)
     eager = hf_reference(model, ids, mask)
-    err = {p: float((runtime.load(p, 4).prefill(ids, mask)[0] - eager).pow(2).mean()) for p in (plain, path)}
+    err = {p: float((runtime.load(p, 4, engine="reference").prefill(ids, mask)[0] - eager).pow(2).mean()) for p in (plain, path)}
     assert err[path] < err[plain] / 1.5
 
 

@@ -79,7 +79,7 @@ def test_runtime_embeds_without_transformers_or_mcq(tmp_path):
     script = BLOCKER + textwrap.dedent(
         f"""
         import runtime
-        print(runtime.load({str(path)!r}, qlevel=4).embed({texts!r}).tolist())
+        print(runtime.load({str(path)!r}, qlevel=4, engine="reference").embed({texts!r}).tolist())
         assert not any(k.split('.')[0] in ('transformers', 'mcq') for k in sys.modules)
         """
     )

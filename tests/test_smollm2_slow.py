@@ -55,8 +55,8 @@ def test_qlevel3_and_qlevel4_same_greedy_tokens(smollm2):
 
     _, tok, _, path = smollm2
     prompts = [tok.backend_tokenizer.encode(p).ids for p in PROMPTS]
-    out3 = runtime.load(path, qlevel=3).generate(prompts, max_new_tokens=64, stop_at_eos=False)
-    out4 = runtime.load(path, qlevel=4).generate(prompts, max_new_tokens=64, stop_at_eos=False)
+    out3 = runtime.load(path, qlevel=3, engine="reference").generate(prompts, max_new_tokens=64, stop_at_eos=False)
+    out4 = runtime.load(path, qlevel=4, engine="reference").generate(prompts, max_new_tokens=64, stop_at_eos=False)
     assert out3 == out4
 
 

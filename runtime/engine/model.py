@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.batching import (EMBEDDING_OUTPUT, MIN_PREFILL_LEN, GenerationPrompt, embedding_entry, encode_texts,
-                              padded_batches)
+from runtime.batching import (MIN_PREFILL_LEN, GenerationPrompt, bind_inputs, embedding_entry,
+                              encode_texts, missing_entry_point, no_embedding_entry, padded_batches, single_entry_point)
 from runtime.engine import Engine, Unsupported
 from runtime.ir import Graph
 from runtime.tokenizer import Tokenizer
@@ -79,20 +79,32 @@ class EngineModel:
     def entry_points(self) -> list[str]:
         return list(self.engine.graphs)
 
-    def run(self, entry_point: str, *args: Any) -> Any:
-        """One entry point on its inputs (graph order); its outputs as numpy arrays."""
+    def run(self, entry_point: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one entry point on its inputs (positional in graph order, or by input name; numpy
+        arrays or anything np.asarray takes, torch CPU tensors included), converted to the
+        graph's dtypes; returns the output array, or a tuple of them in the entry point's
+        output order when it has several."""
         if entry_point not in self.engine.graphs:
-            raise KeyError(f"this bundle has no {entry_point!r} entry point; it has {', '.join(self.entry_points)}")
-        out = self.engine.run(entry_point, [np.asarray(a) for a in args])
+            raise missing_entry_point(entry_point, self.entry_points)
+        graph = self.engine.graphs[entry_point]
+        values = bind_inputs(entry_point, [s.name for s in graph.inputs], args, kwargs)
+        out = self.engine.run(entry_point, values)
         return out[0] if len(out) == 1 else tuple(out)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`run` of the bundle's `forward` entry point (or of its only one)."""
+        return self.run(single_entry_point(self.entry_points), *args, **kwargs)
+
+    def _need(self, name: str, purpose: str) -> None:
+        if name not in self.engine.graphs:
+            raise missing_entry_point(name, self.entry_points, purpose)
 
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Sentence embeddings [n, dim] (float32) of texts: the encoder entry point's
         `sentence_embedding` output, batched as the reference path batches them."""
         found = embedding_entry(self.engine.graphs)
         if found is None:
-            raise KeyError(f"this bundle has no entry point with a {EMBEDDING_OUTPUT!r} output; embed needs an "
-                           "encoder bundle")
+            raise no_embedding_entry(self.entry_points)
         name, index = found
         encoded = encode_texts(self.tokenizer, texts)
         rows: list[np.ndarray] = [np.empty(0)] * len(encoded)
@@ -104,6 +116,7 @@ class EngineModel:
 
     def prefill(self, input_ids: Any, attention_mask: Any = None, all_logits: bool = True,
                 reserve: int = 0) -> tuple[np.ndarray, EngineCache]:
+        self._need("prefill", "a causal LM's prompt pass")
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim == 1:
             ids = ids[None]
@@ -116,6 +129,7 @@ class EngineModel:
         return logits, EngineCache(kv, mask, reserve=reserve)
 
     def decode(self, token_ids: Any, cache: EngineCache) -> tuple[np.ndarray, EngineCache]:
+        self._need("decode", "a causal LM's one-token step")
         tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
         if tokens.shape[0] != cache.attention_mask.shape[0]:
             raise ValueError(f"decode: {tokens.shape[0]} tokens for a cache of {cache.attention_mask.shape[0]} sequences")
@@ -130,6 +144,8 @@ class EngineModel:
         """Greedy or sampled continuation: text in gives text out, ids in give ids out. Greedy
         tokens are the reference path's; sampling draws from numpy's generator (seeded), so its
         tokens differ from the reference path's torch draws."""
+        self._need("prefill", "generate needs a causal LM bundle")
+        self._need("decode", "generate needs a causal LM bundle")
         request = GenerationPrompt(prompt, self.tokenizer, self.pad_token_id)
         # numpy.random only where sampling asks for it (it imports hashlib: OpenSSL's pages in a server)
         rng = np.random.default_rng(seed) if do_sample else None

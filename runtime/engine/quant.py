@@ -127,18 +127,22 @@ def linear_params(q: Mapping[str, Any], weight_name: str, tensor: TensorSource,
 
 def weight_only_params(wspec: Mapping[str, Any], weight_name: str, tensor: TensorSource,
                        release: Callable[[str], None] | None = None) -> Any:
-    """The native WLinear of a weight-only linear (spec Q.4a): int8 per output channel or per
-    tensor, or int4 in groups of input channels (axis 1, even group size), with zero points."""
+    """The native WLinear of a weight-only linear (spec Q.4a): int8 per output channel, per
+    tensor or in groups of input channels, or int4 in groups (axis 1, even group size), with
+    zero points."""
     if any(wspec.get(k) for k in ("smooth", "outliers", "rotation")):
         raise Unsupported("a weight-only linear with smoothing, outliers or rotation")
     bits, gran = _int_format(wspec), wspec.get("granularity", "tensor")
     w = np.ascontiguousarray(tensor(weight_name))
     if bits == 8:
-        if w.dtype != np.int8 or w.ndim != 2 or gran not in ("tensor", "channel") or \
-                (gran == "channel" and int(wspec.get("axis", 0)) not in (0, -2)):
+        if w.dtype != np.int8 or w.ndim != 2 or gran not in ("tensor", "channel", "group") or \
+                (gran == "channel" and int(wspec.get("axis", 0)) not in (0, -2)) or \
+                (gran == "group" and int(wspec.get("axis", 1)) not in (1, -1)):
             raise Unsupported(f"int8 weight-only {gran} weight {w.dtype} {w.shape}")
         n, k = w.shape
-        group = k
+        group = int(wspec.get("group_size") or 0) if gran == "group" else k
+        if group < 1:
+            raise Unsupported(f"int8 weight in groups of {group}")
     else:
         shape = wspec.get("shape")
         if w.dtype != np.uint8 or w.ndim != 2 or gran != "group" or int(wspec.get("axis", 1)) not in (1, -1) \

@@ -89,7 +89,8 @@ def spec_tolerance(manifest: dict[str, Any], quantized: bool) -> Tolerance:
 
 # ------------------------------------------------------------------ the reference implementation
 class ReferenceImpl:
-    """``mcq_format.validate(verify=...)`` and ``runtime.load(path, qlevel)`` (public API only)."""
+    """``mcq_format.validate(verify=...)`` and ``runtime.load(path, qlevel, engine="reference")``
+    (public API only; the reference path: the spec's numerics)."""
 
     def __init__(self) -> None:
         if str(ROOT) not in sys.path:
@@ -106,7 +107,7 @@ class ReferenceImpl:
 
         key = (path, qlevel)
         if key not in self._models:
-            self._models[key] = runtime.load(path, qlevel=qlevel)
+            self._models[key] = runtime.load(path, qlevel=qlevel, engine="reference")
         return self._models[key]
 
     def run(self, path: str, qlevel: int, entry_point: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
