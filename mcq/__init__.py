@@ -192,10 +192,11 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     if size > 1:
         dist.sync_transformed(observers.values())
     imported = ImportedQParams.load(qparams) if qparams is not None else None
-    problems = {k: Problem(h.value(), cfg.gptq_damp) for k, h in hessians.items()}
+    problems = {k: Problem(h.value(), cfg.gptq_damp, act_order=cfg.gptq_act_order) for k, h in hessians.items()}
     assembled = assemble(captured, plan, observers, heads, chan, problems, imported)
     if cfg.gptq_sequential and problems:
-        refine(captured, assembled, weight, chan, imported, batches, cfg.gptq_damp, cfg.gptq_fit_damp, progress)
+        refine(captured, assembled, weight, chan, imported, batches, cfg.gptq_damp, cfg.gptq_fit_damp, progress,
+               cfg.gptq_act_order)
     return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
 
 

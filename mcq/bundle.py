@@ -64,7 +64,7 @@ def quantize_weight(w: torch.Tensor, wspec: dict[str, Any], tensors: dict[str, t
     _store(tensors, name, scale, zp, wspec)
     qp = spec_to_qp(wspec, scale, zp)
     if problem is not None:
-        w = gptq.gptq_weight(w, qp, problem.hessian, problem.damp)
+        w = gptq.gptq_weight(w, qp, problem.hessian, problem.damp, problem.act_order)
     q = numerics.quantize(w, qp)
     if wspec["dtype"] == "int4":
         wspec["shape"] = list(q.shape)

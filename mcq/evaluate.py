@@ -31,7 +31,9 @@ def window_nll(model: Any, ids: Sequence[int], window: int = 512, progress: bool
     total, count = 0.0, 0
     for c in tqdm(chunks, desc="perplexity", unit="window", disable=not progress):
         x = torch.tensor([c])
-        logits = torch.as_tensor(model.prefill(x)[0])
+        logits = model.prefill(x)[0]
+        # the engine's arrays are read-only views of its buffers: torch wants writable memory
+        logits = logits if isinstance(logits, torch.Tensor) else torch.tensor(logits)
         logp = torch.log_softmax(logits[0, :-1].to(torch.float64), dim=-1)
         total += float(-logp.gather(1, x[0, 1:, None]).sum())
         count += len(c) - 1

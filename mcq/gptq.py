@@ -59,21 +59,22 @@ class CrossHessian:
         xxq = x.t() @ xq.to(torch.float64)
         self.cross = xxq if self.cross is None else self.cross + xxq
 
-    def problem(self, damp: float, fit_damp: float) -> Problem:
+    def problem(self, damp: float, fit_damp: float, act_order: bool | None = None) -> Problem:
         assert self.cross is not None, "CrossHessian.problem before any update"
-        return Problem(self.quant.value(), damp, 2.0 * self.cross / self.quant.count, fit_damp)
+        return Problem(self.quant.value(), damp, 2.0 * self.cross / self.quant.count, fit_damp, act_order)
 
 
 @dataclass
 class Problem:
     """What GPTQ needs for one linear: the Hessian of the input its weight multiplies, the
     dampening, and for sequential GPTQ the cross term E[x x~^T] with the float model's input and
-    the dampening of the fit to it."""
+    the dampening of the fit to it; `act_order` as `gptq_weight` takes it."""
 
     hessian: torch.Tensor
     damp: float = 0.01
     cross: torch.Tensor | None = None
     fit_damp: float = 1.0
+    act_order: bool | None = None
 
     def target(self, w: torch.Tensor) -> torch.Tensor:
         """The float weight GPTQ rounds: `w`, or its fit (`fit_target`) in sequential GPTQ."""
@@ -85,7 +86,8 @@ class Problem:
         (rows and columns zeroed, so GPTQ treats them as dead and never moves error into them),
         then rotated by the full matrix `rotation` (mcq.rotation.matrix), if any."""
         cross = None if self.cross is None else transformed(self.cross, smooth, outliers, rotation)
-        return Problem(transformed(self.hessian, smooth, outliers, rotation), self.damp, cross, self.fit_damp)
+        return Problem(transformed(self.hessian, smooth, outliers, rotation), self.damp, cross, self.fit_damp,
+                       self.act_order)
 
 
 def transformed(hessian: torch.Tensor, smooth: torch.Tensor | None, outliers: torch.Tensor,
@@ -136,9 +138,11 @@ def fit_target(w: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, fit_
     return out.to(torch.float32)
 
 
-def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: float = 0.01,
+                act_order: bool | None = None) -> torch.Tensor:
     """The weight [out, in] with GPTQ-rounded values on `qp`'s grid (quantize() of it gives the
     stored integers). `damp` x mean(diag H) is added to the diagonal for a stable inverse.
+    `act_order`: columns in order of input energy (None: for group scales only).
 
     The error feedback runs in float64: each column's rounding depends on every update before it,
     so float32 updates (whose BLAS rounding differs between CPUs) would round other values on
@@ -150,12 +154,13 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
     h[dead, dead] = 1.0
     weight[:, dead] = 0.0
     h += damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=torch.float64)
-    # activation order for group scales: columns with the largest input energy first, while the
-    # most columns are left to absorb their error; each column keeps its own (static) group scale.
-    # Per-channel int8 keeps the natural order: on SmolLM2 W8A8KV8 act order measured worse
-    # (+3.86 % perplexity vs +3.10 %, docs/benchmarks.md).
-    order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if qp.group_size \
-        else torch.arange(cols)
+    # activation order: columns with the largest input energy first, while the most columns are
+    # left to absorb their error; each column keeps its own (static) scale. By default for group
+    # scales only: on SmolLM2 W8A8KV8 (per-channel int8) act order measured worse (+3.86 %
+    # perplexity vs +3.10 %), on W8A16 better (+0.13 % vs +0.31 %; docs/benchmarks.md)
+    if act_order is None:
+        act_order = bool(qp.group_size)
+    order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else torch.arange(cols)
     weight, h = weight[:, order], h[order][:, order]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     quant = _column_quantizer(qp, rows)

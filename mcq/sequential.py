@@ -72,7 +72,8 @@ def float_inputs(captured: Captured, names: list[str], batches: list[Batch]) -> 
 
 
 def refine(captured: Captured, assembled: Assembled, float_weight: Any, chan: dict[str, Any], imported: Any,
-           batches: list[Batch], damp: float, fit_damp: float, progress: bool = True) -> None:
+           batches: list[Batch], damp: float, fit_damp: float, progress: bool = True,
+           act_order: bool | None = None) -> None:
     """The refinement pass over `assembled` (its GPTQ weights replaced in place); `float_weight`:
     qkey -> the linear's float weight."""
     qformat = assembled.qformat
@@ -97,7 +98,7 @@ def refine(captured: Captured, assembled: Assembled, float_weight: Any, chan: di
                 for x, xq in zip(reference[name], values):
                     pair.update(x, quantized_input(xq, spec, tensors.__getitem__))
             store_weight(tensors, qkey, entry, float_weight(qkey), node_plan(qkey, chan, imported),
-                         pair.problem(damp, fit_damp), imported)
+                         pair.problem(damp, fit_damp, act_order), imported)
             wspec = entry["weight"]
             stand_in = getattr(gm, attrs[f"{qkey}/weight#dequantized"])
             replaced[id(stand_in)] = numerics.dequantize(

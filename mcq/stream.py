@@ -283,6 +283,7 @@ class _Streaming:
             self.alphas[g[0]] = float(alpha)
         self.threshold = float(cfg.act_outlier_threshold)
         self.damp = float(cfg.gptq_damp)
+        self.act_order = cfg.gptq_act_order
         self.wanted = transformed_wanted(plan, self.group_of)
         self.weights = Resident(source)
         self.chan: dict[str, channels.ChannelPlan] = {}
@@ -350,7 +351,7 @@ class _Streaming:
         if self.sink is not None:
             self.node_chan[qkey] = node_plan(qkey, self.chan, self.imported)
             store_weight(self.sink, qkey, self.qformat["nodes"][qkey], self.weights.get(self.weight_of[qkey]),
-                         self.node_chan[qkey], gptq.Problem(h.value(), self.damp) if h is not None else None,
+                         self.node_chan[qkey], gptq.Problem(h.value(), self.damp, act_order=self.act_order) if h is not None else None,
                          self.imported)
         if self.weight_of[qkey] not in self.fetched:
             self.weights.release(self.weight_of[qkey])

@@ -261,3 +261,35 @@ def test_only_weight_only_linears_keep_qlevel_3_off_the_engine():
     assert not runtime._has_weight_only({"nodes": {"l": {"kind": "linear", "weight": w, "inputs": {"x": w}}}})
     assert not runtime._has_weight_only(None)
     assert type(runtime.load(LLAMA, qlevel=3, engine="native")).__name__ == "EngineModel"
+
+
+def test_embedding_arguments_that_only_touch_gradients_are_dropped():
+    """A float token table with a pad token exports aten.embedding(w, ids, padding_idx): the
+    engine plans it (forward values do not depend on it); anything past the schema's trailing
+    ignorable parameters is still refused."""
+    from runtime.engine.schemas import SchemaError, normalize
+
+    assert normalize("aten.embedding.default", ["w", "ids", 2], {}) == ["w", "ids"]
+    assert normalize("aten.embedding.default", ["w", "ids", 2, False, False], {}) == ["w", "ids"]
+    assert normalize("aten.embedding.default", ["w", "ids"], {"padding_idx": 2}) == ["w", "ids"]
+    with pytest.raises(SchemaError, match="6 positional arguments"):
+        normalize("aten.embedding.default", ["w", "ids", 2, False, False, 1], {})
+    with pytest.raises(SchemaError, match="3 positional arguments"):
+        normalize("aten.relu.default", ["x", 1, 2], {})
+
+
+def test_a_float_token_table_with_a_pad_token_runs_on_the_engine(tiny_models, tmp_path):
+    import mcq
+    import runtime
+
+    model = tiny_models("llama-tiny")
+    model.model.embed_tokens.padding_idx = 0  # as SmolLM2's: the export then carries padding_idx
+    q = mcq.quantize(model, mcq.QuantConfig.from_dict({"preset": "W8A16", "embedding_dtype": "float32"}),
+                     progress=False)
+    assert any(n["op"] == "aten.embedding.default" and len(n["args"]) == 3 for n in q.sections["graph/decode"]["nodes"])
+    q.save(tmp_path / "t.mcq")
+    engine = runtime.load(tmp_path / "t.mcq", engine="native")
+    reference = runtime.load(tmp_path / "t.mcq", qlevel=3, engine="reference")
+    ids = [[3, 17, 5, 9, 0, 41]]
+    assert engine.generate(ids, max_new_tokens=6, stop_at_eos=False) == \
+        reference.generate(ids, max_new_tokens=6, stop_at_eos=False)

@@ -71,6 +71,35 @@ def test_int8_matmul_is_the_same_on_one_thread_and_many(native_isa):
     np.testing.assert_array_equal(one, many)
 
 
+def test_the_pool_can_be_resized_at_once_and_again():
+    """A pool destroyed right after it was made (set_threads twice in a row) joins its workers
+    even when a worker's thread had not run yet: it once waited for a wake-up that had already
+    happened and the process hung (seen in the suite on a loaded machine). In a child process
+    with a time limit, so a regression fails instead of hanging the suite; threads kept from
+    running by a busy parent loop make the late start likely."""
+    code = """
+import threading, numpy as np
+from runtime import native
+w = native.Int8Weight(np.ones((64, 32), np.int8)); x = np.ones((3, 32), np.int8)
+stop = []
+def busy():
+    while not stop:
+        pass
+spinners = [threading.Thread(target=busy) for _ in range(2)]
+for t in spinners: t.start()
+for i in range(400):
+    native.set_threads(2 + i % 3)
+    if i % 7 == 0:
+        assert (w.matmul(x) == 32).all()
+    native.set_threads(1)
+stop.append(1)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr[-2000:]
+
+
 def test_int8_weight_refuses_bad_operands():
     w = native.Int8Weight(np.zeros((4, 8), np.int8))
     with pytest.raises(TypeError, match="int8"):

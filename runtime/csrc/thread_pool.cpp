@@ -31,14 +31,18 @@ constexpr int kSpins = 2000;
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
+  // the generation a worker starts from is read here, not when its thread first runs: a thread
+  // scheduled late would otherwise take a later generation (a first loop's, or the destructor's)
+  // as already seen and wait for the next one, which for the destructor's never comes
+  const uint64_t start = generation_.load();
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, start] { work(start); });
 }
 
 ThreadPool::~ThreadPool() {
-  stop_.store(true);
-  generation_.fetch_add(1);
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);  // a worker checks stop_ under it before sleeping
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -92,22 +96,21 @@ void ThreadPool::run(int64_t tasks, Task fn, void* ctx) {
   job_.open.store(false);  // a late worker finds no task (next >= tasks) and never reads ctx
 }
 
-void ThreadPool::work() {
-  uint64_t seen = generation_.load();
+void ThreadPool::work(uint64_t seen) {
   for (;;) {
     const auto until = std::chrono::steady_clock::now() + kIdleSpin;
-    for (int spins = 1; generation_.load(std::memory_order_acquire) == seen; ++spins) {
+    for (int spins = 1; generation_.load(std::memory_order_acquire) == seen && !stop_.load(); ++spins) {
       cpu_relax();
       if (spins % 64 == 0 && std::chrono::steady_clock::now() > until) break;
     }
-    if (generation_.load() == seen) {
+    if (generation_.load() == seen && !stop_.load()) {
       std::unique_lock<std::mutex> lock(mutex_);
       sleepers_.fetch_add(1);
-      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      wake_.wait(lock, [&] { return generation_.load() != seen || stop_.load(); });
       sleepers_.fetch_sub(1);
     }
-    seen = generation_.load();
     if (stop_.load()) return;
+    seen = generation_.load();
     job_.users.fetch_add(1);
     if (job_.open.load()) take_tasks(job_);
     job_.users.fetch_sub(1);

@@ -44,7 +44,7 @@ class ThreadPool {
     std::atomic<bool> open{false};  // tasks may be taken
   };
 
-  void work();
+  void work(uint64_t seen);
   static void take_tasks(Job& job);
 
   std::vector<std::thread> workers_;

@@ -101,6 +101,12 @@ ENUMS: dict[tuple[str, str], dict[str, int]] = {
 }
 
 
+# positional parameters after an op's schema that do not change its values, dropped: the
+# embedding's padding_idx, scale_grad_by_freq and sparse (gradients only; a model with a pad
+# token, e.g. SmolLM2 with a float table, exports padding_idx)
+TRAILING_IGNORED = {"aten.embedding.default": ("padding_idx", "scale_grad_by_freq", "sparse")}
+
+
 class SchemaError(ValueError):
     """A node's arguments do not fit its op's schema."""
 
@@ -112,9 +118,9 @@ def normalize(op: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
     if schema is None:
         raise SchemaError(f"the engine has no schema for {op}")
     names = [n for n, _ in schema]
-    if len(args) > len(schema):
-        # positional parameters past the engine's (e.g. half_to_float) must be ignorable ones
+    if len(args) > len(schema) + len(TRAILING_IGNORED.get(op, ())):
         raise SchemaError(f"{op}: {len(args)} positional arguments, the engine takes {len(schema)}")
+    args = args[: len(schema)]
     values = list(args) + [REQUIRED] * (len(schema) - len(args))
     for key, value in kwargs.items():
         if key in names:
