@@ -32,36 +32,21 @@ DATA = HERE / "data"
 TEXT_SETS = {"eval": sorted((DATA / "eval").glob("*.txt")), "dev": [DATA / "heldout_en.txt"]}
 
 
-class _Eager:
-    """The float HF model behind the runtime's prefill signature."""
+class LlamaCppPrefill:
+    """llama.cpp behind the runtime's prefill signature (window_nll scores it like the bundles):
+    each call from an empty cache, every position's logits."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, gguf: Path, window: int, threads: int) -> None:
+        from external_contenders import _LlamaRunner, _llama_cpp
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        with torch.no_grad():
-            return self.model(input_ids=x).logits, None
+        self.run = _LlamaRunner(_llama_cpp(), gguf, 1, window + 1, window, threads)
 
-
-def llama_cpp_nll(gguf: Path, ids: list[int], window: int, threads: int) -> tuple[float, int]:
-    """window_nll's protocol on llama.cpp: each window from an empty cache, every position's logits."""
-    from external_contenders import _LlamaRunner, _llama_cpp, _nll
-
-    run = _LlamaRunner(_llama_cpp(), gguf, 1, window + 1, window, threads)
-    total, count = 0.0, 0
-    try:
-        for i in range(0, len(ids), window):
-            chunk = ids[i : i + window]
-            if len(chunk) < 2:
-                continue
-            run.clear()
-            run.fill([(t, pos, 0, True) for pos, t in enumerate(chunk)])
-            run.decode()
-            total += _nll(run.logits(len(chunk)), chunk) * (len(chunk) - 1)
-            count += len(chunk) - 1
-    finally:
-        run.close()
-    return total, count
+    def prefill(self, x: torch.Tensor) -> tuple[Any, None]:
+        ids = x[0].tolist()
+        self.run.clear()
+        self.run.fill([(t, pos, 0, True) for pos, t in enumerate(ids)])
+        self.run.decode()
+        return self.run.logits(len(ids))[None].copy(), None
 
 
 def _texts(spec: str) -> list[Path]:
@@ -91,7 +76,7 @@ def main() -> None:
 
     import mcq
     import runtime
-    from mcq.evaluate import window_nll
+    from mcq.evaluate import EagerPrefill, window_nll
     from mcq.examples import load_example
     from smollm2_accuracy import config_from
 
@@ -104,20 +89,21 @@ def main() -> None:
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())  # tied tables counted once
     rows: list[dict[str, Any]] = []
 
-    def measure(name: str, m: Any, size: float | None = None, nll: Any = None) -> None:
+    def measure(name: str, m: Any, size: float | None = None) -> None:
         t = time.time()
-        per = {k: (nll or (lambda v: window_nll(m, v, args.window)))(v) for k, v in ids.items()}
+        per = {k: window_nll(m, v, args.window) for k, v in ids.items()}
         rows.append({"name": name, "per_text": per, "size": size})
         print(f"{name}: " + ", ".join(f"{k} {math.exp(a / n):.3f}" for k, (a, n) in per.items())
               + f"  ({time.time() - t:.0f} s)", flush=True)
 
-    measure("fp32 (transformers)", _Eager(model.eval()), 1.0)
+    measure("fp32 (transformers)", EagerPrefill(model.eval()), 1.0)
     if args.external_workdir is not None:
         from external_contenders import LLAMA_THREADS, prepare_llama_cpp_q8
 
         gguf = prepare_llama_cpp_q8(args.external_workdir)
-        measure("llama.cpp Q8_0", None, gguf.stat().st_size / fp32_bytes,
-                nll=lambda v: llama_cpp_nll(gguf, v, args.window, LLAMA_THREADS))
+        llama = LlamaCppPrefill(gguf, args.window, LLAMA_THREADS)
+        measure("llama.cpp Q8_0", llama, gguf.stat().st_size / fp32_bytes)
+        llama.run.close()
     captured = None
     for spec in args.presets.split(","):
         is_file = spec.endswith((".yaml", ".yml"))

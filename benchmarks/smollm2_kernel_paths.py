@@ -46,7 +46,7 @@ def worker(bundle: Path, evaluate_only: bool) -> dict:
 
     import mcq
     import runtime
-    from mcq.evaluate import perplexity
+    from mcq.evaluate import EagerPrefill, perplexity
     from mcq.examples import load_example
 
     torch.manual_seed(0)
@@ -57,13 +57,7 @@ def worker(bundle: Path, evaluate_only: bool) -> dict:
         t = time.time()
         mcq.quantize(model, mcq.preset("W8A8KV8"), tokenizer=tok, progress=False).save(bundle)
         out["quantize_s"] = round(time.time() - t, 1)
-
-        class Eager:
-            def prefill(self, x):
-                with torch.no_grad():
-                    return model(input_ids=x).logits, None
-
-        out["fp32"] = perplexity(Eager(), ids)
+        out["fp32"] = perplexity(EagerPrefill(model), ids)
     out["q4"] = perplexity(runtime.load(bundle, qlevel=4, engine="reference"), ids)
     return out
 

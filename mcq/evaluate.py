@@ -20,6 +20,18 @@ AGREEMENT_PROMPTS = (
 )
 
 
+class EagerPrefill:
+    """A float torch model (a Hugging Face causal LM) behind the runtime's prefill signature, so
+    the float baseline is scored on the same windows and positions as the bundles."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with torch.no_grad():
+            return self.model(input_ids=x).logits, None
+
+
 def window_nll(model: Any, ids: Sequence[int], window: int = 512, progress: bool = False) -> tuple[float, int]:
     """(summed negative log-likelihood, tokens scored) of every token after the first of each
     `window`-token chunk (last chunk kept if it has >= 2 tokens): the parts perplexity is made of,

@@ -121,14 +121,12 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool 
     Inductor at its first call for each input pattern. Weights stay memory-mapped from the file
     (the engine packs its int8 weights once and releases their file pages). The graph sections
     are released once decoded (`model.bundle.sections` keeps the other sections)."""
-    default = engine is None
-    if engine is None:
-        engine = os.environ.get(ENGINE_ENV) or "auto"
-        if engine not in ENGINES:
-            raise ValueError(f"${ENGINE_ENV} must be one of {', '.join(ENGINES)}, got {engine!r}")
+    source, default = "engine", False
+    if engine is None:  # the default: "auto" falls back quietly
+        source, engine = f"${ENGINE_ENV}", os.environ.get(ENGINE_ENV) or "auto"
         default = engine == "auto"
-    elif engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"{source} must be one of {', '.join(ENGINES)}, got {engine!r}")
     if compile:
         warnings.warn("compile=True is deprecated and will be removed: the native engine (the default at "
                       "qlevel 4) runs faster with no compile step", DeprecationWarning, stacklevel=2)
