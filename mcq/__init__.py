@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mcq.config import ConfigError, QuantConfig, preset
+
+if TYPE_CHECKING:
+    import torch
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "QuantConfig", "Quantized", "capture_model", "preset", "quantize", "quantize_streaming",
@@ -67,6 +68,8 @@ class Quantized:
 
 def random_samples(vocab: int, n: int = 8, seq_len: int = 32, seed: int = 0) -> list[list[int]]:
     """Seeded random token sequences, for models without a tokenizer (tests, tiny examples)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n, seq_len), generator=gen).tolist()
 

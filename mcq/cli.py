@@ -30,6 +30,11 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise  # usage errors keep click's own message and exit code 2
+        except BrokenPipeError:
+            # the reader went away (`mcq inspect FILE | head`): stop quietly, as Unix tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except (ConfigError, DataError, ExampleError, McqFormatError, OSError, ValueError) as e:
             if os.environ.get("MCQ_DEBUG"):
                 raise
@@ -71,9 +76,9 @@ def main() -> None:
 @click.option("--data", type=click.Path(path_type=Path),
               help="Calibration data: .txt, or .json/.jsonl records {instruction, input, output}. "
                    "Default: built-in English text.")
-@click.option("--samples", default=64, show_default=True, help="Maximum calibration samples.")
-@click.option("--seq-len", default=256, show_default=True, help="Tokens per calibration sample.")
-@click.option("--batch-size", default=4, show_default=True, help="Calibration batch size.")
+@click.option("--samples", default=64, show_default=True, type=click.IntRange(min=1), help="Maximum calibration samples.")
+@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per calibration sample.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Calibration batch size.")
 @click.option("--qparams", "qparams_path", type=click.Path(path_type=Path),
               help="Import parameters calibrated elsewhere: a qparams.npz in the reference schema "
                    "(as `mcq export-reference` writes); they replace the calibrated ones they name.")
@@ -111,6 +116,7 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
         raise FileNotFoundError(f"{data}: calibration data file not found")
     if qparams_path is not None and not qparams_path.is_file():
         raise FileNotFoundError(f"{qparams_path}: qparams file not found")
+    _check_output(output)
     distributed = _join_torchrun()
     import torch.distributed
 
@@ -134,6 +140,17 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
         torch.distributed.destroy_process_group()
 
 
+def _check_output(output: Path) -> None:
+    """Fail now, not after minutes of quantizing: the output's folder exists and takes a new file."""
+    folder = output.resolve().parent
+    if output.is_dir():
+        raise IsADirectoryError(f"{output}: is a directory; give the .mcq file to write (-o FOLDER/name.mcq)")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{output}: cannot write into {folder}")
+
+
 def _join_torchrun() -> bool:
     """Under torchrun (WORLD_SIZE > 1): join its process group (gloo: calibration runs on the CPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -145,25 +162,36 @@ def _join_torchrun() -> bool:
     return True
 
 
+def _check_bundle(path: Path) -> None:
+    """A bundle argument names an existing regular file (a folder is not a bundle)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a .mcq file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+
+
 def _load(path: Path, qlevel: int | None, engine: str | None = None):
     import runtime
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    _check_bundle(path)
     return runtime.load(path, qlevel=qlevel, engine=engine)
 
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt text (repeat for a batch).")
-@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Tokens to generate after the prompt (prompt + new tokens must fit the context).")
 @click.option("--qlevel", type=click.Choice(["2", "3", "4"]), default=None,
               help="2: fake-quant float, 3: quantized storage + float compute, 4: integer kernels "
                    "(default: the bundle's).")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--top-k", default=0, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --sample: softmax temperature (> 0).")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+              help="With --sample: keep the k most likely tokens (0: all).")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="With --sample: keep the smallest set of tokens whose probability reaches p, in (0, 1].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ids", is_flag=True, help="Prompts are space-separated token ids; print token ids "
                                           "(for bundles without a tokenizer).")
@@ -207,8 +235,7 @@ def inspect(file: Path, as_json: bool, nodes: bool, engine: bool) -> None:
     """Show a bundle's versions, entry points, per-node qformat table and tensor bytes by dtype."""
     import mcq_format
 
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
+    _check_bundle(file)
     with mcq_format.read(file) as b:
         man = b.sections["manifest"]
         qf = b.sections.get("qformat") or {"nodes": {}}
@@ -327,7 +354,10 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
     """Check that FILE is a well-formed .mcq bundle: exit 0 if so, 1 with the reason if not.
 
     Checks run cheap to expensive: header, offsets, metadata and versions, section hashes and
-    schemas, graph references and the op allowlist; --verify adds per-tensor SHA-256.
+    schemas, graph references and the op allowlist, then what the quantization means (known
+    formats, finite positive scales, zero points on their grid, each tensor stored as its spec
+    says, each quant point's node reading its own weight); --verify adds per-tensor SHA-256.
+    Needs neither torch nor the toolkit.
     """
     import dataclasses
 
@@ -335,8 +365,7 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
     from mcq_format.errors import McqFormatError
 
     try:
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: no such file")
+        _check_bundle(file)
         report = mcq_format.validate(file, verify=verify)
     except (McqFormatError, OSError) as e:
         code = getattr(e, "code", "E000_IO")
@@ -361,10 +390,13 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
 @click.option("--preset", default=None, help="Preset (default W8A8KV8).")
 @click.option("--data", type=click.Path(path_type=Path), help="Calibration/report data (default: built-in text).")
-@click.option("--samples", default=12, show_default=True, help="Calibration samples (the next ones are the report's).")
-@click.option("--report-samples", default=2, show_default=True, help="Samples the errors are measured on.")
-@click.option("--seq-len", default=256, show_default=True)
-@click.option("--top", default=10, show_default=True, help="How many worst nodes to list and suggest.")
+@click.option("--samples", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Calibration samples (the next ones are the report's).")
+@click.option("--report-samples", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Samples the errors are measured on.")
+@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sample.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many worst nodes to list and suggest.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
 @click.option("--png", "png_path", type=click.Path(path_type=Path), help="Plot SQNR per node (needs matplotlib).")
 @click.option("--trials", is_flag=True,
@@ -547,8 +579,7 @@ def export_reference(file: Path, output: Path) -> None:
     numpy arrays, load with allow_pickle=False)."""
     from mcq.interop import export_reference as export
 
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
+    _check_bundle(file)
     yaml_path, npz_path = export(file, output)
     click.echo(f"wrote {yaml_path} and {npz_path}")
 

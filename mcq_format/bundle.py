@@ -30,6 +30,7 @@ from .errors import (
     NotMcqError,
     SectionHashError,
     SectionLayoutError,
+    TensorReferenceError,
     TensorHashError,
     TensorNameError,
     TensorNotFoundError,
@@ -37,6 +38,7 @@ from .errors import (
     VersionStringError,
 )
 from .opset import OPSETS
+from .quant import TensorView
 from .schema import Context, check_sections
 from .sections import check_section_name, decode_section, encode_section, hash_key, sha256_bulk, sha256_hex, tensor_name
 
@@ -137,8 +139,15 @@ class Bundle(Closing):
         self.sections: dict[str, Any] = _load_sections(container)
         self._names = sorted(n for n in container.header.tensors if not n.startswith(C.SECTION_PREFIX))
         check_sections(
-            Context(frozenset(self._names), self.sections, self.format_version, self.opset_version)
+            Context(frozenset(self._names), self.sections, self.format_version, self.opset_version,
+                    TensorView(self._spec, self._container.tensor))
         )
+
+    def _spec(self, name: str) -> tuple[str, tuple[int, ...]]:
+        if name not in self._container.header.tensors or name.startswith(C.SECTION_PREFIX):
+            raise TensorReferenceError(f"qformat: no tensor {name!r} in the file")
+        info = self._container.info(name)
+        return info.dtype, tuple(info.shape)
 
     def tensor_names(self) -> list[str]:
         """Names of the model tensors (sections excluded), sorted."""

@@ -106,6 +106,9 @@ GRAPH_DTYPES: Final = frozenset(
 GRAPH_LAYOUTS: Final = frozenset({"strided"})
 GRAPH_MEMORY_FORMATS: Final = frozenset({"contiguous_format", "preserve_format", "channels_last"})
 
+# qlevels a bundle may name as its default (manifest.quant.qlevel; spec Q.1): 0 float only
+QLEVELS: Final = (0, 2, 3, 4)
+
 # ------------------------------------------------------------------------ limits
 MIB: Final = 1 << 20
 MIN_HEADER_BYTES: Final = 2  # "{}"
@@ -117,6 +120,7 @@ MSGPACK_MAX_STR_LEN: Final = 64 * MIB
 MSGPACK_MAX_BIN_LEN: Final = 64 * MIB
 MSGPACK_MAX_ARRAY_LEN: Final = 4 * MIB
 MSGPACK_MAX_MAP_LEN: Final = 4 * MIB
+MAX_TOKEN_ID: Final = 2**31 - 1  # token ids (manifest.tokenizer) fit an int32
 
 # ----------------------------------------------------------------------- layout
 HEADER_LENGTH_BYTES: Final = 8  # little-endian u64

@@ -175,14 +175,17 @@ def _reject_constant(name: str) -> Any:
 def _read_header_bytes(f: BinaryIO, file_size: int, path: str) -> bytes:
     if file_size < C.HEADER_LENGTH_BYTES:
         raise FileTooShortError(f"{path}: {file_size} bytes, need at least {C.HEADER_LENGTH_BYTES}")
-    (n,) = struct.unpack("<Q", f.read(C.HEADER_LENGTH_BYTES))
+    head = f.read(C.HEADER_LENGTH_BYTES)
+    (n,) = struct.unpack("<Q", head)
+    # a text file (or anything else) read as a length: say what probably happened
+    hint = " (the file starts with text: not a .mcq file)" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else ""
     if n > C.MAX_HEADER_BYTES:
-        raise HeaderTooLargeError(f"{path}: header length {n} exceeds {C.MAX_HEADER_BYTES}")
+        raise HeaderTooLargeError(f"{path}: header length {n} exceeds {C.MAX_HEADER_BYTES}{hint}")
     if n < C.MIN_HEADER_BYTES:
-        raise HeaderLengthError(f"{path}: header length {n} is below {C.MIN_HEADER_BYTES}")
+        raise HeaderLengthError(f"{path}: header length {n} is below {C.MIN_HEADER_BYTES}{hint}")
     if C.HEADER_LENGTH_BYTES + n > file_size:
         raise TruncatedFileError(
-            f"{path}: header length {n} runs past the end of the {file_size}-byte file"
+            f"{path}: header length {n} runs past the end of the {file_size}-byte file{hint}"
         )
     data = f.read(n)
     if len(data) != n:

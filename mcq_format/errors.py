@@ -202,6 +202,32 @@ class EntryPointError(McqFormatError):
     summary = "an entry point's inputs do not match its graph's inputs"
 
 
+# --------------------------------------------------------- E4xx: quantization
+class QuantSpecError(McqFormatError):
+    code = "E400_QUANT_SPEC"
+    summary = "a qformat entry or quant spec is malformed: unknown kind, format id or granularity, bad axis or group size"
+
+
+class QuantParamsError(McqFormatError):
+    code = "E401_QUANT_PARAMS"
+    summary = "quantization parameters out of their domain: a scale not finite and > 0, a zero point off its grid"
+
+
+class QuantTensorError(McqFormatError):
+    code = "E402_QUANT_TENSOR"
+    summary = "a quantized tensor's storage dtype or shape is not the one its spec implies"
+
+
+class QuantNodeError(McqFormatError):
+    code = "E403_QUANT_NODE"
+    summary = "a quant point's graph node is not the op its kind names or does not read its own weight"
+
+
+class KvCacheError(McqFormatError):
+    code = "E404_KV_CACHE"
+    summary = "manifest.kv_cache or a KV point disagrees with the cache it describes"
+
+
 def _all_subclasses(cls: type[McqFormatError]) -> list[type[McqFormatError]]:
     out: list[type[McqFormatError]] = []
     for sub in cls.__subclasses__():

@@ -27,6 +27,7 @@ from .errors import (
     TensorReferenceError,
 )
 from .opset import OPSETS
+from .quant import TensorView, check_kv_cache, check_qformat_semantics
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Context:
     sections: Mapping[str, Any]  # every decoded section
     format_version: tuple[int, int]
     opset_version: int
+    # the tensors' dtypes, shapes and values, for the semantic checks (mcq_format.quant); None:
+    # structure only (a writer's sections checked before any tensor exists)
+    view: TensorView | None = None
 
 
 class _At:
@@ -234,13 +238,29 @@ def check_manifest(manifest: object, ctx: Context) -> None:
     model = _map(model, mat)
     _str(_field(model, "family", mat)[0], mat.key("family"))
     _map(_field(model, "config", mat)[0], mat.key("config"))
-    _map(_field(m, "quant", at)[0], at.key("quant"))
+    quant, qat = _field(m, "quant", at)
+    quant = _map(quant, qat)
+    if "qlevel" in quant and (type(quant["qlevel"]) is not int or quant["qlevel"] not in C.QLEVELS):
+        qat.key("qlevel").fail(f"expected one of {', '.join(map(str, C.QLEVELS))}, got {quant['qlevel']!r}")
     tokenizer, tat = _field(m, "tokenizer", at)
     if tokenizer is not None:
-        _map(tokenizer, tat)
+        tokenizer = _map(tokenizer, tat)
+        for key in ("bos_token_id", "pad_token_id"):
+            if tokenizer.get(key) is not None:
+                _token_id(tokenizer[key], tat.key(key))
+        if tokenizer.get("eos_token_ids") is not None:
+            eat = tat.key("eos_token_ids")
+            for i, t in enumerate(_list(tokenizer["eos_token_ids"], eat)):
+                _token_id(t, eat.idx(i))
     entries, eat = _field(m, "entry_points", at)
     for name, entry in _map(entries, eat).items():
         _check_entry_point(name, entry, eat.key(name), ctx)
+
+
+def _token_id(value: object, at: _At) -> int:
+    if type(value) is not int or not 0 <= value <= C.MAX_TOKEN_ID:
+        at.fail(f"expected a token id (an int in [0, {C.MAX_TOKEN_ID}]), got {value!r}")
+    return value
 
 
 def _check_entry_point(name: str, entry: object, at: _At, ctx: Context) -> None:
@@ -385,5 +405,11 @@ def check_sections(ctx: Context) -> None:
     for name, obj in sorted(ctx.sections.items()):
         if name.startswith(C.SECTION_GRAPH_PREFIX):
             check_graph(name, obj, ctx)
-    # Last: it relies on the graph sections being valid.
+    # It relies on the graph sections being valid.
     check_manifest(ctx.sections[C.SECTION_MANIFEST], ctx)
+    # Last, the meaning: quantization against the tensors and graphs (spec 5.5a)
+    if ctx.view is not None:
+        if C.SECTION_QFORMAT in ctx.sections:
+            check_qformat_semantics(ctx.sections[C.SECTION_QFORMAT], ctx.sections, ctx.view)
+        else:
+            check_kv_cache(ctx.sections[C.SECTION_MANIFEST])

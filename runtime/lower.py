@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from mcq_format import quant as quant_formats
 from runtime import numerics
 from runtime.memory import Arena
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
@@ -65,9 +66,10 @@ def present_output_name(layer: int, which: int) -> str:
 
 
 # quant format id (spec Q.2a) -> (numerics kind, bits)
-FORMATS = {"int8": (numerics.INT, 8), "int4": (numerics.INT, 4), "fp8_e4m3fn": (numerics.FP8, 8),
-           "bfloat16": (numerics.BF16, 16)}
-SUPPORTED_GRANULARITIES = ("tensor", "channel", "head", "group", "rotated_tensor")
+# (from mcq_format's registry: the format and the runtime share one table)
+_KINDS = {"int": numerics.INT, "fp8": numerics.FP8, "bf16": numerics.BF16}
+FORMATS = {fid: (_KINDS[f.kind], f.bits) for fid, f in quant_formats.FORMATS.items()}
+SUPPORTED_GRANULARITIES = quant_formats.GRANULARITIES
 
 
 def _format(spec: Mapping[str, Any]) -> tuple[str, int]:

@@ -358,3 +358,78 @@ def test_inspect_engine_says_where_each_entry_point_runs_and_no_nodes_hides_the_
         assert where["op_calls"] >= sum(where["engine_ops"].values())
     text = run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--engine", "--no-nodes").output
     assert "native engine, decode:" in text and "mcq.attention x2" in text
+
+
+CONFORMANCE = __import__("pathlib").Path(__file__).resolve().parents[1] / "spec" / "conformance" / "v1.0"
+
+
+@pytest.mark.parametrize("args", [
+    ("--max-new-tokens", 0), ("--max-new-tokens", -1), ("--top-p", 2), ("--top-p", 0), ("--top-k", -5),
+    ("--temperature", 0), ("--temperature", -1)])
+def test_generate_refuses_bad_values_before_loading(args):
+    result = run("generate", CONFORMANCE / "valid" / "llama-tiny-w8a8kv8.mcq", "--prompt", "hi", "--sample", *args)
+    assert result.exit_code == 2 and "Invalid value" in result.output and args[0] in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [("--samples", 0), ("--seq-len", 0), ("--batch-size", 0)])
+def test_quantize_refuses_bad_values_before_loading(args, tmp_path):
+    result = run("quantize", "--example", "gptj-tiny", *args, "-o", tmp_path / "o.mcq")
+    assert result.exit_code == 2 and args[0] in result.output, result.output
+    assert not (tmp_path / "o.mcq").exists()
+
+
+def test_quantize_into_a_missing_folder_fails_before_any_work(tmp_path):
+    import time
+
+    t = time.time()
+    assert_one_line_error(run("quantize", "--example", "gptj-tiny", "-o", tmp_path / "no" / "o.mcq"),
+                          "does not exist", str(tmp_path / "no"))
+    assert time.time() - t < 5  # nothing was loaded or captured
+    assert_one_line_error(run("quantize", "--example", "gptj-tiny", "-o", tmp_path), "is a directory")
+
+
+def test_a_folder_given_as_a_bundle_says_so(tmp_path):
+    for cmd in ("validate", "inspect"):
+        assert_one_line_error(run(cmd, tmp_path), "is a directory")
+
+
+def test_a_text_file_given_as_a_bundle_says_it_is_not_an_mcq_file(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("These are notes, not a model.\n" * 10)
+    assert_one_line_error(run("inspect", text), "E102_HEADER_TOO_LARGE", "not a .mcq file")
+
+
+def test_validate_refuses_each_quantization_error_vector_with_its_code():
+    manifest = json.loads((CONFORMANCE / "manifest.json").read_text())
+    semantic = [e for e in manifest["invalid"] if e["expected_code"].startswith("E4")]
+    assert len(semantic) >= 20
+    for entry in semantic:
+        result = run("validate", "--json", CONFORMANCE / entry["file"])
+        assert result.exit_code == 1 and json.loads(result.output)["code"] == entry["expected_code"], entry
+
+
+def test_validate_and_inspect_import_neither_torch_nor_the_toolkit():
+    import subprocess
+    import sys
+
+    bundle = CONFORMANCE / "valid" / "llama-tiny-w8a8kv8.mcq"
+    for cmd in ("validate", "inspect"):
+        code = ("import sys\nfrom mcq.cli import main\nsys.argv = ['mcq', %r, %r]\ntry:\n    main()\n"
+                "except SystemExit as e:\n    assert not e.code, e.code\n"
+                "heavy = sorted(m for m in ('torch', 'transformers', 'runtime', 'mcq.calibrate') if m in sys.modules)\n"
+                "print('HEAVY', heavy)\n") % (cmd, str(bundle))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert "HEAVY []" in out.stdout, (cmd, out.stdout[-500:], out.stderr[-2000:])
+
+
+def test_inspect_into_a_closed_pipe_stops_quietly():
+    import subprocess
+    import sys
+
+    bundle = CONFORMANCE / "valid" / "llama-tiny-w8a8kv8.mcq"
+    proc = subprocess.Popen([sys.executable, "-m", "mcq.cli", "inspect", str(bundle)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Broken pipe" not in err and "error" not in err, err

@@ -574,14 +574,23 @@ Value op_layer_norm(Args& a) {
   const int k = static_cast<int>(norm.size());
   int64_t width = 1;
   for (int64_t s : norm) width *= s;
+  // normalized_shape names the trailing dims of the input; weight and bias hold `width` values
+  // (a file's graph may say otherwise: refused here, never read out of bounds)
+  if (k > t.nd) throw EngineError("layer_norm: normalized_shape has more dims than the input");
+  for (int i = 0; i < k; ++i)
+    if (t.shape()[t.nd - k + i] != norm[i])
+      throw EngineError("layer_norm: normalized_shape is not the input's trailing shape");
+  for (int i = 2; i <= 3; ++i)
+    if (!a[i].is_none() && a[i].tensor("layer_norm weight / bias").numel() != width)
+      throw EngineError("layer_norm: weight / bias size is not the normalized width");
   const Tensor x = to_dtype(t, DType::f32);
   const int64_t rows = width ? x.numel() / width : 0;
   Tensor out = empty(DType::f32, t.shape());
   std::vector<int64_t> stat_shape = t.shape();
   for (int i = 0; i < k; ++i) stat_shape[t.nd - 1 - i] = 1;
   Tensor mean = empty(DType::f32, stat_shape), rstd = empty(DType::f32, stat_shape);
-  const Tensor w = a[2].is_none() ? Tensor{} : to_dtype(a[2].t, DType::f32);
-  const Tensor b = a[3].is_none() ? Tensor{} : to_dtype(a[3].t, DType::f32);
+  const Tensor w = a[2].is_none() ? Tensor{} : to_dtype(a[2].tensor("layer_norm weight"), DType::f32);
+  const Tensor b = a[3].is_none() ? Tensor{} : to_dtype(a[3].tensor("layer_norm bias"), DType::f32);
   for (int64_t r = 0; r < rows; ++r) {
     const float* p = x.data<float>() + r * width;
     float* q = out.data<float>() + r * width;

@@ -180,6 +180,7 @@ class Parts:
     """A bundle taken apart: model tensors (raw), sections (objects or raw bytes), metadata edits."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         with open_container(path) as c:
             self.tensors: dict[str, tuple[str, list[int], bytes]] = {
                 n: (t.dtype, list(t.shape), bytes(c.raw(n)))
@@ -336,6 +337,39 @@ def _corrupt_weight(p: Parts) -> bytes:
 def _edit_manifest_inputs(p: Parts) -> bytes:
     p.sections["manifest"]["entry_points"]["decode"]["inputs"].pop()
     return p.build()
+
+
+# ---- helpers of the E4xx (quantization meaning) cases
+Q_LINEAR = "model.layers.0.self_attn.q_proj/linear0"
+K_LINEAR = "model.layers.0.self_attn.k_proj/linear0"
+K_CACHE = "model.layers.0.self_attn/k_cache"
+
+
+def _values(p: Parts, name: str, fn: Callable[[np.ndarray], np.ndarray], dtype: str | None = None) -> None:
+    """Tensor `name` with its values replaced by fn(values) (stored as `dtype` if given)."""
+    old, shape, data = p.tensors[name]
+    arr = np.frombuffer(data, dtype=C.DTYPES[old].numpy).reshape(shape)
+    new = np.array(fn(arr.copy()), order="C")  # (ascontiguousarray would make a scalar 1-D)
+    dtype = dtype or old
+    p.tensors[name] = (dtype, list(new.shape), new.astype(C.DTYPES[dtype].numpy).tobytes())
+
+
+def _spec(p: Parts, qkey: str, role: str = "weight") -> dict[str, Any]:
+    entry = p.sections["qformat"]["nodes"][qkey]
+    return entry["weight"] if role == "weight" else entry["inputs"][role]
+
+
+def _kv_point(p: Parts, entry: str = "decode") -> dict[str, Any]:
+    return next(n for n in _graph(p, entry)["nodes"] if n["op"] == "mcq.kv_point")
+
+
+def _from(base: str, craft: Callable[[Parts], bytes]) -> Callable[[Parts], bytes]:
+    """A case crafted from another valid bundle (one with the feature the case breaks)."""
+    return lambda p: craft(Parts(p.path.parent / f"{base}.mcq"))
+
+
+def _edit(fn: Callable[[Parts], Any]) -> Callable[[Parts], bytes]:
+    return lambda p: (fn(p), p.build())[1]
 
 
 def _rename_node(p: Parts, g: dict[str, Any], i: int, new: str) -> None:
@@ -511,6 +545,56 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
      "the header's last padding byte is LF: padding after the JSON object must be spaces only",
      lambda p: (lambda b: b[: 8 + int.from_bytes(b[:8], "little") - 1] + b"\n"
                 + b[8 + int.from_bytes(b[:8], "little"):])(p.build())),
+    # ---- E4xx: what the quantization means (spec 5.5a)
+    ("qformat-unknown-kind", "E400_QUANT_SPEC", False, "a qformat entry of kind 'conv'",
+     _edit(lambda p: p.sections["qformat"]["nodes"][Q_LINEAR].__setitem__("kind", "conv"))),
+    ("qformat-inputs-missing", "E400_QUANT_SPEC", False, "a qformat entry without 'inputs'",
+     _edit(lambda p: p.sections["qformat"]["nodes"][Q_LINEAR].pop("inputs"))),
+    ("qformat-scale-number", "E400_QUANT_SPEC", False, "a weight scale given as a number, not a tensor name",
+     _edit(lambda p: _spec(p, Q_LINEAR).__setitem__("scale", 0.5))),
+    ("qformat-weight-axis-out-of-range", "E400_QUANT_SPEC", False, "a 2-D weight quantized along axis 7",
+     _edit(lambda p: _spec(p, Q_LINEAR).__setitem__("axis", 7))),
+    ("qformat-unknown-format-id", "E400_QUANT_SPEC", False, "weight dtype 'int3'",
+     _edit(lambda p: _spec(p, Q_LINEAR).__setitem__("dtype", "int3"))),
+    ("qformat-scale-zero", "E401_QUANT_PARAMS", False, "a weight scale of 0",
+     _edit(lambda p: _values(p, f"{Q_LINEAR}/weight.scale", lambda a: np.where(np.arange(a.size) == 0, 0, a)))),
+    ("qformat-scale-negative", "E401_QUANT_PARAMS", False, "an activation scale of -1",
+     _edit(lambda p: _values(p, f"{Q_LINEAR}/x.scale", lambda a: -np.ones_like(a)))),
+    ("qformat-scale-nan", "E401_QUANT_PARAMS", False, "a KV-cache scale that is NaN",
+     _edit(lambda p: _values(p, f"{K_CACHE}/x.scale", lambda a: np.full_like(a, np.nan)))),
+    ("qformat-scale-inf", "E401_QUANT_PARAMS", False, "an activation scale that is +inf",
+     _edit(lambda p: _values(p, f"{K_LINEAR}/x.scale", lambda a: np.full_like(a, np.inf)))),
+    ("qformat-zero-point-out-of-range", "E401_QUANT_PARAMS", False, "an int8 zero point of 300 (stored as I32)",
+     _edit(lambda p: _values(p, f"{Q_LINEAR}/x.zero_point", lambda a: np.full_like(a, 300)))),
+    ("qformat-zero-point-on-symmetric", "E401_QUANT_PARAMS", False, "a symmetric weight with zero point 1",
+     _edit(lambda p: _values(p, f"{Q_LINEAR}/weight.zero_point", lambda a: np.ones_like(a)))),
+    ("qformat-zero-point-fractional", "E401_QUANT_PARAMS", False, "a zero point stored as F32 (0.5)",
+     _edit(lambda p: _values(p, f"{Q_LINEAR}/x.zero_point", lambda a: a + 0.5, "F32"))),
+    ("qformat-scale-shape", "E401_QUANT_PARAMS", False, "a per-channel weight scale one value short",
+     _edit(lambda p: (_values(p, f"{Q_LINEAR}/weight.scale", lambda a: a[:-1]),
+                      _values(p, f"{Q_LINEAR}/weight.zero_point", lambda a: a[:-1])))),
+    ("qformat-rotation-zeros", "E401_QUANT_PARAMS", False, "a rotation factor of zeros (gpt2-mini rotated bundle)",
+     _from("gpt2-mini-w8a8kv8-rotated", _edit(lambda p: _values(p, next(
+         n for n in sorted(p.tensors) if n.startswith("rotation.") and n.endswith(".b")), np.zeros_like)))),
+    ("qformat-int4-over-int8", "E402_QUANT_TENSOR", False, "an int4 spec describing an I8 weight",
+     _edit(lambda p: _spec(p, Q_LINEAR).update(dtype="int4", nbits=4, shape=[64, 64]))),
+    ("qformat-weight-of-another-linear", "E403_QUANT_NODE", False, "q_proj's node reading k_proj's weight",
+     _edit(lambda p: next(n for n in _graph(p)["nodes"] if n.get("qkey") == Q_LINEAR)["args"].__setitem__(
+         1, ["tensor", f"{K_LINEAR}/weight"]))),
+    ("qformat-kv-layer-huge", "E403_QUANT_NODE", False, "a KV point of layer 2^64-1",
+     _edit(lambda p: _kv_point(p)["args"].__setitem__(1, 2**64 - 1))),
+    ("qformat-kv-layer-string", "E403_QUANT_NODE", False, "a KV point whose layer is the string '0'",
+     _edit(lambda p: _kv_point(p)["args"].__setitem__(1, ["str", "0"]))),
+    ("manifest-kv-cache-dtype", "E404_KV_CACHE", False, "manifest.kv_cache.dtype 'int3'",
+     _edit(lambda p: p.sections["manifest"]["kv_cache"].__setitem__("dtype", "int3"))),
+    ("manifest-kv-cache-heads", "E404_KV_CACHE", False, "manifest.kv_cache.heads 0",
+     _edit(lambda p: p.sections["manifest"]["kv_cache"].__setitem__("heads", 0))),
+    ("manifest-qlevel-string", "E205_SECTION_SCHEMA", False, "manifest.quant.qlevel 'four'",
+     _edit(lambda p: p.sections["manifest"]["quant"].__setitem__("qlevel", "four"))),
+    ("manifest-eos-id-string", "E205_SECTION_SCHEMA", False, "an eos token id that is a string",
+     _edit(lambda p: p.sections["manifest"]["tokenizer"].__setitem__("eos_token_ids", ["2"]))),
+    ("manifest-pad-id-huge", "E205_SECTION_SCHEMA", False, "a pad token id of 2^64-1",
+     _edit(lambda p: p.sections["manifest"]["tokenizer"].__setitem__("pad_token_id", 2**64 - 1))),
 ]
 
 

@@ -23,8 +23,9 @@ def model_tensors() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     return {
         "embed.weight": rng.standard_normal((8, 4)).astype(np.float32),
-        "lm_head.qweight": rng.integers(-128, 127, (4, 4), dtype=np.int8),
-        "lm_head.scale": np.full((4,), 0.5, np.float16),
+        "lm_head/weight": rng.integers(-127, 127, (4, 4), dtype=np.int8),
+        "lm_head/weight.scale": np.full((4,), 0.5, np.float32),
+        "lm_head/weight.zero_point": np.zeros((4,), np.int8),
         "norm.bf16": RawTensor("BF16", (4,), bytes(range(8))),
     }
 
@@ -55,10 +56,10 @@ def graph(name: str = "decode") -> dict[str, Any]:
             },
             {
                 "name": "head",
-                "op": "mcq.qlinear",
-                "args": [["ref", "cast"], ["tensor", "lm_head.qweight"], None, 1.5, True],
+                "op": "aten.linear.default",
+                "args": [["ref", "cast"], ["tensor", "lm_head/weight"], None, 1.5, True],
                 "kwargs": {"mode": ["str", "w8"], "dims": ["list", [1, ["ref", "x"]]]},
-                "qkey": "lm_head",
+                "qkey": "head",  # a quant point the qformat does not quantize
             },
         ],
         "outputs": [{"name": "logits", "value": ["ref", "head"]}],
@@ -89,10 +90,11 @@ def sections() -> dict[str, Any]:
         "qformat": {
             "version": 1,
             "nodes": {
-                "lm_head": {
-                    "kind": "qlinear",
-                    "inputs": {"x": None},
-                    "weight": {"bits": 8, "scale": "lm_head.scale", "zero_point": None},
+                "lm_head": {  # an int8 weight per output channel, read by no graph node here
+                    "kind": "linear",
+                    "inputs": {},
+                    "weight": {"dtype": "int8", "nbits": 8, "symmetric": True, "granularity": "channel",
+                               "axis": 0, "scale": "lm_head/weight.scale", "zero_point": "lm_head/weight.zero_point"},
                 }
             },
         },

@@ -16,7 +16,7 @@ def test_codes_are_unique_and_well_formed():
     classes = list(ERROR_CODES.values())
     assert len({c.code for c in classes}) == len(classes)
     for code, cls in ERROR_CODES.items():
-        assert re.fullmatch(r"E[1-3]\d\d_[A-Z0-9_]+", code), code
+        assert re.fullmatch(r"E[1-4]\d\d_[A-Z0-9_]+", code), code
         assert issubclass(cls, m.McqFormatError) and cls.summary
         assert getattr(m, cls.__name__) is cls  # re-exported
 

