@@ -43,7 +43,7 @@ POOL: tuple[Any, ...] = (0, 1, -1, 2, 7, 127, 300, 2**31, 2**64 - 1, 0.5, -0.0, 
 FLOATS = (0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-38, 1e30, 3.5)
 INTS = (0, 1, -1, 127, -128, 255, 300, -300, 2**31 - 1)
 TIME_LIMIT_S = 5  # per execution path
-MEMORY_LIMIT_MIB = 200 + 400  # the issue's 200 MB over a child's baseline (torch + runtime: ~400 MiB)
+MEMORY_LIMIT_MIB = 200 + 400  # the issue's 200 MB over a child's baseline (torch + runtime: ~200-400 MiB)
 FAMILIES = ("qformat", "params", "manifest", "graph")
 
 
@@ -187,43 +187,59 @@ def _run_paths(path: Path, base: str, paths: list[str]) -> str:
     return bad[0] if bad else "ran"
 
 
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    """A forkserver: children fork from a clean process that imported torch and the runtime but
+    ran nothing (forking a process whose OpenMP threads already ran deadlocks the child)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["torch", "runtime", "mcq_format", "mutants"])
+    return _CONTEXT
+
+
+def _child(conn: Any, path: str, base: str, paths: list[str]) -> None:
+    import resource
+
+    try:
+        result = _run_paths(Path(path), base, paths)
+    except BaseException as e:  # noqa: BLE001
+        result = f"exception {type(e).__name__}"
+    conn.send((result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    conn.close()
+
+
 def outcome(path: Path, base: str, paths: list[str]) -> tuple[str, float]:
-    """(how the mutant ended, the child's peak RSS in MiB). Loading and running happen in a forked
-    child (the parent has imported torch and the runtime but run nothing: no thread pools to
-    inherit), so that a crash, a hang or a memory blow-up is counted, not fatal."""
+    """(how the mutant ended, the child's peak RSS in MiB). Loading and running happen in a child
+    process, so that a crash, a hang or a memory blow-up is counted, not fatal."""
     try:
         mcq_format.validate(path)
     except mcq_format.McqFormatError as e:
         return f"refused {e.code}", 0.0
     except Exception as e:  # noqa: BLE001 - the validator itself must only raise format errors
         return f"validate raised {type(e).__name__}: {e}"[:160], 0.0
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read)
-        try:
-            result = _run_paths(path, base, paths)
-        except BaseException as e:  # noqa: BLE001
-            result = f"exception {type(e).__name__}"
-        os.write(write, result.encode()[:500])
-        os._exit(0)
-    os.close(write)
-    deadline = time.time() + TIME_LIMIT_S * len(paths)
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            _, status, usage = os.wait4(pid, 0)
-            os.close(read)
-            return "time limit", usage.ru_maxrss / 1024
-        time.sleep(0.002)
-    text = os.read(read, 500).decode()
-    os.close(read)
-    if os.WIFSIGNALED(status):
-        return f"crash {signal.Signals(os.WTERMSIG(status)).name}", usage.ru_maxrss / 1024
-    return text or "exception (no result)", usage.ru_maxrss / 1024
+    ctx = _context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, str(path), base, paths))
+    proc.start()
+    send.close()
+    proc.join(TIME_LIMIT_S * len(paths))
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        return "time limit", 0.0
+    if proc.exitcode is not None and proc.exitcode < 0:
+        return f"crash {signal.Signals(-proc.exitcode).name}", 0.0
+    try:
+        result, rss = receive.recv() if receive.poll(1) else ("exception (no result)", 0.0)
+    except EOFError:
+        result, rss = "exception (no result)", 0.0
+    receive.close()
+    return result, rss
 
 
 def main() -> None:
@@ -244,8 +260,6 @@ def main() -> None:
     examples: dict[str, list[str]] = collections.defaultdict(list)
     t0 = time.time()
     peak = 0.0
-    import runtime  # noqa: F401  (imported once in the parent: each child starts with it loaded)
-    import torch  # noqa: F401
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.start, args.start + args.count):
             rng = random.Random(args.seed * 1_000_003 + i)

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from mcq.config import ConfigError, QuantConfig, preset
+from mcq.config import ConfigError, QuantConfig, default_config, preset
 
 if TYPE_CHECKING:
     import torch
@@ -128,6 +128,7 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
              progress: bool = True, qparams: str | os.PathLike[str] | None = None,
              distributed: bool = False) -> Quantized:
     """Capture `model` (see `capture_model`), calibrate it and return the quantized bundle.
+    Without `config`: the W8A8KV8 preset (`mcq.config.DEFAULT_PRESET`), as `mcq quantize`.
 
     HF models calibrate on token ids: `samples` (token-id lists) if given, else `data` (a .txt
     file or .json/.jsonl records {instruction, input, output}), else the built-in English text;
@@ -150,7 +151,7 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     from mcq.plan import plan_qformat
     from mcq.sequential import refine
 
-    cfg = config or QuantConfig()
+    cfg = config or default_config()  # the same recipe as `mcq quantize` without --preset
     rank, size = dist.world(distributed)
     if cfg.searches and size > 1:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) runs in one process")

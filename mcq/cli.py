@@ -100,7 +100,7 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
     torchrun --nproc-per-node 2 -m mcq.cli quantize MODEL_DIR --stream -o model.mcq
     """
     import mcq
-    from mcq.config import ConfigError, QuantConfig
+    from mcq.config import DEFAULT_PRESET, ConfigError, QuantConfig
     from mcq.examples import load_example, load_model_dir
 
     if (model_dir is None) == (example is None):
@@ -109,7 +109,7 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
         raise click.UsageError("--stream reads a MODEL_DIR's safetensors checkpoint (the examples load in memory)")
     if config_path and preset:
         raise ConfigError("use --config or --preset, not both (a config file can say 'preset: NAME')")
-    cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
+    cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or DEFAULT_PRESET)
     if model_dir is not None and not model_dir.exists():
         raise FileNotFoundError(f"{model_dir}: model path does not exist")
     if data is not None and not data.is_file():
@@ -226,7 +226,8 @@ def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--nodes/--no-nodes", default=True, show_default=True, help="Show the per-node qformat table.")
+@click.option("--nodes/--no-nodes", default=False, show_default=True,
+              help="Also print the per-node qformat table (one line per quantized node; --json always has it).")
 @click.option("--engine", "engine", is_flag=True,
               help="Also plan the bundle on the native engine (packs its weights: seconds for a large model) "
                    "and say which entry points run there, in how many op calls and which fused ops, or why not.")
@@ -266,11 +267,10 @@ def inspect(file: Path, as_json: bool, nodes: bool, engine: bool) -> None:
     click.echo(f"{file}  {report['bytes'] / 2**20:.2f} MiB  mcq {report['format_version']}, "
                f"opset {report['opset_version']}, by {man['producer']['name']} {man['producer']['version']}")
     click.echo(f"model: {report['family']}" + (f"   kv cache: {report['kv_cache']}" if report["kv_cache"] else ""))
-    q = man["quant"]
-    click.echo("quant: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    click.echo("quant: " + _quant_line(man["quant"]))
     for g, ep in report["entry_points"].items():
-        click.echo(f"entry point {g}: {ep['nodes']} nodes; inputs {_some(ep['inputs'])}; "
-                   f"outputs {_some(ep['outputs'])}")
+        click.echo(f"entry point {g}: {ep['nodes']} nodes\n  inputs  {_some(ep['inputs'])}\n"
+                   f"  outputs {_some(ep['outputs'])}")
     click.echo("quantized nodes:")
     for k, v in report["quantized_nodes"].items():
         click.echo(f"  {k:<20} {v}")
@@ -288,6 +288,23 @@ def inspect(file: Path, as_json: bool, nodes: bool, engine: bool) -> None:
         click.echo(f"{'qkey':<{width}}  {'kind':<8}  {'weight':<28}  inputs")
         for k, d in report["qformat"].items():
             click.echo(f"{k:<{width}}  {d['kind']:<8}  {d['weight']:<28}  {d['inputs']}")
+
+
+def _quant_line(quant: dict[str, Any]) -> str:
+    """The recipe in one readable line: the settings that differ from the plain int8 config, the
+    overrides counted (the full record is in --json)."""
+    plain = {"weight_calib_method": "AMAX_SYM", "weight_dtype": "int8", "weight_granularity": "channel",
+             "act_calib_method": "MINMAX_ASYM", "act_dtype": "int8", "act_granularity": "tensor", "kv_dtype": "int8",
+             "percentile": 99.99, "weight_group_size": 128, "smoothquant_alpha": 0.5, "gptq_damp": 0.01,
+             "gptq_fit_damp": 1.0, "auto_samples": 8, "attn_granularity": "tensor"}
+    parts = [f"qlevel {quant.get('qlevel', 4)}"]
+    for k, v in quant.items():
+        if k in ("qlevel", "overrides", "search") or v in (None, False, 0, 0.0) or plain.get(k) == v:
+            continue
+        parts.append(f"{k}={v}")
+    if quant.get("overrides"):
+        parts.append(f"{len(quant['overrides'])} overrides")
+    return ", ".join(parts)
 
 
 def _engine_placement(file: Path) -> dict[str, Any]:
@@ -439,7 +456,7 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
     import mcq
     from mcq.calibrate import batches_of
     from mcq.capture import CAUSAL_LM
-    from mcq.config import QuantConfig
+    from mcq.config import DEFAULT_PRESET, QuantConfig
     from mcq.examples import load_example, load_model_dir
     from mcq.report import node_errors
 
@@ -450,7 +467,7 @@ def report(target: Path | None, example: str | None, bundle: Path | None, config
         raise FileNotFoundError(f"{target}: model path does not exist")
     if trials and bundle is not None:
         raise click.UsageError("--trials quantizes again with --config / --preset: leave out --bundle")
-    cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or "W8A8KV8")
+    cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or DEFAULT_PRESET)
     model, tok = load_example(example) if example else load_model_dir(target)  # type: ignore[arg-type]
     captured = mcq.capture_model(model)
     if trials and captured.kind != CAUSAL_LM:

@@ -314,6 +314,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# the recipe `mcq.quantize(model)`, `quantize_streaming` and `mcq quantize` use without a config
+DEFAULT_PRESET = "W8A8KV8"
+
+
+def default_config() -> QuantConfig:
+    return preset(DEFAULT_PRESET)
+
+
 def preset(name: str) -> QuantConfig:
     try:
         return QuantConfig(**PRESETS[name])

@@ -31,7 +31,7 @@ from mcq.bundle import (Assembled, float_tensor_names, node_plan, rewire, sectio
 from mcq.calibrate import (Recorder, as_inputs, batches_of, check_reached, make_observers, shared_hessians,
                            transformed_wanted)
 from mcq.calibrators import Histogram
-from mcq.config import ConfigError, QuantConfig
+from mcq.config import ConfigError, QuantConfig, default_config
 from runtime import lower
 from runtime.quant_modules import Observe
 
@@ -403,7 +403,7 @@ def quantize_streaming(model_dir: str | os.PathLike[str], output: str | os.PathL
     from mcq.interop import ImportedQParams
     from mcq.plan import plan_qformat
 
-    cfg = config or QuantConfig()
+    cfg = config or default_config()  # the same recipe as `mcq quantize` without --preset
     if cfg.searches:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) quantizes many trial "
                           "models in memory: not with streaming")

@@ -294,6 +294,10 @@ def check_qformat_semantics(qformat: Mapping[str, Any], sections: Mapping[str, A
     """Every entry of a schema-valid qformat against the tensors and graphs it describes."""
     kv = check_kv_cache(sections.get("manifest") or {})
     nodes = qformat["nodes"]
+    quant = (sections.get("manifest") or {}).get("quant") or {}
+    if nodes and quant.get("qlevel") == 0:
+        raise QuantSpecError("manifest: quant.qlevel 0 (the float graph) names a bundle without quantized nodes; "
+                             f"this qformat quantizes {len(nodes)}")
     graph_nodes = _nodes_by_qkey(sections)
     for qkey in sorted(nodes):
         entry = nodes[qkey]
@@ -307,6 +311,8 @@ def check_qformat_semantics(qformat: Mapping[str, Any], sections: Mapping[str, A
         unknown = sorted(set(inputs) - set(INPUT_GRANULARITIES[kind]))
         if unknown:
             where.fail(f"a {kind} quantizes inputs {sorted(INPUT_GRANULARITIES[kind])}, not {unknown}", QuantSpecError)
+        if kind == "kv_cache" and "x" not in inputs:
+            where.fail("a kv_cache quant point quantizes its input x (spec Q.5)", QuantSpecError)
         weight = entry.get("weight")
         if kind in ("bmm", "kv_cache") and weight is not None:
             where.fail(f"a {kind} has no weight spec", QuantSpecError)

@@ -253,6 +253,8 @@ def check_manifest(manifest: object, ctx: Context) -> None:
             for i, t in enumerate(_list(tokenizer["eos_token_ids"], eat)):
                 _token_id(t, eat.idx(i))
     entries, eat = _field(m, "entry_points", at)
+    if not _map(entries, eat):
+        eat.fail("a bundle has at least one entry point", EntryPointError)
     for name, entry in _map(entries, eat).items():
         _check_entry_point(name, entry, eat.key(name), ctx)
 

@@ -106,7 +106,7 @@ class Model:
             self._module(name, last_position_logits=causal and name == "prefill")
         self._loaded = True
         special = manifest.get("tokenizer") or {}
-        self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
+        self.eos_token_ids: list[int] = list(special.get("eos_token_ids") or [])  # nil: none
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
 
     def _module(self, name: str, last_position_logits: bool = False) -> Callable[..., Any]:

@@ -91,6 +91,9 @@ def test_quantize_inspect_validate_roundtrip(tmp_path):
     assert r.exit_code == 0 and json.loads(r.output)["valid"] is True and json.loads(r.output)["verified"]
     assert report["qformat"]["lm_head/linear0"]["weight"] == "int8 channel(axis 0) AMAX_SYM"
     r = run("inspect", out)
+    assert "transformer.h.0.attn/bmm0" not in r.output and len(r.output.splitlines()) < 25  # a summary
+    assert max(map(len, r.output.splitlines()[1:])) < 160 and "smoothquant=True" in r.output, r.output
+    r = run("inspect", out, "--nodes")
     assert "transformer.h.0.attn/bmm0" in r.output and "from k_cache" in r.output
     r = run("generate", out, "--ids", "--prompt", "5 6 7", "--max-new-tokens", "4")
     assert r.exit_code == 0, r.output
@@ -346,7 +349,8 @@ def test_inspect_engine_says_where_each_entry_point_runs_and_no_nodes_hides_the_
     vectors = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "v1.0" / "valid"
     plain = run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--no-nodes")
     assert plain.exit_code == 0 and "qkey" not in plain.output and "native engine" not in plain.output
-    assert "qkey" in run("inspect", vectors / "llama-tiny-w8a8kv8.mcq").output
+    assert "qkey" not in run("inspect", vectors / "llama-tiny-w8a8kv8.mcq").output  # the summary by default
+    assert "qkey" in run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--nodes").output
     if not native.available():
         pytest.skip(f"native core not built: {native.load_error()}")
     r = run("inspect", vectors / "llama-tiny-w8a8kv8.mcq", "--engine", "--json")
@@ -433,3 +437,18 @@ def test_inspect_into_a_closed_pipe_stops_quietly():
     proc.stdout.close()  # as `| head -1` does
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "Broken pipe" not in err and "error" not in err, err
+
+
+def test_the_api_and_the_cli_default_to_the_same_recipe(tmp_path):
+    import mcq
+    from mcq.config import DEFAULT_PRESET
+    from mcq.examples import load_example
+
+    cli_path, api_path = tmp_path / "cli.mcq", tmp_path / "api.mcq"
+    result = run("quantize", "--example", "gptj-tiny", "-o", cli_path)
+    assert result.exit_code == 0, result.output
+    model, tok = load_example("gptj-tiny")
+    q = mcq.quantize(model, tokenizer=tok, progress=False)
+    assert q.config == mcq.preset(DEFAULT_PRESET) == mcq.preset("W8A8KV8")
+    q.save(api_path)
+    assert api_path.read_bytes() == cli_path.read_bytes()

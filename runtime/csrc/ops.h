@@ -31,6 +31,7 @@ Tensor unsqueeze(const Tensor& t, int64_t dim);
 Tensor squeeze_dim(const Tensor& t, int64_t dim);
 DType promote_pair(DType x, DType y);
 int64_t wrap_dim(int64_t dim, int64_t rank);
+int64_t index_dim(int64_t dim, int64_t rank);  // wrap_dim for a dim that indexes a shape (rank >= 1)
 Tensor scalar_tensor_of(const Value& v);  // a number as a 0-d tensor of its natural dtype
 // an instruction's load-time object (quant.h's specs and linears) as its type, or an EngineError
 template <class T>

@@ -412,7 +412,11 @@ Rows to_rows(const Tensor& t, std::vector<int64_t> dims, bool keepdim) {
   std::vector<bool> reduced(t.nd, false);
   if (dims.empty())
     for (int d = 0; d < t.nd; ++d) dims.push_back(d);
-  for (int64_t d : dims) reduced[wrap_dim(d, t.nd)] = true;
+  // a 0-d tensor accepts dim 0 / -1 (as ATen) and has nothing to reduce over
+  for (int64_t d : dims) {
+    const int64_t w = wrap_dim(d, t.nd);
+    if (t.nd > 0) reduced[static_cast<size_t>(w)] = true;
+  }
   std::vector<int64_t> order;
   for (int d = 0; d < t.nd; ++d)
     if (!reduced[d]) {

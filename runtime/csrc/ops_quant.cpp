@@ -18,7 +18,7 @@ struct ParamIndex {
   int64_t stride_after = 1;  // elements per step along axis (contiguous tensor)
   ParamIndex(const QuantSpec& q, const Tensor& t) {
     if (q.per_tensor()) return;
-    axis = wrap_dim(q.axis, t.nd);
+    axis = index_dim(q.axis, t.nd);
     count = static_cast<int64_t>(q.scale.size());
     for (int d = static_cast<int>(axis) + 1; d < t.nd; ++d) stride_after *= t.sh[d];
     if (!q.per_head && t.sh[axis] != count)

@@ -19,6 +19,12 @@ int64_t wrap_dim(int64_t dim, int64_t rank) {
   return dim < 0 ? dim + r : dim;
 }
 
+int64_t index_dim(int64_t dim, int64_t rank) {
+  // a dim that indexes the shape: a 0-d tensor has none (wrap_dim would give 0, past its end)
+  if (rank == 0) throw EngineError("dimension " + std::to_string(dim) + " of a 0-d tensor");
+  return wrap_dim(dim, rank);
+}
+
 std::vector<int64_t> broadcast_shapes(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
   const size_t n = std::max(a.size(), b.size());
   std::vector<int64_t> out(n);
@@ -226,7 +232,7 @@ Value op_squeeze_dim(Args& a) { return Value::Of(squeeze_dim(a[0].tensor("squeez
 
 Value op_slice(Args& a) {
   const Tensor& t = a[0].tensor("slice");
-  const int64_t d = wrap_dim(a[1].integer("dim"), t.nd);
+  const int64_t d = index_dim(a[1].integer("dim"), t.nd);
   const int64_t size = t.sh[d];
   int64_t start = a[2].is_none() ? 0 : a[2].integer("start");
   int64_t end = a[3].is_none() ? size : a[3].integer("end");
@@ -245,7 +251,7 @@ Value op_slice(Args& a) {
 
 Value op_select(Args& a) {
   const Tensor& t = a[0].tensor("select");
-  const int64_t d = wrap_dim(a[1].integer("dim"), t.nd);
+  const int64_t d = index_dim(a[1].integer("dim"), t.nd);
   int64_t index = a[2].integer("index");
   if (index < 0) index += t.sh[d];
   if (index < 0 || index >= t.sh[d]) throw EngineError("select: index out of range");
@@ -279,7 +285,7 @@ Value op_cat(Args& a) {
   }
   if (parts.empty()) return Value::Of(list.items[0].tensor("cat"));
   const int nd = parts[0]->nd;
-  const int64_t d = wrap_dim(a[1].integer("dim"), nd);
+  const int64_t d = index_dim(a[1].integer("dim"), nd);
   std::vector<int64_t> shape = parts[0]->shape();
   DType dt = parts[0]->dt;
   shape[d] = 0;
@@ -305,7 +311,7 @@ Value op_cat(Args& a) {
 Value op_split_with_sizes(Args& a) {
   const Tensor& t = a[0].tensor("split_with_sizes");
   const std::vector<int64_t> sizes = a[1].ints("split sizes");
-  const int64_t d = wrap_dim(a[2].integer("dim"), t.nd);
+  const int64_t d = index_dim(a[2].integer("dim"), t.nd);
   int64_t total = 0;
   for (int64_t s : sizes) total += s;
   if (total != t.sh[d]) throw EngineError("split_with_sizes: sizes do not add up to the dim");
@@ -323,7 +329,7 @@ Value op_split_with_sizes(Args& a) {
 
 Value op_sym_size(Args& a) {
   const Tensor& t = a[0].tensor("sym_size");
-  return Value::Int(t.sh[wrap_dim(a[1].integer("dim"), t.nd)]);
+  return Value::Int(t.sh[index_dim(a[1].integer("dim"), t.nd)]);
 }
 
 Value op_getitem(Args& a) {
@@ -559,7 +565,7 @@ Value op_index(Args& a) {
 
 Value op_gather(Args& a) {
   const Tensor& t = a[0].tensor("gather");
-  const int64_t d = wrap_dim(a[1].integer("dim"), t.nd);
+  const int64_t d = index_dim(a[1].integer("dim"), t.nd);
   const Tensor ix = to_dtype(a[2].tensor("gather index"), DType::i64);
   if (ix.nd != t.nd) throw EngineError("gather: index rank differs");
   Tensor out = empty(t.dt, ix.shape());

@@ -72,7 +72,7 @@ class EngineModel:
             name, why = next(iter(self.engine.unsupported.items()))
             raise Unsupported(f"entry point {name!r}: {why}")
         special = manifest.get("tokenizer") or {}
-        self.eos_token_ids: list[int] = list(special.get("eos_token_ids", []))
+        self.eos_token_ids: list[int] = list(special.get("eos_token_ids") or [])  # nil: none
         self.pad_token_id: int = int(special.get("pad_token_id", 0) or 0)
 
     @property

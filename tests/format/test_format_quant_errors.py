@@ -74,6 +74,8 @@ def test_QuantSpecError(tmp_path):
         (lambda p: gen._spec(p, Q, "x").__setitem__("source", KV), "b operand of a bmm only"),
         (lambda p: gen._spec(p, Q, "x").__setitem__("rotation", [f"{Q}/x.smooth", f"{Q}/x.smooth"]),
          "rotated_tensor only"),
+        (lambda p: nodes(p)["model.layers.0.self_attn/v_cache"]["inputs"].pop("x"), "quantizes its input x"),
+        (lambda p: p.sections["manifest"]["quant"].__setitem__("qlevel", 0), "quant.qlevel 0"),
     ]
     for edit, fragment in cases:
         expect(m.QuantSpecError, mutant(tmp_path, edit), fragment)
@@ -164,3 +166,8 @@ def test_manifest_qlevel_and_token_ids_are_checked(tmp_path):
     ]
     for edit, fragment in cases:
         expect(m.SectionSchemaError, mutant(tmp_path, edit), fragment)
+
+
+def test_a_bundle_has_an_entry_point(tmp_path):
+    expect(m.EntryPointError, mutant(tmp_path, lambda p: p.sections["manifest"].__setitem__("entry_points", {})),
+           "at least one entry point")

@@ -29,10 +29,14 @@ import numpy as np
 import mcq_format as m
 rng = np.random.default_rng(int(sys.argv[2]))
 tensors = {f"w{i}": rng.standard_normal(1_000_000).astype(np.float32) for i in range(6)}  # 24 MB
+io = {"name": "x", "dtype": "float32", "shape": [4]}
 sections = {"manifest": {"format": "mcq", "format_version": [1, 0], "opset_version": 1,
                          "producer": {"name": "kill-test", "version": "0"},
-                         "model": {"family": "toy", "config": {}}, "entry_points": {}, "quant": {},
-                         "tokenizer": None}}
+                         "model": {"family": "toy", "config": {}}, "quant": {}, "tokenizer": None,
+                         "entry_points": {"forward": {"graph": "graph/forward", "inputs": [io], "outputs": [io]}}},
+            "graph/forward": {"version": 1, "name": "forward", "inputs": [io], "outputs": [
+                {"name": "x", "value": ["ref", "y"]}], "nodes": [
+                {"name": "y", "op": "aten.alias.default", "args": [["ref", "x"]], "kwargs": {}}]}}
 print("start", flush=True)
 t = time.perf_counter()
 m.write(sys.argv[1], tensors, sections)
