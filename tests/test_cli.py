@@ -445,10 +445,10 @@ def test_the_api_and_the_cli_default_to_the_same_recipe(tmp_path):
     from mcq.examples import load_example
 
     cli_path, api_path = tmp_path / "cli.mcq", tmp_path / "api.mcq"
-    result = run("quantize", "--example", "gptj-tiny", "-o", cli_path)
+    result = run("quantize", "--example", "gptj-tiny", "--samples", 2, "--seq-len", 32, "-o", cli_path)
     assert result.exit_code == 0, result.output
     model, tok = load_example("gptj-tiny")
-    q = mcq.quantize(model, tokenizer=tok, progress=False)
+    q = mcq.quantize(model, tokenizer=tok, max_samples=2, seq_len=32, progress=False)
     assert q.config == mcq.preset(DEFAULT_PRESET) == mcq.preset("W8A8KV8")
     q.save(api_path)
     assert api_path.read_bytes() == cli_path.read_bytes()
