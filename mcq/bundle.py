@@ -13,6 +13,7 @@ from mcq.capture import Captured
 from mcq.config import QuantConfig
 from mcq import channels, gptq, rotation
 from mcq.interop import ImportedQParams, QParamsImportError
+from mcq_format.quant import WEIGHT_ARG  # where a quantized node's weight argument is
 from mcq.observers import Observer, spec_to_qp, weight_qparams
 from runtime import numerics
 from runtime.ir import Graph, Node, Ref, TensorRef
@@ -91,7 +92,6 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
         spec["outliers"] = f"{prefix}.outliers"
 
 
-WEIGHT_ARG = {"linear": 1, "embedding": 0}  # aten.linear(x, w, b), aten.embedding(w, ids, ...)
 
 
 def _shareable(linear: dict[str, Any]) -> bool:
