@@ -182,7 +182,7 @@ def _run_paths(path: Path, base: str, paths: list[str]) -> str:
         except mcq_format.McqFormatError as e:
             results.append(f"refused at load {e.code}")
         except Exception as e:  # noqa: BLE001 - what the property forbids, counted by type
-            results.append(f"exception {type(e).__name__}")
+            results.append(f"exception {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:140])
     bad = [r for r in results if r != "ran"]
     return bad[0] if bad else "ran"
 
@@ -276,10 +276,10 @@ def main() -> None:
                 result = "memory limit"
             peak = max(peak, rss)
             path.unlink()
-            kind = result.split(" ")[0] if result.startswith("refused") else result
+            kind = result.split(" ")[0] if result.startswith("refused") else result.split(":")[0]
             counts[(family, kind)] += 1
-            if not (result == "ran" or result.startswith("refused")) and len(examples[result]) < args.show:
-                examples[result].append(f"seed {i} {base}: {what}")
+            if not (result == "ran" or result.startswith("refused")) and len(examples[kind]) < args.show:
+                examples[kind].append(f"seed {i} {base}: {what}\n      -> {result}")
             if (i + 1 - args.start) % 500 == 0:
                 print(f"{i + 1} mutants, {time.time() - t0:.0f} s", flush=True)
     kinds = sorted({k for _, k in counts})

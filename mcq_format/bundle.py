@@ -125,7 +125,8 @@ def _load_sections(container: Container) -> dict[str, Any]:
         if sha256_hex(data) != digest:
             raise SectionHashError(f"section {name!r}: SHA-256 does not match {hash_key(name)!r}")
         raw[name] = data
-    return {name: decode_section(name, data) for name, data in raw.items()}
+    budget = [C.MAX_FILE_CONTAINERS]
+    return {name: decode_section(name, data, budget) for name, data in raw.items()}
 
 
 class Bundle(Closing):

@@ -120,6 +120,9 @@ MSGPACK_MAX_STR_LEN: Final = 64 * MIB
 MSGPACK_MAX_BIN_LEN: Final = 64 * MIB
 MSGPACK_MAX_ARRAY_LEN: Final = 4 * MIB
 MSGPACK_MAX_MAP_LEN: Final = 4 * MIB
+# maps and arrays in all sections of one file together: bounds the work and memory of decoding
+# a file (a 70B-parameter LLM's graphs hold ~300k)
+MAX_FILE_CONTAINERS: Final = 2 * MIB
 MAX_TOKEN_ID: Final = 2**31 - 1  # token ids (manifest.tokenizer) fit an int32
 
 # ----------------------------------------------------------------------- layout

@@ -197,9 +197,24 @@ class DuplicateNameError(McqFormatError):
     summary = "two graph inputs/nodes/outputs share a name"
 
 
+class GraphSignatureError(McqFormatError):
+    code = "E305_GRAPH_SIGNATURE"
+    summary = "a node's arguments do not bind to its op's signature (arity, names, kinds), or a graph output is not a tensor"
+
+
+class GraphShapeError(McqFormatError):
+    code = "E306_GRAPH_SHAPE"
+    summary = "a node's dtypes or shapes do not fit its op at the check sizes, or a tensor exceeds the size limit"
+
+
 class EntryPointError(McqFormatError):
     code = "E310_ENTRY_POINT"
     summary = "an entry point's inputs do not match its graph's inputs"
+
+
+class EntryConventionError(McqFormatError):
+    code = "E311_ENTRY_CONVENTION"
+    summary = "the prefill / decode entry points do not follow the causal-LM convention"
 
 
 # --------------------------------------------------------- E4xx: quantization

@@ -8,6 +8,7 @@ ignored (forward compatibility within a major version).
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from .errors import (
     TensorReferenceError,
 )
 from .opset import OPSETS
+from .graph_types import check_graph_types
 from .quant import TensorView, check_kv_cache, check_qformat_semantics
 
 
@@ -136,7 +138,15 @@ class _GraphChecker:
         self.positions: dict[str, int] = {}  # input -> -1, node -> index
 
     def value(self, value: object, at: _At, position: int) -> None:
-        if value is None or isinstance(value, (bool, int, float)):
+        if value is None or isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                at.fail(f"int literal {value} does not fit an int64")
+            return
+        if isinstance(value, float):
+            if math.isnan(value):  # infinities are legitimate (masks fill with -inf)
+                at.fail("float literal NaN")
             return
         if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
             at.fail(f"expected a scalar or a [tag, payload] pair, got {_kind(value)} {value!r:.60}")
@@ -154,7 +164,7 @@ class _GraphChecker:
         elif tag == "list":
             for i, item in enumerate(_list(payload, pat)):
                 self.value(item, pat.idx(i), position)
-        elif tag in ("str", "device"):
+        elif tag == "str":
             _str(payload, pat)
         elif tag in _ENUM_TAGS:
             if _str(payload, pat) not in _ENUM_TAGS[tag]:
@@ -212,7 +222,9 @@ class _GraphChecker:
             _map(node["meta"], at.key("meta"))
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ENUM_TAGS: dict[str, frozenset[str]] = {
+    "device": frozenset({"cpu"}),
     "dtype": C.GRAPH_DTYPES,
     "layout": C.GRAPH_LAYOUTS,
     "memory_format": C.GRAPH_MEMORY_FORMATS,
@@ -415,3 +427,5 @@ def check_sections(ctx: Context) -> None:
             check_qformat_semantics(ctx.sections[C.SECTION_QFORMAT], ctx.sections, ctx.view)
         else:
             check_kv_cache(ctx.sections[C.SECTION_MANIFEST])
+        largest = max((math.prod(ctx.view.spec(t)[1]) for t in ctx.tensors), default=0)
+        check_graph_types(ctx.sections, ctx.view, largest)

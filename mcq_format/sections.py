@@ -137,9 +137,19 @@ def _check_tree(name: str, root: Any) -> None:
             raise SectionDecodeError(f"{name}: value of type {type(obj).__name__} not allowed")
 
 
-def decode_section(name: str, data: Any) -> Any:
-    """Decode a section's bytes, enforcing the msgpack limits."""
+def decode_section(name: str, data: Any, budget: list[int] | None = None) -> Any:
+    """Decode a section's bytes, enforcing the msgpack limits. ``budget``: the maps and arrays the
+    file's sections may still hold, shared by all of them (a per-file bound on decoding work)."""
     view = memoryview(data)
+    hooks: dict[str, Any] = {}
+    if budget is not None:
+        def spend(obj: Any) -> Any:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise MsgpackLimitError(f"section {name!r}: the file's sections hold more than "
+                                        f"{C.MAX_FILE_CONTAINERS} maps and arrays")
+            return obj
+        hooks = {"list_hook": spend, "object_hook": spend}
     if view.nbytes > C.MAX_SECTION_BYTES:
         raise SectionLayoutError(f"section {name!r}: {view.nbytes} bytes exceeds {C.MAX_SECTION_BYTES}")
     try:
@@ -153,7 +163,10 @@ def decode_section(name: str, data: Any) -> Any:
             max_array_len=C.MSGPACK_MAX_ARRAY_LEN,
             max_map_len=C.MSGPACK_MAX_MAP_LEN,
             max_ext_len=0,
+            **hooks,
         )
+    except MsgpackLimitError:
+        raise
     except msgpack.StackError:
         raise MsgpackLimitError(f"section {name!r}: msgpack nesting too deep") from None
     except Exception as exc:  # msgpack signals everything through plain exceptions

@@ -30,8 +30,14 @@ _PYTHON_OPS: dict[str, Callable[..., Any]] = {
 _OWN_OPS: dict[str, Callable[..., Any]] = {KV_POINT: kv_point}
 
 
+# Graphs are functional (no op of the opset writes into its input), so a view is its values:
+# run as reshape, which equals view wherever view is defined and copies where a view's strides
+# would not fit (e.g. after a clone whose memory format a file changed); spec 5.4a.
+_AS_RESHAPE = frozenset({"aten.view.default", "aten._unsafe_view.default"})
+
+
 def _aten(name: str) -> Callable[..., Any]:
-    _, op, overload = name.split(".")
+    _, op, overload = ("aten.reshape.default" if name in _AS_RESHAPE else name).split(".")
     return getattr(getattr(torch.ops.aten, op), overload)
 
 

@@ -363,6 +363,18 @@ def _kv_point(p: Parts, entry: str = "decode") -> dict[str, Any]:
     return next(n for n in _graph(p, entry)["nodes"] if n["op"] == "mcq.kv_point")
 
 
+def _node(p: Parts, op: str, entry: str = "decode", after: str | None = None) -> dict[str, Any]:
+    """The first node of `op` in a graph (after the first node of op `after`, if given)."""
+    nodes = _graph(p, entry)["nodes"]
+    start = next(i for i, n in enumerate(nodes) if n["op"] == after) if after else 0
+    return next(n for n in nodes[start:] if n["op"] == op)
+
+
+def _swap_entries(p: Parts) -> None:
+    eps = p.sections["manifest"]["entry_points"]
+    eps["prefill"], eps["decode"] = eps["decode"], eps["prefill"]
+
+
 def _from(base: str, craft: Callable[[Parts], bytes]) -> Callable[[Parts], bytes]:
     """A case crafted from another valid bundle (one with the feature the case breaks)."""
     return lambda p: craft(Parts(p.path.parent / f"{base}.mcq"))
@@ -581,8 +593,8 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
     ("qformat-weight-of-another-linear", "E403_QUANT_NODE", False, "q_proj's node reading k_proj's weight",
      _edit(lambda p: next(n for n in _graph(p)["nodes"] if n.get("qkey") == Q_LINEAR)["args"].__setitem__(
          1, ["tensor", f"{K_LINEAR}/weight"]))),
-    ("qformat-kv-layer-huge", "E403_QUANT_NODE", False, "a KV point of layer 2^64-1",
-     _edit(lambda p: _kv_point(p)["args"].__setitem__(1, 2**64 - 1))),
+    ("qformat-kv-layer-huge", "E403_QUANT_NODE", False, "a KV point of layer 2^40",
+     _edit(lambda p: _kv_point(p)["args"].__setitem__(1, 2**40))),
     ("qformat-kv-layer-string", "E403_QUANT_NODE", False, "a KV point whose layer is the string '0'",
      _edit(lambda p: _kv_point(p)["args"].__setitem__(1, ["str", "0"]))),
     ("manifest-kv-cache-dtype", "E404_KV_CACHE", False, "manifest.kv_cache.dtype 'int3'",
@@ -595,6 +607,41 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
      _edit(lambda p: p.sections["manifest"]["tokenizer"].__setitem__("eos_token_ids", ["2"]))),
     ("manifest-pad-id-huge", "E205_SECTION_SCHEMA", False, "a pad token id of 2^64-1",
      _edit(lambda p: p.sections["manifest"]["tokenizer"].__setitem__("pad_token_id", 2**64 - 1))),
+    # ---- spec 5.4a: the graph type check
+    ("graph-int-literal-huge", "E205_SECTION_SCHEMA", False, "an int literal of 2^64-1 (not an int64)",
+     _edit(lambda p: _node(p, "aten.unsqueeze.default")["args"].__setitem__(1, 2**64 - 1))),
+    ("graph-float-literal-nan", "E205_SECTION_SCHEMA", False, "a NaN float literal",
+     _edit(lambda p: _node(p, "aten.pow.Tensor_Scalar")["args"].__setitem__(1, float("nan")))),
+    ("graph-device-cuda", "E205_SECTION_SCHEMA", False, "a device other than cpu",
+     _edit(lambda p: _node(p, "aten.arange.start_step")["kwargs"].__setitem__("device", ["device", "cuda"]))),
+    ("graph-arity", "E305_GRAPH_SIGNATURE", False, "unsqueeze with three positional arguments",
+     _edit(lambda p: _node(p, "aten.unsqueeze.default")["args"].append(1))),
+    ("graph-arg-kind", "E305_GRAPH_SIGNATURE", False, "unsqueeze's dim given as the string '0'",
+     _edit(lambda p: _node(p, "aten.unsqueeze.default")["args"].__setitem__(1, ["str", "0"]))),
+    ("graph-unknown-keyword", "E305_GRAPH_SIGNATURE", False, "a keyword argument the op does not have",
+     _edit(lambda p: _node(p, "aten.unsqueeze.default")["kwargs"].__setitem__("axis", 1))),
+    ("graph-output-not-tensor", "E305_GRAPH_SIGNATURE", False, "a graph output that is an int",
+     _edit(lambda p: _graph(p, "decode")["outputs"][0].__setitem__("value", 1))),
+    ("graph-no-outputs", "E305_GRAPH_SIGNATURE", False, "a graph without outputs",
+     _edit(lambda p: _graph(p, "decode").__setitem__("outputs", []))),
+    ("graph-dim-range", "E306_GRAPH_SHAPE", False, "sym_size of dim 7 of a rank-4 tensor",
+     _edit(lambda p: _node(p, "aten.sym_size.int")["args"].__setitem__(1, 7))),
+    ("graph-broadcast", "E306_GRAPH_SHAPE", False, "an add of tensors whose shapes do not broadcast",
+     _edit(lambda p: _node(p, "aten.add.Tensor", "prefill", after="aten.linear.default")["args"].__setitem__(
+         1, ["tensor", "model.layers.0.input_layernorm.weight"]))),
+    ("graph-view-size", "E306_GRAPH_SHAPE", False, "a view to a size that does not fit the tensor",
+     _edit(lambda p: _node(p, "aten.view.default", "prefill")["args"][1][1].__setitem__(-1, 7))),
+    ("graph-full-huge", "E306_GRAPH_SHAPE", False, "a 16384 x 16384 full (1 GiB, beyond the size limit)",
+     _edit(lambda p: _node(p, "aten.full.default")["args"].__setitem__(0, ["list", [16384, 16384]]))),
+    ("graph-arange-huge", "E306_GRAPH_SHAPE", False, "an arange of 2^40 elements",
+     _edit(lambda p: _node(p, "aten.arange.start_step")["args"].__setitem__(1, 2**40))),
+    ("graph-index-range", "E306_GRAPH_SHAPE", False, "mask positions shifted by one: the last indexes past the end",
+     _edit(lambda p: next(n for n in _graph(p, "decode")["nodes"]
+                          if n["op"] == "aten.add.Tensor" and n["args"][1] == 0)["args"].__setitem__(1, 1))),
+    ("entry-prefill-decode-swapped", "E311_ENTRY_CONVENTION", False, "prefill and decode name each other's graph",
+     _edit(_swap_entries)),
+    ("entry-output-dtype", "E311_ENTRY_CONVENTION", False, "an entry point declaring int64 logits",
+     _edit(lambda p: p.sections["manifest"]["entry_points"]["decode"]["outputs"][0].__setitem__("dtype", "int64"))),
 ]
 
 

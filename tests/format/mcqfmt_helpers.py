@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import importlib.util
 import json
+import pathlib
 import struct
 from typing import Any
 
@@ -14,9 +17,12 @@ from mcq_format import constants as C
 from mcq_format.container import RawTensor, to_raw, write_container
 from mcq_format.sections import encode_section
 
-IO_X = {"name": "x", "dtype": "int64", "shape": ["batch", "seq"]}
-IO_POS = {"name": "pos", "dtype": "int64", "shape": ["seq"]}
+# a causal LM's entry points (spec 5.3.1): prefill over the prompt, decode one token after it
+IO_X = {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]}
+IO_POS = {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]}
 IO_Y = {"name": "logits", "dtype": "float32", "shape": ["batch", "seq", 4]}
+IO_DECODE = {"name": "input_ids", "dtype": "int64", "shape": ["batch", 1]}, \
+    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "past+1"]}
 
 
 def model_tensors() -> dict[str, Any]:
@@ -30,16 +36,20 @@ def model_tensors() -> dict[str, Any]:
     }
 
 
+def _inputs(entry: str) -> list[dict[str, Any]]:
+    return [dict(x) for x in (IO_DECODE if entry == "decode" else (IO_X, IO_POS))]
+
+
 def graph(name: str = "decode") -> dict[str, Any]:
     return {
         "version": 1,
         "name": name,
-        "inputs": [dict(IO_X), dict(IO_POS)],
+        "inputs": _inputs(name),
         "nodes": [
             {
                 "name": "emb",
                 "op": "aten.embedding.default",
-                "args": [["tensor", "embed.weight"], ["ref", "x"]],
+                "args": [["tensor", "embed.weight"], ["ref", "input_ids"]],
                 "kwargs": {},
             },
             {
@@ -54,12 +64,17 @@ def graph(name: str = "decode") -> dict[str, Any]:
                 },
                 "meta": {"shape": ["batch", "seq", 4]},
             },
+            {"name": "n", "op": "aten.sym_size.int", "args": [["ref", "input_ids"], 1], "kwargs": {}},
+            {"name": "act", "op": "aten.gelu.default", "args": [["ref", "cast"]], "kwargs": {"approximate": ["str", "tanh"]},
+             "qkey": "act"},  # a quant point the qformat does not quantize
+            {"name": "rows", "op": "aten.view.default", "args": [["ref", "act"], ["list", [-1, ["ref", "n"], 4]]],
+             "kwargs": {}},
             {
                 "name": "head",
                 "op": "aten.linear.default",
-                "args": [["ref", "cast"], ["tensor", "lm_head/weight"], None, 1.5, True],
-                "kwargs": {"mode": ["str", "w8"], "dims": ["list", [1, ["ref", "x"]]]},
-                "qkey": "head",  # a quant point the qformat does not quantize
+                "args": [["ref", "rows"], ["tensor", "lm_head/weight"], None],
+                "kwargs": {},
+                "qkey": "lm_head",
             },
         ],
         "outputs": [{"name": "logits", "value": ["ref", "head"]}],
@@ -74,7 +89,7 @@ def manifest(entries: tuple[str, ...] = ("prefill", "decode")) -> dict[str, Any]
         "producer": {"name": "tests", "version": "0"},
         "model": {"family": "toy", "config": {"hidden": 4}},
         "entry_points": {
-            e: {"graph": f"graph/{e}", "inputs": [dict(IO_X), dict(IO_POS)], "outputs": [dict(IO_Y)]}
+            e: {"graph": f"graph/{e}", "inputs": _inputs(e), "outputs": [dict(IO_Y)]}
             for e in entries
         },
         "quant": {"scheme": "w8"},
@@ -90,7 +105,7 @@ def sections() -> dict[str, Any]:
         "qformat": {
             "version": 1,
             "nodes": {
-                "lm_head": {  # an int8 weight per output channel, read by no graph node here
+                "lm_head": {  # an int8 weight per output channel
                     "kind": "linear",
                     "inputs": {},
                     "weight": {"dtype": "int8", "nbits": 8, "symmetric": True, "granularity": "channel",
@@ -107,8 +122,14 @@ def sections_without_tensors() -> dict[str, Any]:
     secs = sections()
     for entry in ("prefill", "decode"):
         g = secs[f"graph/{entry}"]
-        g["nodes"] = [{"name": "id", "op": "aten.alias.default", "args": [["ref", "x"]], "kwargs": {}}]
-        g["outputs"] = [{"name": "logits", "value": ["ref", "id"]}]
+        g["nodes"] = [
+            {"name": "b", "op": "aten.sym_size.int", "args": [["ref", "input_ids"], 0], "kwargs": {}},
+            {"name": "s", "op": "aten.sym_size.int", "args": [["ref", "input_ids"], 1], "kwargs": {}},
+            {"name": "zeros", "op": "aten.new_zeros.default",
+             "args": [["ref", "input_ids"], ["list", [["ref", "b"], ["ref", "s"], 4]]],
+             "kwargs": {"dtype": ["dtype", "float32"]}},
+        ]
+        g["outputs"] = [{"name": "logits", "value": ["ref", "zeros"]}]
     secs["qformat"] = {"version": 1, "nodes": {}}
     return secs
 
@@ -176,3 +197,16 @@ def raw_file(path: Any, header: Any, data: bytes = b"", *, length: int | None = 
 
 def meta_ok() -> dict[str, str]:
     return {"format": "mcq", "mcq.format_version": "1.0", "mcq.opset_version": "1"}
+
+
+CONFORMANCE = pathlib.Path(__file__).resolve().parents[2] / "spec" / "conformance"
+VALID = CONFORMANCE / "v1.0" / "valid"
+
+
+@functools.cache
+def conformance_generate() -> Any:
+    """spec/conformance/generate.py as a module: its Parts re-sign every hash of an edited bundle."""
+    spec = importlib.util.spec_from_file_location("conformance_generate", CONFORMANCE / "generate.py")
+    gen = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(gen)  # type: ignore[union-attr]
+    return gen

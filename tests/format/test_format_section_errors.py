@@ -111,6 +111,11 @@ def test_MsgpackLimitError(tmp_path):
     expect(m.MsgpackLimitError, p, "E204_MSGPACK_LIMIT", "'extra'")
     build(p, sections_=with_section("extra", b"\xdd\xff\xff\xff\xff"))  # array32 of 4G items
     expect(m.MsgpackLimitError, p, "E204_MSGPACK_LIMIT", "'extra'")
+    # 3M empty arrays (3 MB, each array within its limits): over the file's container budget,
+    # refused while decoding, before they cost their ~200 MB as Python objects
+    n = 3 * 2**20
+    build(p, sections_=with_section("extra", b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n))
+    expect(m.MsgpackLimitError, p, "E204_MSGPACK_LIMIT", "2097152 maps and arrays")
 
 
 @pytest.mark.parametrize(
@@ -122,7 +127,7 @@ def test_MsgpackLimitError(tmp_path):
         ("graph/decode", _set_arg(2, 0, [["ref"], "x"]), "nodes[2].args[0]"),
         ("graph/decode", _set_kwarg(1, "dtype", ["dtype", "float99"]), "kwargs.dtype[1]: unknown dtype"),
         ("graph/decode", _set_kwarg(1, "layout", ["layout", "sparse"]), "unknown layout"),
-        ("graph/decode", lambda g: g["nodes"][2]["kwargs"]["dims"][1][1].append(3), "kwargs.dims[1][1]"),
+        ("graph/decode", lambda g: g["nodes"][4]["args"][1][1][1].append(3), "nodes[4].args[1][1][1]"),
         ("graph/decode", lambda g: g.__setitem__("version", 2), "version: expected 1"),
         ("graph/decode", lambda g: g.__setitem__("version", True), "version: expected 1"),
         ("graph/decode", lambda g: g.__delitem__("outputs"), "missing field 'outputs'"),
@@ -225,7 +230,7 @@ def expect_edit(tmp_path, section: str, fn, cls: type[m.McqFormatError], fragmen
     [
         (_set_arg(1, 0, ["ref", "ghost"]), "nodes[1].args[0][1]: reference to undefined value 'ghost'"),
         (lambda g: g["outputs"][0].__setitem__("value", ["ref", "ghost"]), "outputs[0].value[1]"),
-        (lambda g: g["nodes"][2]["kwargs"]["dims"][1].append(["ref", "ghost"]), "kwargs.dims[1][2][1]"),
+        (lambda g: g["nodes"][4]["args"][1][1].append(["ref", "ghost"]), "nodes[4].args[1][1][3][1]"),
     ],
 )
 def test_GraphReferenceError(tmp_path, fn, fragment):
@@ -280,8 +285,8 @@ def test_GraphOrderError(tmp_path, fn, fragment):
     "fn,fragment",
     [
         (_set(1, "name", "emb"), "nodes[1].name: duplicate name 'emb'"),
-        (_set(1, "name", "x"), "nodes[1].name: duplicate name 'x'"),
-        (lambda g: g["inputs"][1].__setitem__("name", "x"), "inputs[1]: duplicate name 'x'"),
+        (_set(1, "name", "input_ids"), "nodes[1].name: duplicate name 'input_ids'"),
+        (lambda g: g["inputs"][1].__setitem__("name", "input_ids"), "inputs[1]: duplicate name 'input_ids'"),
         (lambda g: g["outputs"].append(dict(g["outputs"][0])), "outputs[1].name"),
     ],
 )
@@ -293,7 +298,7 @@ def test_EntryPointError(tmp_path):
     err = expect_edit(
         tmp_path, "manifest", lambda x: x["entry_points"]["decode"]["inputs"].pop(), m.EntryPointError, "'decode'"
     )
-    assert "missing ['pos']" in err.message
+    assert "missing ['attention_mask']" in err.message
     mask = {"name": "mask", "dtype": "bool", "shape": []}
     expect_edit(tmp_path, "graph/prefill", lambda g: g["inputs"].append(mask), m.EntryPointError, "'prefill'")
 
