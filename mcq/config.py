@@ -269,27 +269,27 @@ class QuantConfig:
 
 # linear inputs the W8A8 presets rotate (act_rotation): the MLP output projections (Llama / GPT-J /
 # GPT-2 names), whose post-activation inputs per-tensor int8 fits worst, and the vocabulary
-# projection. SmolLM2 W8A8KV8: +0.64 % perplexity against +3.48 % unrotated; rotating every
-# linear input too gave +0.75 %, at four times the rotations per decode step (docs/benchmarks.md)
+# projection. On SmolLM2 W8A8KV8 this took most of the loss left after smoothing, and rotating every
+# linear input too gained nothing for four times the rotations per decode step (CHANGELOG, session 8)
 ROTATED_INPUTS = ("*.mlp.down_proj/*", "*.mlp.fc_out/*", "*.mlp.c_proj/*", "lm_head/*")
 _ROTATED = tuple(Override(m, "linear", (("act_rotation", True),)) for m in ROTATED_INPUTS)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference recipe: int8 per-channel weights after SmoothQuant, int8 per-tensor activations
     # at linear and Q.K^T inputs, int8 KV cache; norms, softmax, P.V and residual adds stay float.
-    # Alpha 0.75 and the outlier-channel split were measured on SmolLM2 (docs/benchmarks.md).
-    # GPTQ rounding of the smoothed int8 weights: +3.10 % instead of +3.58 % (docs/benchmarks.md).
-    # Rotated MLP-output and lm_head inputs (ROTATED_INPUTS): +0.64 % instead of +3.48 %.
+    # Alpha 0.75, the outlier-channel split, GPTQ rounding of the smoothed int8 weights and the
+    # rotated MLP-output and lm_head inputs (ROTATED_INPUTS) each lowered SmolLM2's perplexity
+    # (how each was chosen: CHANGELOG; the preset's current figure: docs/benchmarks.md).
     "W8A8KV8": {"smoothquant": True, "smoothquant_alpha": 0.75, "act_outlier_threshold": 32.0, "gptq": True,
                 "overrides": _ROTATED},
     "W8A8": {"smoothquant": True, "smoothquant_alpha": 0.75, "act_outlier_threshold": 32.0, "gptq": True,
              "kv_dtype": "float32", "overrides": _ROTATED},
-    # int8 per-channel weights, GPTQ-rounded with columns in order of input energy: SmolLM2 +0.13 %
-    # perplexity on the development text instead of +0.30 % (nearest) and +0.31 % (GPTQ in stored
-    # order); group scales of 32 gave +0.29 % at 1.3x the size (docs/benchmarks.md, issue 25)
+    # int8 per-channel weights, GPTQ-rounded with columns in order of input energy: on SmolLM2 less
+    # than half the loss of nearest rounding or GPTQ in stored order, where finer group scales
+    # barely helped at 1.3x the size (docs/benchmarks.md)
     "W8A16": {"act_dtype": "float32", "kv_dtype": "float32", "gptq": True, "gptq_act_order": True},
     # int4 weights in groups of 128 input channels with zero points (MSE-clipped), GPTQ-rounded,
-    # then sequential GPTQ (dampening 0.3, fit 0.5; SmolLM2: +9.9 % perplexity instead of +16.4 %);
+    # then sequential GPTQ (dampening 0.3, fit 0.5: on SmolLM2 about 40 % less loss than plain GPTQ);
     # lm_head keeps int8 per-channel weights, as llama.cpp's 4-bit types keep the output layer wider
     "W4A16": {"weight_dtype": "int4", "weight_granularity": "group", "weight_group_size": 128,
               "weight_calib_method": "MSE_ASYM", "gptq": True, "gptq_sequential": True, "gptq_damp": 0.3,
@@ -298,7 +298,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                                             ("weight_calib_method", "AMAX_SYM"))),)},
     # W4A16 plus int8 per-channel k_proj / v_proj and the first ten layers' down_proj (about 15 % of
     # the linear weights): the layers int4 hurts most, kept wider as llama.cpp's Q4_K_M does.
-    # SmolLM2: +7.0 % perplexity (W4A16: +9.9 %), file 0.17x fp32 instead of 0.16x (docs/benchmarks.md)
+    # less loss than W4A16 for a file about 0.17x fp32 instead of 0.16x (docs/benchmarks.md)
     "W4A16M": {"weight_dtype": "int4", "weight_granularity": "group", "weight_group_size": 128,
                "weight_calib_method": "MSE_ASYM", "gptq": True, "gptq_sequential": True, "gptq_damp": 0.3,
                "gptq_fit_damp": 0.5, "act_dtype": "float32", "kv_dtype": "float32",

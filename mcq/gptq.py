@@ -156,8 +156,8 @@ def gptq_weight(w: torch.Tensor, qp: QuantParams, hessian: torch.Tensor, damp: f
     h += damp * torch.diagonal(h).mean() * torch.eye(cols, dtype=torch.float64)
     # activation order: columns with the largest input energy first, while the most columns are
     # left to absorb their error; each column keeps its own (static) scale. By default for group
-    # scales only: on SmolLM2 W8A8KV8 (per-channel int8) act order measured worse (+3.86 %
-    # perplexity vs +3.10 %), on W8A16 better (+0.13 % vs +0.31 %; docs/benchmarks.md)
+    # scales only: on SmolLM2 W8A8KV8 (per-channel int8) act order measured worse, on W8A16 better
+    # (which is why that preset sets it; docs/benchmarks.md)
     if act_order is None:
         act_order = bool(qp.group_size)
     order = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else torch.arange(cols)

@@ -182,13 +182,10 @@ def to_json(errors: list[Any], overrides: list[dict[str, Any]]) -> dict[str, Any
 
 
 def plot(errors: list[Any], path: str) -> None:
-    try:
-        import matplotlib
+    from mcq.extras import require
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("the PNG plot needs matplotlib: pip install matplotlib") from None
+    require("matplotlib", "the PNG plot (--png)").use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(max(8, len(errors) * 0.05), 4))
     x = range(len(errors))
     if errors and isinstance(errors[0], InputError):

@@ -11,7 +11,7 @@ The factors made here: A the identity (a block-diagonal rotation, which a reader
 normalized Sylvester Hadamard matrix of order b = min(64, the largest power of two dividing n),
 with seeded random column signs: one small matrix product per rotation. On SmolLM2 W8A8KV8 this
 gave the same perplexity as a dense A (a seeded random orthogonal matrix, 48 x 32 for 1536
-channels) within noise (+0.72 % against +0.64 %) at half the matrix products per decode step.
+channels) within noise at half the matrix products per decode step (CHANGELOG, session 8).
 Same n, same factors: one pair per width, shared by every linear of that width.
 """
 from __future__ import annotations

@@ -85,7 +85,9 @@ def meta_model(folder: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[st
     Returns (model, buffers computed at construction, e.g. rotary tables: name -> CPU tensor,
     tied-parameter aliases: name -> other names of the same parameter, names of GPT-2 Conv1D
     weights, which the capture turns into linears and so reads transposed)."""
-    from accelerate import init_empty_weights
+    from mcq.extras import require
+
+    init_empty_weights = require("accelerate", "streaming quantization (--stream)").init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 

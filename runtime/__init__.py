@@ -131,7 +131,7 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool 
         warnings.warn("compile=True is deprecated and will be removed: the native engine (the default at "
                       "qlevel 4) runs faster with no compile step", DeprecationWarning, stacklevel=2)
     # the cyclic garbage collector would walk the growing object graph (decoded sections, fx
-    # nodes) again and again while nothing here is garbage: 0.7 s of a 1.8 s load on SmolLM2
+    # nodes) again and again while nothing here is garbage: a large share of a load's time
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -141,8 +141,8 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool 
             from runtime.model import from_sections
 
             model = from_sections(bundle.sections, tensor_source(bundle), qlevel, compile)
-        # the model holds its graphs decoded: the msgpack form is dead weight (6 MiB of small
-        # Python objects on SmolLM2)
+        # the model holds its graphs decoded: the msgpack form is dead weight (megabytes of small
+        # Python objects)
         for ep in bundle.sections["manifest"]["entry_points"].values():
             bundle.sections.pop(ep["graph"], None)
     finally:

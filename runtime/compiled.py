@@ -3,19 +3,18 @@ Inductor (fused C++ kernels for the float glue, direct calls of the integer GEMM
 interpreted GraphModule as the fallback.
 
 Why: a decode step interpreted op by op is a few thousand small ATen calls whose dispatch costs
-more than the int8 matmuls themselves (SmolLM2 W8A8KV8, 2 threads, docs/benchmarks.md: 27 ms a
-step interpreted, 6-11 ms compiled depending on the machine's day). Why not `torch.compile`: dynamo's bytecode trace of a 2,600-node graph took 80-150 s
-per entry point and its guards cost milliseconds per step. Here `make_fx` traces the graph
-(about 7 s) and `compile_fx` compiles it without guards; a variant is compiled per input
-pattern (dtypes, which sizes are 0 or 1, which inputs are contiguous), and a cheap check of the
-sizes the trace fixed sends any other call to the interpreter.
+more than the int8 matmuls themselves. Why not `torch.compile`: dynamo's bytecode trace of a
+graph of thousands of nodes took minutes per entry point and its guards cost milliseconds per
+step. Here `make_fx` traces the graph and `compile_fx` compiles it without guards (what that
+buys and what compiling costs: docs/benchmarks.md, "Compiled reference path"); a variant is
+compiled per input pattern (dtypes, which sizes are 0 or 1, which inputs are contiguous), and a
+cheap check of the sizes the trace fixed sends any other call to the interpreter.
 
 Numerics: the outputs equal the interpreter's bit for bit. The integer GEMMs are the same
 `_int_mm` kernel (`numerics.TRACING_FOR_COMPILER` only fixes the layout of a one-row operand);
 Inductor fuses only exactly rounded elementwise ops and calls the interpreter's ATen kernels for
-reductions, transcendental functions and GEMMs (`EXACT_OPS`, spec Q.1). SmolLM2 W8A8KV8: logits
-equal on 7,538 teacher-forced positions, greedy tokens equal; exactness costs ~1 ms of a 7-8 ms
-decode step.
+reductions, transcendental functions and GEMMs (`EXACT_OPS`, spec Q.1), at a cost of about an
+eighth of a decode step (CHANGELOG, sessions 6-7).
 
 Inductor caches compiled graphs on disk (`TORCHINDUCTOR_CACHE_DIR`, by default under the
 system temp dir): a later process traces again (make_fx and Inductor's own re-trace) but does
@@ -96,7 +95,7 @@ def _contract(traced: fx.GraphModule) -> tuple[list[tuple[int, int, int]], list[
 # interpreter calls: Inductor's own versions sum in another order (a mean over 576 channels, the
 # P.V bmm of one row, which it turns into a product and a sum) or use other vectorized cos / exp,
 # and one last-bit change upstream of a static int8 quantizer flips a rounding now and then,
-# which moved SmolLM2 W8A8KV8 logits by 1.3 (median per position) and parted greedy tokens.
+# which moved SmolLM2 W8A8KV8's logits and parted greedy tokens (CHANGELOG, sessions 6-7).
 EXACT_FLOAT_GLUE = True  # False: Inductor's own reductions and functions (measurement only)
 EXACT_OPS = frozenset("""
     view _unsafe_view reshape permute transpose t expand clone contiguous slice select unsqueeze

@@ -33,9 +33,9 @@ class Arena:
     a few large blocks instead of left where the allocator put them.
 
     Left in place, each packed weight sits between the freed temporaries its packing made (int4
-    unpacked to int8, then int32: ~10x the packed bytes), and those holes stay in the heap: W4A16
-    SmolLM2 left ~120 MiB of them, and decode's temporaries, landing in a different hole step
-    after step, paged ~20 MiB of them back in over a generation. Blocks are BLOCK_BYTES, above
+    unpacked to int8, then int32: ~10x the packed bytes), and those holes stay in the heap
+    (W4A16 SmolLM2: about its weights' size again); decode's temporaries, landing in a different
+    hole step after step, page them back in over a generation. Blocks are BLOCK_BYTES, above
     glibc's largest mmap threshold, so each is its own mapping; the untouched end of the last one
     is never resident."""
 

@@ -9,8 +9,8 @@ from mcq_format.schema import tokenizer_json
 
 class Tokenizer:
     """Checked at load (`mcq_format`'s section schema); decompressed and parsed at its first use
-    (about 0.07 s for SmolLM2's 49k-token vocabulary, which serving on token ids never pays, and
-    its 2.8 MiB of JSON text are not held meanwhile)."""
+    (parsing a large vocabulary takes a noticeable fraction of a load, which serving on token ids
+    never pays, and its JSON text is not held meanwhile)."""
 
     def __init__(self, section: Mapping[str, Any]) -> None:
         self._section = dict(section)

@@ -369,7 +369,7 @@ CONFORMANCE = __import__("pathlib").Path(__file__).resolve().parents[1] / "spec"
 
 @pytest.mark.parametrize("args", [
     ("--max-new-tokens", 0), ("--max-new-tokens", -1), ("--top-p", 2), ("--top-p", 0), ("--top-k", -5),
-    ("--temperature", 0), ("--temperature", -1)])
+    ("--temperature", 0), ("--temperature", -1), ("--qlevel", 1), ("--qlevel", 5), ("--qlevel", "four")])
 def test_generate_refuses_bad_values_before_loading(args):
     result = run("generate", CONFORMANCE / "valid" / "llama-tiny-w8a8kv8.mcq", "--prompt", "hi", "--sample", *args)
     assert result.exit_code == 2 and "Invalid value" in result.output and args[0] in result.output, result.output
@@ -380,6 +380,13 @@ def test_quantize_refuses_bad_values_before_loading(args, tmp_path):
     result = run("quantize", "--example", "gptj-tiny", *args, "-o", tmp_path / "o.mcq")
     assert result.exit_code == 2 and args[0] in result.output, result.output
     assert not (tmp_path / "o.mcq").exists()
+
+
+@pytest.mark.parametrize("option", ["--data", "--qparams", "--config"])
+def test_quantize_refuses_a_missing_or_folder_input_file_before_loading(option, tmp_path):
+    for path, says in ((tmp_path / "missing.txt", "does not exist"), (tmp_path, "is a directory")):
+        result = run("quantize", "--example", "gptj-tiny", option, path, "-o", tmp_path / "o.mcq")
+        assert result.exit_code == 2 and option in result.output and says in result.output, result.output
 
 
 def test_quantize_into_a_missing_folder_fails_before_any_work(tmp_path):

@@ -1,5 +1,5 @@
 """W4A16 sensitivity: the preset with one class of matrices at int8 (or lm_head at int4), on the
-development text (docs/benchmarks.md, issue 25). Bundles go to $MCQ_EXPERIMENT_DIR or a temp folder."""
+development text (CHANGELOG.md, measurement history, issue 25). Bundles go to $MCQ_EXPERIMENT_DIR or a temp folder."""
 import math, sys, time, dataclasses
 from pathlib import Path
 import os

@@ -4,7 +4,7 @@ integers instead of requantizing the floats.
 
 Why: a decode step's graph dequantizes the whole past K of every layer, concatenates, repeats it
 for grouped-query heads, and its Q·Kᵀ quantizes all of it again: O(context) float work per layer
-and step (SmolLM2 at 512 tokens of context: ~45 of 53 ms). Requantizing a dequantized int8 value
+and step, most of a long context's decode step. Requantizing a dequantized int8 value
 with the same scale and zero point returns the same integer exactly (|q - zp| <= 255, two float32
 roundings move it by < 3e-5 of a step), so reading the integers changes no value: the engine's
 outputs stay bit for bit what they were.
