@@ -11,7 +11,8 @@ pattern (dtypes, which sizes are 0 or 1, which inputs are contiguous), and a che
 sizes the trace fixed sends any other call to the interpreter.
 
 Numerics: the outputs equal the interpreter's bit for bit. The integer GEMMs are the same
-`_int_mm` kernel (`numerics.TRACING_FOR_COMPILER` only fixes the layout of a one-row operand);
+`_int_mm` kernel (`int_gemm.int_matmul`, seeing fake tensors, only fixes the layout of a one-row
+operand: no state is switched for the trace);
 Inductor fuses only exactly rounded elementwise ops and calls the interpreter's ATen kernels for
 reductions, transcendental functions and GEMMs (`EXACT_OPS`, spec Q.1). SmolLM2 W8A8KV8: logits
 equal on 7,538 teacher-forced positions, greedy tokens equal; exactness costs ~1 ms of a 7-8 ms
@@ -33,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import fx
 
-from runtime import numerics
+from runtime import int_gemm
 
 InputPattern = tuple[tuple[torch.dtype, tuple[int, ...], bool], ...]
 
@@ -46,16 +47,11 @@ def input_pattern(args: Sequence[torch.Tensor]) -> InputPattern:
 
 @contextlib.contextmanager
 def _tracing() -> Iterator[None]:
-    numerics.int8_gemm_is_exact()  # probed on real tensors, before anything is traced
-    previous = numerics.TRACING_FOR_COMPILER
-    numerics.TRACING_FOR_COMPILER = True
-    try:
-        # no duck sizing: two inputs that happen to have equal sizes (a past length of 64 and a
-        # head size of 64) must not become one symbol
-        with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():
-            yield
-    finally:
-        numerics.TRACING_FOR_COMPILER = previous
+    int_gemm.int8_gemm_is_exact()  # probed (and cached) on real tensors, before anything is traced
+    # no duck sizing: two inputs that happen to have equal sizes (a past length of 64 and a
+    # head size of 64) must not become one symbol
+    with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():
+        yield
 
 
 @dataclass
