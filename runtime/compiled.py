@@ -11,7 +11,8 @@ compiled per input pattern (dtypes, which sizes are 0 or 1, which inputs are con
 cheap check of the sizes the trace fixed sends any other call to the interpreter.
 
 Numerics: the outputs equal the interpreter's bit for bit. The integer GEMMs are the same
-`_int_mm` kernel (`numerics.TRACING_FOR_COMPILER` only fixes the layout of a one-row operand);
+`_int_mm` kernel (`int_gemm.int_matmul`, seeing fake tensors, only fixes the layout of a one-row
+operand: no state is switched for the trace);
 Inductor fuses only exactly rounded elementwise ops and calls the interpreter's ATen kernels for
 reductions, transcendental functions and GEMMs (`EXACT_OPS`, spec Q.1), at a cost of about an
 eighth of a decode step (CHANGELOG, sessions 6-7).
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import fx
 
-from runtime import numerics
+from runtime import int_gemm
 
 InputPattern = tuple[tuple[torch.dtype, tuple[int, ...], bool], ...]
 
@@ -45,16 +46,11 @@ def input_pattern(args: Sequence[torch.Tensor]) -> InputPattern:
 
 @contextlib.contextmanager
 def _tracing() -> Iterator[None]:
-    numerics.int8_gemm_is_exact()  # probed on real tensors, before anything is traced
-    previous = numerics.TRACING_FOR_COMPILER
-    numerics.TRACING_FOR_COMPILER = True
-    try:
-        # no duck sizing: two inputs that happen to have equal sizes (a past length of 64 and a
-        # head size of 64) must not become one symbol
-        with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():
-            yield
-    finally:
-        numerics.TRACING_FOR_COMPILER = previous
+    int_gemm.int8_gemm_is_exact()  # probed (and cached) on real tensors, before anything is traced
+    # no duck sizing: two inputs that happen to have equal sizes (a past length of 64 and a
+    # head size of 64) must not become one symbol
+    with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():
+        yield
 
 
 @dataclass

@@ -27,6 +27,7 @@ from runtime import numerics
 from runtime.memory import Arena
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
 from runtime.numerics import QuantParams
+from runtime.weight_only import BF16_INT4, prepare_weight_only
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
 from runtime.quant_modules import (Dequantize, FakeQuantize, LastPosition, Observe, Observer, OutlierProduct,
                                     QBmm, QEmbedding, QLinear, Quantize, QuantizeInput, WeightOnlyLinear)
@@ -365,7 +366,7 @@ class _Builder:
                 precise = node.name in self.output_refs
                 def weight_only() -> WeightOnlyLinear | None:
                     stored = self.shared.get(("stored", w_ref.name))  # unpacked for this call only
-                    kernel = numerics.prepare_weight_only(
+                    kernel = prepare_weight_only(
                         stored if stored is not None else stored_weight(w_ref.name, wspec, self.tensor), wqp(), precise)
                     if kernel is None:
                         return None
@@ -375,7 +376,7 @@ class _Builder:
                                                      scales=arena.keep(kernel.scales))
                         if stored is None:  # the kernel reads its own copy from now on
                             self.release(w_ref.name)
-                            if kernel.kind == numerics.BF16_INT4:  # its scales and zero points too
+                            if kernel.kind == BF16_INT4:  # its scales and zero points too
                                 for key in ("scale", "zero_point"):
                                     if isinstance(wspec.get(key), str):
                                         self.release(wspec[key])

@@ -1,82 +1,26 @@
-"""All quantized numerics of mcq, in one place (spec: "Quantization conventions").
+"""The quantized numerics the runtime executes (spec: "Quantization conventions"), in the
+shapes that are fast in torch: scales as broadcast views, ragged groups padded, int8 GEMMs on
+`_int_mm` or exact float32 GEMMs (runtime.int_gemm), a linear's weight-side terms prepared once.
 
 The toolkit's calibration simulation (qlevel 2), the qlevel-3 graph and the integer qlevel-4
-graph call these functions, so the three cannot drift apart.
+graph call these functions, so the three cannot drift apart. The formulas themselves, plainly
+written, are runtime.reference_numerics; tests/test_numerics_reference.py checks every function
+here against them: equal integers, bit-identical floats where the spec promises it (qlevels 3
+and 4 give the same bits: the same integers, then float32(acc) * float32(s_a * s_b) (+ bias)).
 
-Conventions:
-- q = clamp(round_half_away_from_zero(x / s) + zp, qmin, qmax), x / s an IEEE float32 division;
-- x = (q - zp) * s in float32;
-- signed storage: nbits=8 gives int8; symmetric ranges are [-(2^(n-1)-1), 2^(n-1)-1] with zp = 0,
-  asymmetric ranges are [-2^(n-1), 2^(n-1)-1];
-- outlier channels (optional): listed input channels are set to 0 before quantization; the
-  consuming linear adds x[..., outliers] @ outlier_weight^T in float32;
-- smoothing (optional): the quantizer represents x / smooth along the last axis (float32 division
-  before the scale division); dequantize returns that smoothed tensor;
-- rotation (optional, granularity "rotated_tensor"): then the last axis (n = a * b) is rotated by
-  the orthogonal A (x) B: viewed as [..., a, b], the quantizer represents A @ X @ B^T in float32;
-  dequantize returns that rotated tensor (the consuming linear's stored weight is rotated alike);
-- granularity "tensor": scalar s/zp; "channel": one s/zp per index of `axis`; "head": one s/zp per
-  head, where index i along `axis` belongs to head i % H (a bmm batch axis flattened as batch*H);
-- integer products accumulate in int32 (qlevel 4) or exactly in float64 (qlevel 3, same
-  integers); the result leaves the kernel as float32(acc) * float32(s_a * s_b) (+ bias), so
-  qlevels 3 and 4 are bit-identical;
-- granularity "group": `group_size` consecutive elements along `axis` share one s/zp (scale has
-  the tensor's shape with that axis divided by group_size, rounded up: a shorter last group);
-- formats (QuantParams.kind): "int" (int8 / int4 values, int4 packed two per byte only in the
-  file), "fp8_e4m3fn" (q = fp8(clamp(x / s, -448, 448)), no zero point; products accumulate
-  exactly in float64) and "bfloat16" (a cast; products accumulate in float32).
+Where a form is already the formula (qrange, the rounding, int4 packing, a linear's bias and
+outlier epilogue), it is the reference's, called or re-exported from there.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-INT, FP8, BF16 = "int", "fp8_e4m3fn", "bfloat16"
-FP8_MAX = 448.0  # largest finite float8_e4m3fn value
-
-
-def qrange(nbits: int, symmetric: bool) -> tuple[int, int]:
-    """Integer range of signed storage with `nbits` bits."""
-    top = 2 ** (nbits - 1) - 1
-    return (-top if symmetric else -top - 1), top
-
-
-def round_half_away_from_zero(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    """Everything needed to quantize one tensor: float32 scale, int32 zero point, range, layout."""
-
-    scale: torch.Tensor
-    zero_point: torch.Tensor
-    qmin: int
-    qmax: int
-    axis: int | None = None  # None: per tensor
-    per_head: bool = False  # index along axis selects scale i % len(scale)
-    # SmoothQuant: the quantizer represents x / smooth (last axis); the consuming linear's stored
-    # weight is W * smooth, so the integer GEMM keeps a per-tensor input scale
-    smooth: torch.Tensor | None = None
-    # outlier channels (int64 indices, last axis) are zeroed here: they bypass the integer GEMM
-    outliers: torch.Tensor | None = None
-    group_size: int | None = None  # granularity "group" along `axis`
-    kind: str = INT  # INT, FP8 or BF16
-    # granularity "rotated_tensor": the Kronecker factors (A [a, a], B [b, b]) of an orthogonal
-    # rotation of the last axis, applied after smoothing: a per-tensor scale of a tensor whose
-    # channels no longer differ in range (outlier channels are already out)
-    rotation: tuple[torch.Tensor | None, torch.Tensor] | None = None
-
-    @property
-    def storage_dtype(self) -> torch.dtype:
-        if self.kind == FP8:
-            return torch.float8_e4m3fn
-        if self.kind == BF16:
-            return torch.bfloat16
-        bits = max(self.qmax.bit_length(), (-self.qmin - 1).bit_length()) + 1
-        return torch.int8 if bits <= 8 else torch.int16
+from runtime.int_gemm import float32_gemm_is_exact, int_matmul
+# the spec's vocabulary, and the formulas whose plain form is also the fast one, re-exported
+from runtime.reference_numerics import (BF16, FP8, FP8_MAX, INT, QuantParams, linear_epilogue,  # noqa: F401
+                                        outlier_product, pack_int4, qrange, round_half_away_from_zero)
 
 
 def _broadcast(p: torch.Tensor, x: torch.Tensor, qp: QuantParams) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -190,15 +134,6 @@ def embedding_rows(table_q: torch.Tensor, qp: QuantParams, ids: torch.Tensor,
     return rows.reshape(*ids.shape, table_q.shape[-1])
 
 
-def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """int4 values (in int8 storage) -> uint8, two per byte along the last axis: element 2i in the
-    low nibble, 2i+1 in the high one; an odd last dimension gets a zero high nibble."""
-    if q.shape[-1] % 2:
-        q = torch.nn.functional.pad(q, (0, 1))
-    nibbles = q.to(torch.int16) & 0xF
-    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).to(torch.uint8)
-
-
 def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
     """The inverse of pack_int4: int8 values with a last axis of `length`."""
     # arithmetic shifts of the byte as int8 sign-extend each nibble: no widening, no select
@@ -216,72 +151,6 @@ def _centered(q: torch.Tensor, qp: QuantParams) -> torch.Tensor:
     """q - zp as int32 (exact: both fit in 16 bits)."""
     zp, view = _broadcast(qp.zero_point, q, qp)
     return (q.reshape(view).to(torch.int32) - zp).reshape(q.shape)
-
-
-# set while runtime.compiled traces a graph for the compiler (numerics then emits compiler-safe forms)
-TRACING_FOR_COMPILER = False
-
-
-def _int_matmul(a: torch.Tensor, b: torch.Tensor, emulate: bool) -> torch.Tensor:
-    """Exact integer matrix product of 2-D integer operands.
-
-    emulate=False: int32 results (qlevel 4). emulate=True: float64 arithmetic (qlevel 3), exact
-    because every partial sum of int8 x int8 products stays far below 2^53; the result holds the
-    same integers, so both qlevels round identically afterwards.
-    """
-    if emulate:
-        return a.to(torch.float64) @ b.to(torch.float64)
-    if a.dtype == torch.int8 and b.dtype == torch.int8 and a.shape[0] > 0:
-        if not int8_gemm_is_exact():
-            return _int8_matmul_by_float32_blocks(a, b)
-        if TRACING_FOR_COMPILER and isinstance(a.shape[0], int) and a.shape[0] == 1:
-            # one row (decode at batch 1): Inductor would lay it out with a row stride of 0, which
-            # the CPU int8 GEMM misreads (garbage logits); explicit strides keep its fast one-row path
-            return torch._int_mm(a.contiguous().as_strided((1, a.shape[1]), (a.shape[1], 1)), b)
-        return torch._int_mm(a, b)
-    return a.to(torch.int32) @ b.to(torch.int32)
-
-
-# int8 x int8 products are at most 2^14 in magnitude: a float32 GEMM over this many of them keeps
-# every partial sum an integer below 2^24, exact in any summation order
-_EXACT_FLOAT32_DEPTH = 512
-
-
-def _int8_matmul_by_float32_blocks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b of int8 operands in int32, exactly, without `_int_mm`: float32 GEMMs over blocks of
-    at most _EXACT_FLOAT32_DEPTH input channels (exact, see there), summed in int32."""
-    if not float32_gemm_is_exact(_EXACT_FLOAT32_DEPTH, 128 * 128):  # TF32 / bf16 inside
-        return a.to(torch.int32) @ b.to(torch.int32)
-    acc = None
-    for start in range(0, a.shape[1], _EXACT_FLOAT32_DEPTH):
-        stop = start + _EXACT_FLOAT32_DEPTH
-        part = (a[:, start:stop].to(torch.float32) @ b[start:stop].to(torch.float32)).to(torch.int32)
-        acc = part if acc is None else acc + part
-    assert acc is not None
-    return acc
-
-
-@functools.cache
-def int8_gemm_is_exact() -> bool:
-    """Whether this CPU's `torch._int_mm` returns exact int32 sums.
-
-    It does where oneDNN has VNNI or AMX instructions. Without them (AVX2, AVX-512 before
-    Cascade Lake, or `ONEDNN_MAX_CPU_ISA` below AVX512_CORE_VNNI) its kernel multiplies through
-    `vpmaddubsw`, whose 16-bit pair sums saturate: results off by up to ~1e5. Probed once per
-    process on the saturating pattern (127 x 127 pairs, which oneDNN's s8 -> u8 shift turns into
-    255 x 127) and on random values, at one row (decode) and several (prefill)."""
-    gen = torch.Generator().manual_seed(0)
-    for rows in (1, 5, 32):
-        a = torch.randint(-128, 128, (rows, 64), dtype=torch.int8, generator=gen)
-        b = torch.randint(-128, 128, (64, 48), dtype=torch.int8, generator=gen)
-        a[0], b[:, 0] = 127, 127
-        try:
-            got = torch._int_mm(a, b)
-        except RuntimeError:
-            return False
-        if not torch.equal(got.to(torch.int64), a.to(torch.int64) @ b.to(torch.int64)):
-            return False
-    return True
 
 
 def has_kernel(weight_qp: QuantParams, input_qp: QuantParams) -> bool:
@@ -317,7 +186,7 @@ def prepare_qlinear(weight_q: torch.Tensor, weight_qp: QuantParams, input_qp: Qu
         # row sums as an int8 product with a row of ones: exact int32, and no int32 copy of the
         # weight (such load-time temporaries stay in the heap as resident memory)
         ones = torch.ones((1, weight_q.shape[1]), dtype=torch.int8)
-        correction = input_qp.zero_point.to(torch.int32) * _int_matmul(ones, weight_q.t(), False)[0]
+        correction = input_qp.zero_point.to(torch.int32) * int_matmul(ones, weight_q.t(), False)[0]
     plain = input_qp.kind == INT and input_qp.axis is None and input_qp.storage_dtype == torch.int8
     return PreparedLinear(weight_q, weight_qp, input_qp, out_scale, correction, plain,
                           float(input_qp.scale), float(input_qp.zero_point), weight_q.t())
@@ -393,16 +262,11 @@ def qlinear(
     elif weight_qp.group_size:
         y = _grouped_int_linear(xq2, weight_q, weight_qp, input_qp, emulate)
     else:
-        acc = _int_matmul(xq2, p.weight_t, emulate)  # the stored [N, K] layout: fastest for _int_mm
+        acc = int_matmul(xq2, p.weight_t, emulate)  # the stored [N, K] layout: fastest for _int_mm
         if p.zp_correction is not None:
             acc = acc - p.zp_correction.to(acc.dtype)
         y = acc.to(torch.float32) * p.out_scale
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    y = y.reshape(*x.shape[:-1], weight_q.shape[0])
-    if outlier_weight is not None:
-        y = y + outlier_product(x, input_qp, outlier_weight)
-    return y.to(x.dtype)
+    return linear_epilogue(y, x, bias, input_qp, outlier_weight)
 
 
 def _grouped_int_linear(xq: torch.Tensor, weight_q: torch.Tensor, weight_qp: QuantParams,
@@ -427,105 +291,6 @@ def _grouped_int_linear(xq: torch.Tensor, weight_q: torch.Tensor, weight_qp: Qua
     return y
 
 
-# -- weight-only kernels (spec Q.4a) ----------------------------------------------------------
-# |y - y_ref| <= BF16_TOLERANCE * sum_k |x_k| M_nk + TWO_DIGIT_TOLERANCE * max_k |x_k| * sum_k M_nk,
-# M_nk = (|q_nk| + |zp_nk|) * s_nk and y_ref the float32 linear on the dequantized weight. The first
-# term covers the bf16 kernels (bf16 rounding of x, scale, zero and result: 2^-9 each), the second
-# the two-digit int8 kernel (x to within max|x| / 64516). Measured: under 2^-10 of the bound.
-BF16_TOLERANCE = 2.0 ** -7
-TWO_DIGIT_TOLERANCE = 2.0 ** -15
-_INT4_KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes aten's int4 CPU kernel takes
-BF16_INT8, BF16_INT4, TWO_DIGIT_INT8 = "bf16-int8", "bf16-int4", "two-digit-int8"
-
-
-@dataclass(frozen=True)
-class WeightOnlyKernel:
-    """A weight-only linear prepared once at load (spec Q.4a).
-
-    BF16_INT8: int8, one scale per output channel, no zero points: aten `_weight_int8pack_mm`
-      on bf16 activations (scales [N] bf16).
-    BF16_INT4: int4 groups: aten `_weight_int4pack_mm_for_cpu`, whose layout reads unsigned
-      nibbles u = q + 8 as (u - 8) * scale + zero, so zero = -zp * s gives (q - zp) * s; a group
-      size the kernel lacks is split into smaller groups that repeat its scale (128 with a shorter
-      last group of 64: 64). scales [K / group, N, 2] bf16.
-    TWO_DIGIT_INT8: int8 per channel for outputs that must keep float32 precision (the logits:
-      bf16 logits alone moved SmolLM2's perplexity measurably; CHANGELOG, session 4): each row of x is written as
-      s1 * (a1 + a2 / 254) with int8 digits a1, a2 and s1 = max|x| / 127; two exact int32
-      products, float32 epilogue (scales [N] float32)."""
-
-    kind: str
-    packed: torch.Tensor
-    scales: torch.Tensor
-    group: int  # BF16_INT4 only
-    out_features: int
-
-
-def prepare_weight_only(weight_q: torch.Tensor, qp: QuantParams, precise: bool = False) -> WeightOnlyKernel | None:
-    """The kernel for a weight-only linear's stored weight, or None where there is none for its
-    format (the caller then dequantizes the weight per call, spec Q.4). `precise`: the linear's
-    output leaves the graph (logits): only TWO_DIGIT_INT8 qualifies."""
-    if qp.kind != INT or qp.smooth is not None or qp.outliers is not None or weight_q.dim() != 2:
-        return None
-    n, k = weight_q.shape
-    aten = torch.ops.aten
-    int8_channel = qp.qmax == 127 and qp.axis == 0 and not qp.group_size and not bool(qp.zero_point.any())
-    try:
-        if int8_channel and precise:
-            return WeightOnlyKernel(TWO_DIGIT_INT8, weight_q, qp.scale.reshape(n).to(torch.float32), 0, n)
-        if int8_channel and hasattr(aten, "_weight_int8pack_mm"):
-            # the kernel's vector loads fault on weights memory-mapped at a 16-byte-unaligned file
-            # offset (safetensors only aligns to 8): those get an aligned copy
-            aligned = weight_q.is_contiguous() and weight_q.data_ptr() % 64 == 0
-            packed = weight_q if aligned else weight_q.clone(memory_format=torch.contiguous_format)
-            return WeightOnlyKernel(BF16_INT8, packed, qp.scale.reshape(n).to(torch.bfloat16), 0, n)
-        if not precise and qp.qmax == 7 and qp.axis == 1 and qp.group_size \
-                and hasattr(aten, "_weight_int4pack_mm_for_cpu"):
-            group = next((g for g in _INT4_KERNEL_GROUPS if qp.group_size % g == 0 and k % g == 0), None)
-            if group is None:
-                return None
-            repeat, groups = qp.group_size // group, k // group
-            scale = qp.scale.reshape(n, -1).repeat_interleave(repeat, 1)[:, :groups]
-            zp = qp.zero_point.reshape(n, -1).repeat_interleave(repeat, 1)[:, :groups].to(torch.float32)
-            scales = torch.stack([scale.t(), (-zp * scale).t()], dim=-1).to(torch.bfloat16).contiguous()
-            packed = torch._convert_weight_to_int4pack_for_cpu((weight_q + 8).to(torch.int32).contiguous(), 1)
-            return WeightOnlyKernel(BF16_INT4, packed, scales, group, n)
-    except (RuntimeError, NotImplementedError):  # a shape this torch build's kernels reject
-        return None
-    return None
-
-
-def _two_digit_int8_linear(x: torch.Tensor, kernel: WeightOnlyKernel) -> torch.Tensor:
-    amax = x.abs().amax(dim=1, keepdim=True)
-    s1 = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    s2 = s1 / 254.0
-    a1 = torch.round(x / s1)
-    a2 = torch.clamp(torch.round((x - a1 * s1) / s2), -127, 127)
-    w_t = kernel.packed.t()
-    acc1, acc2 = _int_matmul(a1.to(torch.int8), w_t, False), _int_matmul(a2.to(torch.int8), w_t, False)
-    return (acc1.to(torch.float32) * s1 + acc2.to(torch.float32) * s2) * kernel.scales
-
-
-def weight_only_linear(x: torch.Tensor, kernel: WeightOnlyKernel, bias: torch.Tensor | None) -> torch.Tensor:
-    """qlevel-4 weight-only linear (spec Q.4a); float32 out, bias added in float32."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if kernel.kind == TWO_DIGIT_INT8:
-        y = _two_digit_int8_linear(x2.to(torch.float32), kernel)
-    elif kernel.kind == BF16_INT4:
-        y = torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), kernel.packed, kernel.group, kernel.scales)
-    else:
-        y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), kernel.packed, kernel.scales)
-    y = y.to(torch.float32)
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    return y.reshape(*x.shape[:-1], kernel.out_features).to(x.dtype)
-
-
-def outlier_product(x: torch.Tensor, input_qp: QuantParams, outlier_weight: torch.Tensor) -> torch.Tensor:
-    """The float side path of a linear's outlier input channels."""
-    assert input_qp.outliers is not None
-    return x.to(torch.float32).index_select(-1, input_qp.outliers) @ outlier_weight.to(torch.float32).t()
-
-
 def centered_span(a_qp: QuantParams, b_qp: QuantParams) -> int:
     """A bound on |q_a - zp_a| * |q_b - zp_b| from the grids and zero points (no data pass)."""
     def bound(qp: QuantParams) -> int:
@@ -534,15 +299,6 @@ def centered_span(a_qp: QuantParams, b_qp: QuantParams) -> int:
         return max(qp.qmax - lo, hi - qp.qmin)
 
     return bound(a_qp) * bound(b_qp)
-
-
-def float32_gemm_is_exact(depth: int, span: int) -> bool:
-    """Whether a float32 GEMM of centered integers (|products| <= span, `depth` terms) gives the
-    int32 result exactly: every partial sum is then an integer below 2^24, so any summation
-    order is exact, and it is far faster than CPU int32 bmm (no BLAS for it); head_dim <= 258
-    always qualifies for int8 operands. Not where the user allowed reduced-precision float32
-    matmuls ("high" / "medium": TF32 / bf16 internally)."""
-    return depth * span < 2 ** 24 and torch.get_float32_matmul_precision() == "highest"
 
 
 def qbmm(a: torch.Tensor, a_qp: QuantParams, b: torch.Tensor, b_qp: QuantParams,

@@ -4,23 +4,19 @@ A decode step of SmolLM2 W8A8KV8 quantizes or dequantizes 180 tensors and runs 3
 products; interpreted op by op, every broadcast view of a scale, cast of a zero point and
 product of two scales made per call is a dispatched op of its own (a QBmm was 47 of them). These
 do the same float32 operations, in the same order, on the same values as `numerics.quantize`,
-`dequantize` and `qbmm`, so their results are equal bit for bit (tests/test_numerics.py), and
-leave everything else (groups, smoothing, outliers, rotations, fp8, bf16, qlevel 3) to numerics.
+`dequantize` and `qbmm`, so their results are equal bit for bit (tests/test_numerics.py; to the
+spec's formulas, tests/test_numerics_reference.py), and leave everything else (groups,
+smoothing, outliers, rotations, fp8, bf16, qlevel 3) to numerics.
 """
 from __future__ import annotations
 
 import torch
 
 from runtime import numerics
+from runtime.int_gemm import float32_gemm_is_exact, traced
 from runtime.numerics import QuantParams
 
 _HALF = torch.tensor(0.5)
-
-
-def _plain(*tensors: torch.Tensor) -> bool:
-    """Whether values made from the specs' tensors may be kept: not while the compiler traces
-    (runtime.compiled: there they are fake tensors of that trace, not values)."""
-    return all(type(t) is torch.Tensor for t in tensors)
 
 
 def supported(qp: QuantParams) -> bool:
@@ -60,7 +56,7 @@ class Quantizer:
             scale, _ = numerics._broadcast(self.qp.scale, x, self.qp)
             zp, _ = numerics._broadcast(self.qp.zero_point, x, self.qp)
             got = (scale, zp.to(torch.float32), zp)
-            if _plain(*got):
+            if not any(traced(t) for t in got):  # a trace's values are not kept
                 self._params[x.dim()] = got
         return got
 
@@ -95,7 +91,7 @@ class IntBmm:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         depth = a.shape[-1]
-        if not isinstance(depth, int) or not numerics.float32_gemm_is_exact(depth, self.span):
+        if not isinstance(depth, int) or not float32_gemm_is_exact(depth, self.span):
             return numerics.qbmm(a, self.a_qp, b, self.b_qp, False, self.span)
         acc = torch.bmm(self.a.centered(a), self.b.centered(b))
         scale = self._scales.get(acc.dim())
@@ -103,7 +99,7 @@ class IntBmm:
             sa, _ = numerics._broadcast(self.a_qp.scale, acc, self.a_qp)
             sb, _ = numerics._broadcast(self.b_qp.scale, acc, self.b_qp)
             scale = (sa * sb).to(torch.float32)
-            if _plain(scale):
+            if not traced(scale):
                 self._scales[acc.dim()] = scale
         y = acc.reshape(self.b.view(acc)) * scale
         return y.reshape(acc.shape).to(a.dtype)

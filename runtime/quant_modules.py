@@ -9,6 +9,7 @@ from torch import nn
 
 from runtime import numerics
 from runtime import prepared as prepared_forms
+from runtime import weight_only
 from runtime.numerics import QuantParams
 
 
@@ -77,12 +78,12 @@ class QuantizeInput(nn.Module):
 class WeightOnlyLinear(nn.Module):
     """Weight-only linear on aten's packed bf16 kernels (qlevel 4, spec Q.4a)."""
 
-    def __init__(self, kernel: numerics.WeightOnlyKernel) -> None:
+    def __init__(self, kernel: weight_only.WeightOnlyKernel) -> None:
         super().__init__()
         self.kernel = kernel
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return numerics.weight_only_linear(x, self.kernel, bias)
+        return weight_only.weight_only_linear(x, self.kernel, bias)
 
 
 class LastPosition(nn.Module):

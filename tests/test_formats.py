@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import numerics
+from runtime import numerics, reference_numerics, weight_only
 from runtime.numerics import BF16, FP8, INT, QuantParams
 
 
@@ -381,30 +381,18 @@ def test_group_scales_are_float16_and_the_weights_were_quantized_with_them(tiny_
 
 
 # ------------------------------------------------------------------ weight-only kernels (Q.4a)
-def _weight_only_bound(x: torch.Tensor, wq: torch.Tensor, p: numerics.QuantParams) -> torch.Tensor:
-    """spec Q.4a: 2^-7 sum_k |x_k| M_nk + 2^-15 max_k |x_k| sum_k M_nk, M_nk = (|q_nk| + |zp_nk|) s_nk."""
-    n, k = wq.shape
-    if p.group_size:
-        s, zp = (t.repeat_interleave(p.group_size, 1)[:, :k] for t in (p.scale, p.zero_point))
-    else:
-        s, zp = (t.reshape(n, 1).expand(n, k) for t in (p.scale, p.zero_point))
-    magnitude = (wq.to(torch.float32).abs() + zp.to(torch.float32).abs()) * s
-    return numerics.BF16_TOLERANCE * (x.abs() @ magnitude.t()) \
-        + numerics.TWO_DIGIT_TOLERANCE * x.abs().amax(-1, keepdim=True) * magnitude.sum(1)
-
-
 def test_weight_only_int8_kernel_is_within_spec_tolerance():
     g = torch.Generator().manual_seed(21)
     x = torch.randn(5, 96, generator=g) * 3
     wq = torch.randint(-127, 128, (48, 96), generator=g, dtype=torch.int8)
     p = qp(torch.rand(48, generator=g) * 0.02 + 1e-3, axis=0)
-    kernel = numerics.prepare_weight_only(wq, p)
-    assert kernel is not None and kernel.kind == numerics.BF16_INT8
+    kernel = weight_only.prepare_weight_only(wq, p)
+    assert kernel is not None and kernel.kind == weight_only.BF16_INT8
     bias = torch.randn(48, generator=g)
-    y = numerics.weight_only_linear(x, kernel, bias)
+    y = weight_only.weight_only_linear(x, kernel, bias)
     ref = torch.nn.functional.linear(x, numerics.dequantize(wq, p), bias)
     err = (y - ref).abs()
-    assert torch.all(err <= _weight_only_bound(x, wq, p)) and err.max() > 0
+    assert torch.all(err <= reference_numerics.weight_only_tolerance(x, wq, p)) and err.max() > 0
 
 
 @pytest.mark.parametrize("k", [128, 96])  # 96: groups of 64 with a shorter last group of 32
@@ -417,12 +405,12 @@ def test_weight_only_int4_group_kernel_is_within_spec_tolerance(k):
     p = numerics.QuantParams(torch.rand(n, groups, generator=g) * 0.05 + 1e-3,
                              torch.randint(-8, 8, (n, groups), generator=g, dtype=torch.int32), -8, 7,
                              axis=1, group_size=group)
-    kernel = numerics.prepare_weight_only(wq, p)
-    assert kernel is not None and kernel.kind == numerics.BF16_INT4 and kernel.group == (64 if k == 128 else 32)
-    y = numerics.weight_only_linear(x, kernel, None)
+    kernel = weight_only.prepare_weight_only(wq, p)
+    assert kernel is not None and kernel.kind == weight_only.BF16_INT4 and kernel.group == (64 if k == 128 else 32)
+    y = weight_only.weight_only_linear(x, kernel, None)
     ref = x @ numerics.dequantize(wq, p).t()
     assert y.shape == (2, 3, n)
-    assert torch.all((y - ref).abs() <= _weight_only_bound(x, wq, p))
+    assert torch.all((y - ref).abs() <= reference_numerics.weight_only_tolerance(x, wq, p))
 
 
 def test_two_digit_int8_kernel_keeps_logits_near_float32():
@@ -432,14 +420,14 @@ def test_two_digit_int8_kernel_keeps_logits_near_float32():
     x[1] = 0.0  # an all-zero row takes scale 1
     wq = torch.randint(-127, 128, (40, 96), generator=g, dtype=torch.int8)
     p = qp(torch.rand(40, generator=g) * 0.02 + 1e-3, axis=0)
-    kernel = numerics.prepare_weight_only(wq, p, precise=True)
-    assert kernel is not None and kernel.kind == numerics.TWO_DIGIT_INT8
-    y = numerics.weight_only_linear(x, kernel, None)
+    kernel = weight_only.prepare_weight_only(wq, p, precise=True)
+    assert kernel is not None and kernel.kind == weight_only.TWO_DIGIT_INT8
+    y = weight_only.weight_only_linear(x, kernel, None)
     ref = (x.double() @ numerics.dequantize(wq, p).double().t())
     magnitude = numerics.dequantize(wq, p).abs().double()
-    bound = numerics.TWO_DIGIT_TOLERANCE * x.abs().amax(-1, keepdim=True).double() * magnitude.sum(1) + 1e-6
+    bound = reference_numerics.TWO_DIGIT_TOLERANCE * x.abs().amax(-1, keepdim=True).double() * magnitude.sum(1) + 1e-6
     assert torch.all((y.double() - ref).abs() <= bound) and torch.equal(y[1], torch.zeros(40))
-    bf16 = numerics.weight_only_linear(x, numerics.prepare_weight_only(wq, p), None)
+    bf16 = weight_only.weight_only_linear(x, weight_only.prepare_weight_only(wq, p), None)
     assert (y.double() - ref).abs().max() < (bf16.double() - ref).abs().max() / 20
 
 
@@ -450,12 +438,13 @@ def test_weight_only_kernel_copies_weights_mapped_at_unaligned_offsets():
     unaligned = buf[8 : 8 + 512 * 64].view(512, 64)
     assert unaligned.data_ptr() % 16 == 8
     p = qp(torch.rand(512, generator=g) * 0.01 + 1e-3, axis=0)
-    kernel = numerics.prepare_weight_only(unaligned, p)
+    kernel = weight_only.prepare_weight_only(unaligned, p)
     assert kernel is not None and kernel.packed.data_ptr() % 64 == 0
     x = torch.randn(20, 64, generator=g)
-    aligned = numerics.prepare_weight_only(unaligned.clone(), p)
+    aligned = weight_only.prepare_weight_only(unaligned.clone(), p)
     assert aligned is not None
-    assert torch.equal(numerics.weight_only_linear(x, kernel, None), numerics.weight_only_linear(x, aligned, None))
+    run = weight_only.weight_only_linear
+    assert torch.equal(run(x, kernel, None), run(x, aligned, None))
 
 
 def test_weight_only_formats_without_a_kernel_fall_back_to_dequantizing():
@@ -463,11 +452,11 @@ def test_weight_only_formats_without_a_kernel_fall_back_to_dequantizing():
     wq = torch.randint(-127, 128, (16, 64), generator=g, dtype=torch.int8)
     with_zp = numerics.QuantParams(torch.rand(16, generator=g), torch.full((16,), 3, dtype=torch.int32),
                                    -128, 127, axis=0)
-    assert numerics.prepare_weight_only(wq, with_zp) is None  # int8 with zero points
+    assert weight_only.prepare_weight_only(wq, with_zp) is None  # int8 with zero points
     w4 = torch.randint(-8, 8, (8, 64), generator=g, dtype=torch.int8)  # N = 8: the kernel needs 16 | N
     p4 = numerics.QuantParams(torch.rand(8, 2, generator=g), torch.zeros(8, 2, dtype=torch.int32), -8, 7,
                               axis=1, group_size=32)
-    assert numerics.prepare_weight_only(w4, p4) is None
+    assert weight_only.prepare_weight_only(w4, p4) is None
     odd = numerics.QuantParams(torch.rand(16, 3, generator=g), torch.zeros(16, 3, dtype=torch.int32), -8, 7,
                                axis=1, group_size=24)  # no kernel group size divides 24
-    assert numerics.prepare_weight_only(torch.zeros(16, 72, dtype=torch.int8), odd) is None
+    assert weight_only.prepare_weight_only(torch.zeros(16, 72, dtype=torch.int8), odd) is None

@@ -32,13 +32,13 @@ def _child_pytest_passes(env: dict[str, str], *args: str) -> None:
 
 @pytest.mark.parametrize("env", [LOWERED, {"ATEN_CPU_CAPABILITY": "avx2"}], ids=["lowered", "aten-avx2"])
 def test_conformance_and_numerics_hold_on_other_kernel_paths(env):
-    _child_pytest_passes(env, "tests/conformance", "tests/test_numerics.py")
+    _child_pytest_passes(env, "tests/conformance", "tests/test_numerics.py", "tests/test_numerics_reference.py")
 
 
 def test_the_lowered_path_takes_the_exact_int8_fallback():
     """The environment above is no placebo: oneDNN's int8 GEMM without VNNI saturates, the probe
     sees it, and qlevel 4 runs on the exact fallback (which the child suite then checks)."""
-    code = "import runtime.numerics as n; print(n.int8_gemm_is_exact())"
+    code = "import runtime.int_gemm as n; print(n.int8_gemm_is_exact())"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **LOWERED},
                           capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.split() == ["False"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import numerics
+from runtime import int_gemm, numerics
 from runtime.numerics import QuantParams
 
 
@@ -311,7 +311,7 @@ def test_int8_gemm_without_int_mm_equals_int64_reference(m, k, n):
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
     a[0], b[:, 0] = -128, -128
-    got = numerics._int8_matmul_by_float32_blocks(a, b)
+    got = int_gemm.int8_matmul_by_float32_blocks(a, b)
     assert got.dtype == torch.int32
     assert np.array_equal(got.numpy(), a.numpy().astype(np.int64) @ b.numpy().astype(np.int64))
 
@@ -332,9 +332,9 @@ def test_a_saturating_int8_gemm_is_detected_and_not_used(monkeypatch):
     VNNI, e.g. ONEDNN_MAX_CPU_ISA=AVX2), the probe says so and qlevel 4 still equals the int64
     reference and qlevel 3."""
     monkeypatch.setattr(torch, "_int_mm", _saturating_int_mm)
-    numerics.int8_gemm_is_exact.cache_clear()
+    int_gemm.int8_gemm_is_exact.cache_clear()
     try:
-        assert not numerics.int8_gemm_is_exact()
+        assert not int_gemm.int8_gemm_is_exact()
         g = torch.Generator().manual_seed(3)
         x = torch.randn(5, 96, generator=g) * 4
         wq = torch.randint(-127, 128, (16, 96), generator=g, dtype=torch.int8)
@@ -346,11 +346,11 @@ def test_a_saturating_int8_gemm_is_detected_and_not_used(monkeypatch):
         acc = (xq + 5) @ wq.numpy().astype(np.int64).T
         assert np.array_equal(y4.numpy(), (acc.astype(np.float32) * (np.float32(0.03) * np.float32(0.01))))
     finally:
-        numerics.int8_gemm_is_exact.cache_clear()
+        int_gemm.int8_gemm_is_exact.cache_clear()
 
 
 def test_the_int8_gemm_probe_passes_an_exact_kernel():
-    numerics.int8_gemm_is_exact.cache_clear()
+    int_gemm.int8_gemm_is_exact.cache_clear()
     a = torch.full((1, 64), 127, dtype=torch.int8)
     exact = torch.equal(torch._int_mm(a, a.t().contiguous()), torch.full((1, 1), 64 * 127 * 127, dtype=torch.int32))
-    assert numerics.int8_gemm_is_exact() == exact
+    assert int_gemm.int8_gemm_is_exact() == exact
