@@ -255,7 +255,8 @@ def test_a_one_row_int8_gemm_traced_for_the_compiler_is_the_spec():
     f = lambda t: numerics.qlinear(t, wq, wqp, bias, xqp, prepared=p)  # noqa: E731
     traced = make_fx(f, tracing_mode="symbolic", _allow_non_fake_inputs=True)(x)
     targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
-    assert torch.ops.aten.as_strided.default in targets and torch.ops.aten._int_mm.default in targets
+    if int_gemm.int8_gemm_is_exact():  # else the float32-block fallback runs, traced or not
+        assert torch.ops.aten.as_strided.default in targets and torch.ops.aten._int_mm.default in targets
     assert_same(traced(x), ref.qlinear(x, wq, wqp, bias, xqp))
     assert_same(f(x), ref.qlinear(x, wq, wqp, bias, xqp))
 
