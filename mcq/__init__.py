@@ -79,23 +79,24 @@ def attention_heads(model_config: dict[str, Any]) -> int:
     return int(model_config.get("num_attention_heads") or model_config.get("n_head") or 1)
 
 
-def capture_model(model: torch.nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None):
+def capture_model(model: torch.nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None,
+                  progress: bool = False):
     """Export `model` once; pass the result to `quantize` for each config.
 
     An HF causal LM gives prefill + decode graphs and an HF encoder (a model that cannot
     generate, e.g. BertModel) a `forward` graph, both without `example_inputs`. Any other module
     needs `example_inputs` (a tuple of positional arguments, or a dict of keyword arguments) and,
-    for sizes that vary, torch.export's `dynamic_shapes`."""
+    for sizes that vary, torch.export's `dynamic_shapes`. `progress`: the export's steps on stderr."""
     from mcq.capture import CaptureError, capture_causal_lm, capture_encoder, capture_module, is_hf_encoder
 
     if example_inputs is not None:
-        return capture_module(model, example_inputs, dynamic_shapes)
+        return capture_module(model, example_inputs, dynamic_shapes, progress)
     if is_hf_encoder(model):
-        return capture_encoder(model)
+        return capture_encoder(model, progress=progress)
     if not hasattr(model, "config"):
         raise CaptureError(f"{type(model).__name__} is not a Hugging Face model: pass example_inputs=(...) "
                            "(and dynamic_shapes) to capture it")
-    return capture_causal_lm(model)
+    return capture_causal_lm(model, progress=progress)
 
 
 def token_samples(captured: Any, tokenizer: Any, data: str | os.PathLike[str] | None, seq_len: int,
@@ -141,82 +142,31 @@ def quantize(model: Any, config: QuantConfig | None = None, *, tokenizer: Any = 
     are all-reduced (`mcq.distributed`), so every rank returns the same bundle (save it on one).
     A model larger than memory: `quantize_streaming`.
     """
-    from mcq import channels
     from mcq import distributed as dist
-    from mcq.bundle import assemble, sections
-    from mcq.calibrate import batches_of, calibrate, calibrate_transformed, shared_hessians
+    from mcq import pipeline
     from mcq.capture import CAUSAL_LM, MODULE, Captured
-    from mcq.gptq import Problem
-    from mcq.interop import ImportedQParams
-    from mcq.plan import plan_qformat
-    from mcq.sequential import refine
 
     cfg = config or default_config()  # the same recipe as `mcq quantize` without --preset
     rank, size = dist.world(distributed)
-    if cfg.searches and size > 1:
-        raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) runs in one process")
-    if cfg.gptq_sequential and size > 1:
-        raise ConfigError("gptq_sequential (GPTQ again on the quantized model's inputs) runs in one process")
+    pipeline.refuse_unsupported(cfg, size, streaming=False)
     # a Captured model (from `capture_model`) can be quantized with several configs without re-export
-    captured = model if isinstance(model, Captured) else capture_model(model, example_inputs, dynamic_shapes)
-    model_config = captured.model_config
-    graph = captured.main_graph
-    heads = attention_heads(model_config)
-    plan = plan_qformat(graph, cfg, heads)
+    captured = model if isinstance(model, Captured) else capture_model(model, example_inputs, dynamic_shapes,
+                                                                       progress=progress)
     if cfg.searches and captured.kind != CAUSAL_LM:
         raise ConfigError("automatic mixed precision (auto_max_increase, auto_max_fraction) measures perplexity: "
                           "causal LMs only")
-    batches: list[Any]
-    if captured.kind == MODULE:
-        if samples is None:
-            samples = [] if example_inputs is None else [example_inputs]
-        if not samples and any(e["inputs"] for e in plan["nodes"].values()):
-            raise ValueError("quantizing activations of a captured module needs samples=[...] "
-                             "(tuples of its inputs, or dicts of keyword arguments)")
-        batches = [captured.graph_inputs(s) for s in samples]
-    else:
-        if samples is None:
-            samples = token_samples(captured, tokenizer, data, seq_len, max_samples,
-                                    8 + (cfg.auto_samples if cfg.searches else 0))
-        if cfg.searches:
-            return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
-        batches = batches_of(samples, batch_size)
-    if size > 1:
-        batches = dist.shard(batches, rank, size)
-    hessians = shared_hessians(graph, plan)
-    observers = calibrate(captured, plan, batches, progress, hessians)
-    if size > 1:
-        dist.sync_all(observers.values(), hessians.values())
-    names = channels.weight_names(graph)
-    weight = lambda k: captured.tensors[names[k]]  # noqa: E731 - the float weight of a linear
-    alphas = _smoothquant_alphas(captured, plan, observers, cfg, weight, batches, progress,
-                                 dist.sum_tensors if size > 1 else None)
-    chan = channels.plans(graph, plan, observers, weight, alphas, float(cfg.act_outlier_threshold))
-    calibrate_transformed(captured, plan, chan, observers, batches, progress)
-    if size > 1:
-        dist.sync_transformed(observers.values())
-    imported = ImportedQParams.load(qparams) if qparams is not None else None
-    problems = {k: Problem(h.value(), cfg.gptq_damp, act_order=cfg.gptq_act_order) for k, h in hessians.items()}
-    assembled = assemble(captured, plan, observers, heads, chan, problems, imported)
-    if cfg.gptq_sequential and problems:
-        refine(captured, assembled, weight, chan, imported, batches, cfg.gptq_damp, cfg.gptq_fit_damp, progress,
-               cfg.gptq_act_order)
-    return Quantized(sections(assembled, captured, cfg, tokenizer, __version__), assembled.tensors, cfg)
-
-
-def _smoothquant_alphas(captured: Any, plan: dict[str, Any], observers: Any, cfg: QuantConfig,
-                        weight: Any, batches: list[Any], progress: bool, reduce: Any = None) -> dict[str, float]:
-    """SmoothQuant alpha per channel group (keyed by the group's first qkey)."""
-    from mcq import channels
-
-    graph = captured.main_graph
-    groups = channels.groups(graph, plan)
-    fixed = {g[0]: cfg.for_node(g[0], "linear").smoothquant_alpha for g in groups}  # per-node overrides
-    if all(a != "auto" for a in fixed.values()):
-        return {k: float(a) for k, a in fixed.items()}
-    searched = channels.search_alphas(graph, plan, observers, weight, captured.tensors.__getitem__, batches,
-                                      float(cfg.act_outlier_threshold), progress, reduce)
-    return {k: searched[k] if a == "auto" else float(a) for k, a in fixed.items()}
+    if samples is None and captured.kind == MODULE:
+        samples = [] if example_inputs is None else [example_inputs]
+    elif samples is None:
+        samples = token_samples(captured, tokenizer, data, seq_len, max_samples,
+                                8 + (cfg.auto_samples if cfg.searches else 0))
+    if cfg.searches:
+        return _quantize_searched(captured, cfg, tokenizer, list(samples), batch_size, progress, qparams)
+    tensors: dict[str, torch.Tensor] = {}  # the sink: every rank quantizes the whole bundle
+    bundle_sections = pipeline.run(captured, cfg, samples, captured.tensors.__getitem__, tensors,
+                                   tokenizer=tokenizer, batch_size=batch_size, progress=progress, qparams=qparams,
+                                   rank=rank, size=size)
+    return Quantized(bundle_sections, tensors, cfg)  # type: ignore[arg-type]
 
 
 def _quantize_searched(captured: Any, cfg: QuantConfig, tokenizer: Any, samples: list[Any], batch_size: int,

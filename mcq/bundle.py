@@ -1,4 +1,5 @@
-"""Captured graphs + qformat + calibrated observers -> the tensors and sections of a `.mcq`."""
+"""Captured graphs + qformat + calibrated observers -> the tensors and sections of a `.mcq`: the
+functions each step of `mcq.pipeline` stores its tensors with (into any sink: a dict, a file writer)."""
 from __future__ import annotations
 
 import copy
@@ -90,8 +91,6 @@ def _store_channel_plan(tensors: dict[str, torch.Tensor], prefix: str, plan: cha
     if plan.outliers.numel():
         tensors[f"{prefix}.outliers"] = plan.outliers.to(torch.int64)
         spec["outliers"] = f"{prefix}.outliers"
-
-
 
 
 def _shareable(linear: dict[str, Any]) -> bool:
@@ -228,36 +227,6 @@ def float_tensor_names(graphs: dict[str, Graph], tensors: Any) -> list[str]:
     """Tensors the graphs read that quantization did not produce: stored as captured (float)."""
     used = set().union(*(g.tensor_names() for g in graphs.values()))
     return [name for name in sorted(used) if name not in tensors]
-
-
-def assemble(captured: Captured, plan: dict[str, Any], observers: dict[tuple[str, str], Observer],
-             heads: int, chan: dict[str, channels.ChannelPlan] | None = None,
-             problems: dict[str, gptq.Problem] | None = None, imported: ImportedQParams | None = None
-             ) -> Assembled:
-    """Quantize weights, turn observer ranges into qparams, point the graphs at quantized tensors.
-
-    `chan`: per-channel input treatment (smoothing, outlier channels) of each linear that has one.
-    `problems`: qkey -> GPTQ problem (input Hessian ...) of the linears whose weights GPTQ rounds.
-    `imported`: parameters calibrated elsewhere; they replace the calibrated ones they name.
-    The streaming path (mcq.stream) runs the same steps node by node."""
-    qformat, graphs, weight_of = rewire(captured, plan)
-    tensors: dict[str, torch.Tensor] = {}
-    for qkey, entry in qformat["nodes"].items():
-        if entry["kind"] == "embedding":
-            continue  # after the linears: a tied table may reuse an lm_head's stored weight
-        node_chan = node_plan(qkey, chan or {}, imported)
-        if entry.get("weight"):
-            store_weight(tensors, qkey, entry, captured.tensors[weight_of[qkey]], node_chan,
-                         (problems or {}).get(qkey), imported)
-        store_inputs(tensors, qkey, entry, observers, node_chan, imported)
-    for qkey, entry in qformat["nodes"].items():
-        if entry["kind"] == "embedding":
-            store_embedding(tensors, qkey, entry, captured.tensors[weight_of[qkey]], weight_of, qformat, graphs,
-                            imported)
-    store_derived(tensors, qformat, heads, imported)
-    for name in float_tensor_names(graphs, tensors):
-        tensors[name] = captured.tensors[name]
-    return Assembled(graphs, tensors, qformat)
 
 
 _RAW_DTYPES = {torch.bfloat16: ("BF16", torch.int16), torch.float8_e4m3fn: ("F8_E4M3", torch.uint8)}

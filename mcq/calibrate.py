@@ -1,19 +1,21 @@
 """qlevel-2 calibration: run the main graph (prefill, or forward) with observers at every quant point.
 
-A calibration batch is a tensor of token ids (run with an all-ones attention mask) or a tuple of
-the graph's inputs."""
+The graph runs one node at a time over every batch at once (`run_by_node`), so that each
+linear's input is complete, on every batch, at one moment: its weight is quantized then and
+released (`mcq.pipeline`). A calibration batch is a tensor of token ids (run with an all-ones
+attention mask) or a tuple of the graph's inputs."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Union
 
 import torch
+from torch import fx
 from tqdm.auto import tqdm
 
-from mcq.capture import Captured
 from mcq.gptq import Hessian
 from mcq.observers import Observer
-from runtime import lower
+from runtime.quant_modules import Observe
 
 
 Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -80,59 +82,13 @@ def check_reached(observers: dict[tuple[str, str], Observer]) -> None:
         raise RuntimeError(f"calibration never reached quant points: {', '.join(missing[:5])}")
 
 
-def calibrate(captured: Captured, qformat: dict[str, Any], batches: Iterable[Batch],
-              progress: bool = True, hessians: dict[str, Hessian] | None = None
-              ) -> dict[tuple[str, str], Observer]:
-    """Observe every quant point of the main graph over `batches` (decode reuses prefill's keys).
-
-    `hessians` (qkey -> Hessian, for GPTQ) are filled in the same pass."""
-    observers = make_observers(qformat)
-    hessians = hessians or {}
-    if not observers and not hessians:
-        return observers
-    recorder = Recorder(observers, hessians)
-    gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, recorder)
-    batches = list(batches)
-    with torch.no_grad():
-        for i, batch in enumerate(tqdm(batches, desc="calibrating", unit="batch", disable=not progress)):
-            recorder.batch = i
-            gm(*as_inputs(batch))
-    check_reached(observers)
-    return observers
-
-
 def transformed_wanted(qformat: dict[str, Any], chan: dict[str, Any]) -> set[str]:
-    """Linears that need the histogram of the transformed input (second pass): histogram methods,
+    """Linears that need the histogram of the transformed input (`mcq.pipeline`): histogram methods,
     and rotated inputs (whose range the per-channel ranges cannot give)."""
     from mcq.calibrators import HISTOGRAM_METHODS
 
     return {k for k in chan if qformat["nodes"][k]["inputs"]["x"]["method"] in HISTOGRAM_METHODS
             or "rotation" in qformat["nodes"][k]["inputs"]["x"]}
-
-
-def calibrate_transformed(captured: Captured, qformat: dict[str, Any], chan: dict[str, Any],
-                          observers: dict[tuple[str, str], Observer], batches: list[Batch],
-                          progress: bool = True) -> None:
-    """Second pass for histogram methods (and rotations) on inputs with a per-channel treatment:
-    stream the histogram of the transformed tensor (outlier channels removed, divided by the
-    smoothing, rotated)."""
-    from mcq.calibrators import Histogram
-    from mcq.channels import transformed_input
-
-    wanted = transformed_wanted(qformat, chan)
-    if not wanted:
-        return
-    for k in wanted:
-        observers[(k, "x")].transformed = Histogram()
-
-    def observe(qkey: str, role: str, x: torch.Tensor) -> None:
-        if role == "x" and qkey in wanted:
-            observers[(qkey, "x")].transformed.update(transformed_input(x, chan[qkey]))  # type: ignore[union-attr]
-
-    gm = lower.build(captured.main_graph, captured.tensors.__getitem__, qformat, lower.OBSERVE, observe)
-    with torch.no_grad():
-        for batch in tqdm(batches, desc="calibrating (2nd pass)", unit="batch", disable=not progress):
-            gm(*as_inputs(batch))
 
 
 def shared_hessians(graph: Any, qformat: dict[str, Any]) -> dict[str, Hessian]:
@@ -144,3 +100,88 @@ def shared_hessians(graph: Any, qformat: dict[str, Any]) -> dict[str, Hessian]:
         if entry and (entry.get("weight") or {}).get("rounding") == "gptq":
             out[n.qkey] = by_input.setdefault(n.args[0], Hessian())
     return out
+
+
+def observed_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes that lead to an Observe module: all that calibration needs to run (not the
+    logits, nor the cache outputs)."""
+    modules = dict(gm.named_modules())
+    return ancestors([n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], Observe)])
+
+
+def ancestors(roots: Sequence[fx.Node]) -> set[fx.Node]:
+    """`roots` and every node they read, directly or not."""
+    needed: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+    return needed
+
+
+def run_by_node(gm: fx.GraphModule, inputs: Sequence[tuple[Any, ...]], fetch: Callable[[Any], Any],
+                release: Callable[[Any], None], before: Callable[[int], None],
+                after: Callable[[fx.Node, list[Any]], None], progress: bool = True,
+                needed: set[fx.Node] | None = None, desc: str = "calibrating") -> None:
+    """Run `gm` one node at a time over every input tuple (one per batch).
+
+    A get_attr node's value is `fetch(its stand-in tensor)`, one for all batches, and
+    `release(stand-in)` follows its last use; every other value is dropped after its last use. Only
+    the `needed` nodes run (default: `observed_nodes`). `before(b)` runs before each batch's call
+    of a node, `after(node, values)` once a node (or a graph input) has its value on every batch."""
+    nodes = list(gm.graph.nodes)
+    modules = dict(gm.named_modules())
+    needed = observed_nodes(gm) if needed is None else needed
+    last: dict[fx.Node, int] = {}
+    for i, n in enumerate(nodes):
+        if n in needed:
+            last[n] = i  # a value nobody reads is dropped at once
+            for a in n.all_input_nodes:
+                last[a] = i
+    for n in reversed(nodes):  # a weight lives as long as its widened copy (released together)
+        if n in last and n.op == "call_function" and n.all_input_nodes \
+                and all(a.op == "get_attr" for a in n.all_input_nodes):
+            for a in n.all_input_nodes:
+                last[a] = max(last[a], last[n])
+    dying: dict[int, list[fx.Node]] = {}
+    for n, i in last.items():
+        dying.setdefault(i, []).append(n)
+    per_batch: dict[fx.Node, list[Any]] = {}
+    shared: dict[fx.Node, Any] = {}
+    placeholders = iter(range(len(inputs[0]) if inputs else 0))
+    for i, n in enumerate(tqdm(nodes, desc=desc, unit="node", disable=not progress)):
+        if n.op == "placeholder":
+            k = next(placeholders)
+            if n in needed:
+                per_batch[n] = [b[k] for b in inputs]
+                after(n, per_batch[n])
+        elif n not in needed or n.op == "output":
+            pass
+        elif n.op == "get_attr":
+            shared[n] = fetch(getattr(gm, str(n.target)))
+        elif n.op in ("call_function", "call_module") and n.all_input_nodes \
+                and all(a in shared for a in n.all_input_nodes):
+            # reads only weights (a float64 copy for calibration, `lower.widen`): one value for
+            # all batches, not one copy per batch
+            fn = modules[n.target] if n.op == "call_module" else n.target
+            shared[n] = fn(*fx.node.map_arg(n.args, shared.__getitem__), **fx.node.map_arg(n.kwargs, shared.__getitem__))  # type: ignore[operator]
+            after(n, [shared[n]] * len(inputs))
+        elif n.op in ("call_function", "call_module"):
+            fn = modules[n.target] if n.op == "call_module" else n.target
+            outs = []
+            for b in range(len(inputs)):
+                pick = lambda a: shared[a] if a in shared else per_batch[a][b]  # noqa: E731
+                before(b)
+                outs.append(fn(*fx.node.map_arg(n.args, pick), **fx.node.map_arg(n.kwargs, pick)))  # type: ignore[operator]
+            per_batch[n] = outs
+            after(n, outs)
+        else:
+            raise RuntimeError(f"node-by-node calibration: unsupported fx node {n.op} {n.target}")
+        for a in dying.get(i, ()):
+            per_batch.pop(a, None)
+            if a in shared:
+                del shared[a]
+                if a.op == "get_attr":
+                    release(getattr(gm, str(a.target)))

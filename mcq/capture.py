@@ -32,6 +32,25 @@ class CaptureError(RuntimeError):
     pass
 
 
+class _Steps:
+    """The capture's long steps on stderr (torch.export takes minutes on a large model): the
+    step now running and how many are done."""
+
+    def __init__(self, names: list[str], progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.names = iter(names)
+        self.bar = tqdm(total=len(names), desc=f"capturing: {next(self.names)}", unit="step", disable=not progress)
+
+    def done(self) -> None:
+        self.bar.update()
+        name = next(self.names, None)
+        if name is None:
+            self.bar.close()
+        else:
+            self.bar.set_description(f"capturing: {name}")
+
+
 @torch.library.custom_op("mcq_capture::kv_point", mutates_args=())
 def _kv_point(x: torch.Tensor, layer: int, which: int) -> torch.Tensor:
     return x.clone()
@@ -353,7 +372,7 @@ def _hf_config(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str)) or v is None}
 
 
-def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
+def capture_causal_lm(model: nn.Module, example_len: int = 8, progress: bool = False) -> Captured:
     """Capture an HF causal LM (GPT-J, Llama, GPT-2 style) as prefill + decode graphs."""
     cfg = model.config
     family = getattr(cfg, "model_type", type(model).__name__)
@@ -361,7 +380,7 @@ def capture_causal_lm(model: nn.Module, example_len: int = 8) -> Captured:
     swapped = _conv1d_as_linear(model)
     try:
         with _eager_attention(cfg), _quiet_export():
-            return _capture(model, cfg, family, n_layers, example_len)
+            return _capture(model, cfg, family, n_layers, example_len, progress)
     finally:
         for parent, name, original in swapped:
             setattr(parent, name, original)
@@ -393,7 +412,7 @@ class EncoderWrapper(nn.Module):
         return hidden, mean_pool_normalize(hidden, attention_mask)
 
 
-def capture_encoder(model: nn.Module, example_len: int = 8) -> Captured:
+def capture_encoder(model: nn.Module, example_len: int = 8, progress: bool = False) -> Captured:
     """Capture an HF encoder (BERT style) as one `forward` graph: input_ids and attention_mask
     [batch, seq] (dynamic; right padding) give last_hidden_state and sentence_embedding."""
     cfg = model.config
@@ -407,7 +426,7 @@ def capture_encoder(model: nn.Module, example_len: int = 8) -> Captured:
     dims = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     with _eager_attention(cfg), _quiet_export():
         graph, tensors, outputs = _export_graph(EncoderWrapper(model), (ids, mask), {}, dims,
-                                                list(ENCODER_OUTPUTS), WRAPPER_PREFIX)
+                                                list(ENCODER_OUTPUTS), WRAPPER_PREFIX, progress)
     return Captured({"forward": graph}, tensors, getattr(cfg, "model_type", type(model).__name__),
                     _hf_config(cfg), kind=ENCODER, arg_names=("input_ids", "attention_mask"),
                     output_specs={"forward": outputs})
@@ -459,7 +478,7 @@ def _dim_names(values: Mapping[str, Any], dynamic_shapes: Any) -> dict[tuple[str
 
 
 def _export_graph(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any,
-                  output_names: list[str] | None, prefix: str
+                  output_names: list[str] | None, prefix: str, progress: bool = False
                   ) -> tuple[Graph, dict[str, torch.Tensor], list[TensorSpec]]:
     """Export `module` once as the `forward` graph (torch.export `dynamic_shapes`; a dynamic size
     is named after its Dim). Input names follow the forward's parameters, output names the
@@ -470,6 +489,7 @@ def _export_graph(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
         with torch.no_grad():
             output_names = [n for n, _ in _flat_names({"output": module(*args, **kwargs)})]
     names = _dim_names(bound.arguments, dynamic_shapes)
+    steps = _Steps(["exporting forward", "decomposing forward"], progress)
     with torch.no_grad():
         try:
             ep = export(module, tuple(bound.args), dict(bound.kwargs), dynamic_shapes=dynamic_shapes, strict=True)
@@ -480,6 +500,7 @@ def _export_graph(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
             except Exception:
                 raise CaptureError(f"torch.export cannot capture {type(module).__name__}: {strict_error}") \
                     from strict_error
+        steps.done()
         ep = ep.run_decompositions(_decompositions())
     # symbolic sizes take the name of the Dim that introduced them (else the symbol, e.g. "s0")
     placeholders = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
@@ -498,6 +519,7 @@ def _export_graph(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
                              for axis, d in enumerate(getattr(val, "shape", ())) if isinstance(d, torch.SymInt)}
     tensors: dict[str, torch.Tensor] = {}
     graph = _to_graph(ep, "forward", input_names, input_dims, output_names, tensors, prefix)
+    steps.done()
     returned = next(n for n in ep.graph.nodes if n.op == "output").args[0]
     outputs = [TensorSpec(o, DTYPE_NAMES[v.meta["val"].dtype],
                           [symbol_names.get(str(d), str(d)) if isinstance(d, torch.SymInt) else int(d)
@@ -506,7 +528,8 @@ def _export_graph(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     return graph, tensors, outputs
 
 
-def capture_module(module: nn.Module, example_inputs: Any, dynamic_shapes: Any = None) -> Captured:
+def capture_module(module: nn.Module, example_inputs: Any, dynamic_shapes: Any = None,
+                   progress: bool = False) -> Captured:
     """Capture any nn.Module torch.export can capture as one `forward` graph.
 
     `example_inputs`: a tuple of positional arguments (or one tensor), or a dict of keyword
@@ -519,7 +542,7 @@ def capture_module(module: nn.Module, example_inputs: Any, dynamic_shapes: Any =
         else (tuple(example_inputs), {})
     module.eval()
     with _quiet_export():
-        graph, tensors, outputs = _export_graph(module, args, kwargs, dynamic_shapes, None, "")
+        graph, tensors, outputs = _export_graph(module, args, kwargs, dynamic_shapes, None, "", progress)
     names = tuple(inspect.signature(module.forward).parameters)
     return Captured({"forward": graph}, tensors, type(module).__name__, {}, kind=MODULE, arg_names=names,
                     output_specs={"forward": outputs})
@@ -545,8 +568,10 @@ def _conv1d_as_linear(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]
     return swapped
 
 
-def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len: int = 8) -> Captured:
+def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len: int = 8,
+             progress: bool = False) -> Captured:
     model.eval()
+    steps = _Steps(["exporting prefill", "decomposing prefill", "exporting decode", "decomposing decode"], progress)
     vocab = int(cfg.vocab_size)
     gen = torch.Generator().manual_seed(0)
     batch = Dim("batch", min=1, max=256)
@@ -570,10 +595,12 @@ def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len
     with torch.no_grad():
         ep = export(prefill_wrapper, (ids, mask), strict=True,
                     dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+        steps.done()
         ep = ep.run_decompositions(_decompositions())
     prefill = _to_graph(ep, "prefill", ["input_ids", "attention_mask"],
                         {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
                         ["logits", *kv_names], tensors)
+    steps.done()
 
     step_ids = torch.randint(0, vocab, (2, 1), generator=gen).to(device)
     step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long, device=device)], dim=1)
@@ -581,10 +608,12 @@ def _capture(model: nn.Module, cfg: Any, family: str, n_layers: int, example_len
         ep = export(DecodeWrapper(model, n_layers), (step_ids, step_mask, kv), strict=True,
                     dynamic_shapes=({0: batch}, {0: batch, 1: past + 1},
                                     tuple({0: batch, 2: past} for _ in kv)))
+        steps.done()
         ep = ep.run_decompositions(_decompositions())
     past_dims = {n: {0: "batch", 2: "past"} for n in past_names}
     decode = _to_graph(ep, "decode", ["input_ids", "attention_mask", *past_names],
                        {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "past+1"}, **past_dims},
                        ["logits", *kv_names], tensors)
+    steps.done()
     return Captured({"prefill": prefill, "decode": decode}, tensors, family, _hf_config(cfg),
                     {"layers": n_layers, "heads": heads, "head_dim": head_dim})

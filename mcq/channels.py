@@ -10,8 +10,8 @@
 
 Both are shared by a group of linears reading the same tensor (q/k/v, gate/up), so that tensor
 is quantized once. With alpha "auto", each group picks the alpha from a fixed grid that minimizes
-the squared error of its quantized outputs on the calibration data (a second streaming pass:
-errors are summed per batch, no activation is stored).
+the squared error of its quantized outputs on the calibration data (summed over the batches
+when the group's input is complete, before its weights are quantized: `mcq.pipeline`).
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ import torch
 from mcq import rotation
 from mcq.calibrators import HISTOGRAM_METHODS, histogram_range
 from mcq.observers import Observer, spec_qparams, spec_to_qp, weight_qparams
-from runtime import lower, numerics
-from runtime.ir import Graph, TensorRef
-from runtime.numerics import QuantParams
+from runtime import numerics
+from runtime.ir import Graph
 
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 MAX_TOKENS_PER_BATCH = 512  # the alpha search looks at a bounded number of tokens per batch
@@ -75,7 +74,7 @@ class ChannelPlan:
                 lo_h, hi_h = obs.transformed.lo, obs.transformed.hi
             return spec_qparams(torch.tensor(lo_h), torch.tensor(hi_h), spec)
         if self.rotation is not None:
-            raise RuntimeError("a rotated input's range needs the transformed pass (calibrate_transformed)")
+            raise RuntimeError("a rotated input's range needs the histogram of the transformed input (mcq.pipeline)")
         keep = torch.ones_like(obs.min, dtype=torch.bool)
         keep[self.outliers] = False
         s = self.smooth if self.smooth is not None else torch.ones_like(obs.min)
@@ -92,12 +91,6 @@ def groups(graph: Graph, qformat: dict[str, Any]) -> list[list[str]]:
         if entry and entry.get("weight") and ("smooth" in x or "outliers" in x or "rotation" in x):
             out.setdefault(n.args[0], []).append(n.qkey)  # type: ignore[arg-type]
     return list(out.values())
-
-
-def weight_names(graph: Graph) -> dict[str, str]:
-    """qkey -> name of the float weight a linear reads in the captured graph."""
-    return {n.qkey: n.args[1].name for n in graph.nodes
-            if n.qkey and n.op == "aten.linear.default" and isinstance(n.args[1], TensorRef)}
 
 
 def outlier_channels(obs: Observer, threshold: float) -> torch.Tensor:
@@ -140,16 +133,6 @@ def group_plan(members: list[str], qformat: dict[str, Any], observers: dict[tupl
     return _plan(observers[(members[0], "x")], [weight(k) for k in members], spec, alpha, threshold)
 
 
-def plans(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
-          weight: Weights, alphas: dict[str, float], threshold: float) -> dict[str, ChannelPlan]:
-    """qkey -> its group's ChannelPlan; `alphas` is keyed by a group's first qkey."""
-    out: dict[str, ChannelPlan] = {}
-    for members in groups(graph, qformat):
-        plan = group_plan(members, qformat, observers, weight, alphas.get(members[0]), threshold)
-        out.update({k: plan for k in members})
-    return out
-
-
 def transformed_input(x: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
     """The tensor a linear's per-tensor input quantizer sees: outlier channels removed, x / smooth
     (rotated inputs: `plan.transform`, the outlier channels zeroed before the rotation)."""
@@ -168,45 +151,29 @@ def _fake_quantized_weight(w: torch.Tensor, wspec: dict[str, Any]) -> torch.Tens
     return numerics.fake_quantize(w, spec_to_qp(wspec, scale, zp))
 
 
-def search_alphas(graph: Graph, qformat: dict[str, Any], observers: dict[tuple[str, str], Observer],
-                  weight: Weights, tensors: Weights, batches: Iterable[Any], threshold: float,
-                  progress: bool = True, reduce: Callable[[list[torch.Tensor]], None] | None = None
-                  ) -> dict[str, float]:
-    """Per group (keyed by its first qkey), the grid alpha with the least output error.
-    `reduce` sums the errors over the processes of a distributed calibration."""
-    from tqdm.auto import tqdm
-
-    from mcq.calibrate import as_inputs
-
-    first = {g[0]: g for g in groups(graph, qformat)}
-    cands: dict[str, list[tuple[ChannelPlan, QuantParams, list[torch.Tensor], list[torch.Tensor]]]] = {}
-    for key, members in first.items():
-        obs, spec = observers[(key, "x")], qformat["nodes"][key]["inputs"]["x"]
-        ws = [weight(k).to(torch.float32) for k in members]
-        cands[key] = []
-        for a in ALPHA_GRID:
-            p = _plan(obs, ws, spec, a, threshold)
-            split = [p.split_weight(w) for w in ws]
-            wq = [_fake_quantized_weight(main, qformat["nodes"][k]["weight"]) for (main, _), k in zip(split, members)]
-            scale, zp = p.input_qparams(obs, spec)
-            cands[key].append((p, spec_to_qp(spec, scale, zp), wq, [cols for _, cols in split]))
-    errors = {key: torch.zeros(len(ALPHA_GRID), dtype=torch.float64) for key in first}
-
-    def observe(qkey: str, role: str, x: torch.Tensor) -> None:
-        if role != "x" or qkey not in first:
-            return
+def search_alpha(members: list[str], qformat: dict[str, Any], obs: Observer, weights: list[torch.Tensor],
+                 inputs: Iterable[torch.Tensor], threshold: float,
+                 reduce: Callable[[list[torch.Tensor]], None] | None = None) -> float:
+    """The grid alpha with the least output error of one group (linears `members`, float
+    `weights`) on its calibration `inputs`, one per batch. `reduce` sums the errors over the
+    processes of a distributed calibration."""
+    spec = qformat["nodes"][members[0]]["inputs"]["x"]
+    ws = [w.to(torch.float32) for w in weights]
+    cands = []
+    for a in ALPHA_GRID:
+        p = _plan(obs, ws, spec, a, threshold)
+        split = [p.split_weight(w) for w in ws]
+        wq = [_fake_quantized_weight(main, qformat["nodes"][k]["weight"]) for (main, _), k in zip(split, members)]
+        scale, zp = p.input_qparams(obs, spec)
+        cands.append((p, spec_to_qp(spec, scale, zp), wq, [cols for _, cols in split]))
+    errors = torch.zeros(len(ALPHA_GRID), dtype=torch.float64)
+    for x in inputs:
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)[:MAX_TOKENS_PER_BATCH]
-        refs = [x @ weight(k).to(torch.float32).t() for k in first[qkey]]
-        for i, (p, qp, wq, cols) in enumerate(cands[qkey]):
+        refs = [x @ w.t() for w in ws]
+        for i, (p, qp, wq, cols) in enumerate(cands):
             xq = numerics.fake_quantize(p.transform(x), qp)
             side = x[:, p.outliers]
-            errors[qkey][i] += sum(float((xq @ w.t() + side @ c.t() - r).pow(2).sum())
-                                   for w, c, r in zip(wq, cols, refs))
-
-    gm = lower.build(graph, tensors, qformat, lower.OBSERVE, observe)
-    with torch.no_grad():
-        for batch in tqdm(list(batches), desc="smoothquant search", unit="batch", disable=not progress):
-            gm(*as_inputs(batch))
+            errors[i] += sum(float((xq @ w.t() + side @ c.t() - r).pow(2).sum()) for w, c, r in zip(wq, cols, refs))
     if reduce is not None:
-        reduce(list(errors.values()))
-    return {key: ALPHA_GRID[int(torch.argmin(errors[key]))] for key in first}
+        reduce([errors])
+    return ALPHA_GRID[int(torch.argmin(errors))]

@@ -6,15 +6,12 @@ rank i % world size, so each batch is computed exactly as one process would comp
 statistics are then all-reduced:
 
 - min / max (and abs-max, derived from them): MIN / MAX, exact;
-- histograms, node by node (`mcq.quantize_streaming`): every rank holds its batches' values at
-  the node, so it replays the one-process histogram exactly: the batches' extremes are
+- histograms: calibration runs node by node (`mcq.pipeline`), so every rank holds its batches'
+  values at the node and replays the one-process histogram exactly: the batches' extremes are
   all-reduced, every rank widens its partial counts at the same steps as one process would
   (the rebinning is linear in the counts) and counts only its own batches; the summed counts
   are the one-process histogram, exactly;
-- histograms, batch by batch (`mcq.quantize`): every rank widens its histogram to the common
-  range (counts move by bin centers, as when one process sees a wider batch), then the counts
-  are summed: within one bin of the one-process histogram (percentiles move by at most a bin;
-  the entropy and MSE searches pick an argmin that a bin can move further);
+- the SmoothQuant alpha search's errors: summed;
 - GPTQ Hessians: sums and token counts are summed (float64, equal up to summation order).
 """
 from __future__ import annotations
@@ -56,13 +53,6 @@ def _reduce(t: torch.Tensor, op: str) -> torch.Tensor:
     return t
 
 
-def sync_histogram(h: Any) -> None:
-    """One histogram over every rank's data: the common range, then summed counts."""
-    ends = _reduce(torch.tensor([-h.lo, h.hi], dtype=torch.float64), "MAX")
-    h.widen(-float(ends[0]), float(ends[1]))
-    h.counts = _reduce(h.counts, "SUM")
-
-
 def replay_histogram(values: Sequence[torch.Tensor], ids: Sequence[int], total: int) -> Any:
     """The histogram one process streams over batches 0..total-1 in order, exactly, where this
     rank holds batch ids[i] as values[i] and the other ranks the rest."""
@@ -80,19 +70,14 @@ def replay_histogram(values: Sequence[torch.Tensor], ids: Sequence[int], total: 
     return h
 
 
-def sync_observer(obs: Any, values: Sequence[torch.Tensor] | None = None, ids: Sequence[int] = (),
-                  total: int = 0) -> None:
-    """Min / max over every rank (exact), and the histogram the observer streams: replayed
-    exactly from this rank's batch `values` (global batch `ids`, of `total`) when given, else
-    merged within a bin."""
+def sync_observer(obs: Any, values: Sequence[torch.Tensor], ids: Sequence[int], total: int) -> None:
+    """Min / max over every rank (exact), and the histogram the observer streams, replayed
+    exactly from this rank's batch `values` (global batch `ids`, of `total`)."""
     if obs.min is None or obs.max is None:
         raise RuntimeError("distributed calibration: a rank's observer saw no data")
     obs.min, obs.max = _reduce(obs.min, "MIN"), _reduce(obs.max, "MAX")
     if obs.histogram is not None:
-        if values is not None:
-            obs.histogram = replay_histogram(values, ids, total)
-        else:
-            sync_histogram(obs.histogram)
+        obs.histogram = replay_histogram(values, ids, total)
 
 
 def sync_hessian(h: Any) -> None:
@@ -101,24 +86,6 @@ def sync_hessian(h: Any) -> None:
         raise RuntimeError("distributed calibration: a rank's GPTQ Hessian saw no data")
     h.sum = _reduce(h.sum, "SUM")
     h.count = int(_reduce(torch.tensor([h.count], dtype=torch.int64), "SUM"))
-
-
-def sync_all(observers: Iterable[Any], hessians: Iterable[Any]) -> None:
-    """Every observer, then every distinct Hessian, in the same order on every rank."""
-    for obs in observers:
-        sync_observer(obs)
-    seen: set[int] = set()
-    for h in hessians:
-        if id(h) not in seen:
-            seen.add(id(h))
-            sync_hessian(h)
-
-
-def sync_transformed(observers: Iterable[Any]) -> None:
-    """The second pass's histograms (inputs after their per-channel treatment)."""
-    for obs in observers:
-        if obs.transformed is not None:
-            sync_histogram(obs.transformed)
 
 
 def sum_tensors(tensors: Iterable[torch.Tensor]) -> None:

@@ -22,11 +22,10 @@ from typing import Any
 import torch
 
 from mcq.bundle import Assembled, node_plan, store_weight
-from mcq.calibrate import Batch, as_inputs
+from mcq.calibrate import Batch, ancestors, as_inputs, run_by_node
 from mcq.capture import Captured
 from mcq.gptq import CrossHessian
 from mcq.report import Tap
-from mcq.stream import ancestors, run_by_node
 from runtime import lower, numerics
 
 
@@ -60,12 +59,15 @@ def gptq_readers(captured: Captured, qformat: dict[str, Any]) -> dict[str, list[
     return readers
 
 
-def float_inputs(captured: Captured, names: list[str], batches: list[Batch]) -> dict[str, list[torch.Tensor]]:
+def float_inputs(captured: Captured, names: list[str], batches: list[Batch],
+                 progress: bool = False) -> dict[str, list[torch.Tensor]]:
     """The float model's value of each named graph node, per batch."""
+    from tqdm.auto import tqdm
+
     gm, fx_names = lower.build_with_names(captured.main_graph, captured.tensors.__getitem__, None, lower.FLOAT)
     values: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     with torch.no_grad():
-        for batch in batches:
+        for batch in tqdm(batches, desc="GPTQ refinement: float inputs", unit="batch", disable=not progress):
             Tap(gm, {fx_names[n]: n for n in names},
                 lambda name, out, args: values[name].append(out.detach())).run(*as_inputs(batch))
     return values
@@ -78,7 +80,7 @@ def refine(captured: Captured, assembled: Assembled, float_weight: Any, chan: di
     qkey -> the linear's float weight."""
     qformat = assembled.qformat
     readers = gptq_readers(captured, qformat)
-    reference = float_inputs(captured, list(readers), batches)
+    reference = float_inputs(captured, list(readers), batches, progress)
     tensors = assembled.tensors
     gm, names, attrs = lower.build_with_attrs(assembled.graphs[captured.main_graph.name], tensors.__getitem__,
                                               qformat, 2)

@@ -153,9 +153,10 @@ def test_format_presets():
 def test_smoothquant_alpha_can_be_set_per_node(tiny_models):
     import dataclasses
 
+    import torch
+
     import mcq
-    from mcq import _smoothquant_alphas, channels
-    from mcq.calibrate import batches_of, calibrate
+    from mcq import channels, pipeline
     from mcq.config import Override
     from mcq.plan import plan_qformat
 
@@ -163,12 +164,16 @@ def test_smoothquant_alpha_can_be_set_per_node(tiny_models):
     cfg = dataclasses.replace(preset("W8A8KV8"), overrides=(
         Override("*.mlp.down_proj/*", "linear", (("smoothquant_alpha", 0.9),)),))
     plan = plan_qformat(captured.graphs["prefill"], cfg)
-    batches = batches_of(mcq.random_samples(512, 2), 2)
-    observers = calibrate(captured, plan, batches, False)
-    alphas = _smoothquant_alphas(captured, plan, observers, cfg, None, batches, False)
-    assert alphas["model.layers.0.mlp.down_proj/linear0"] == 0.9
-    assert alphas["model.layers.0.mlp.gate_proj/linear0"] == 0.75
-    assert len(alphas) == len(channels.groups(captured.graphs["prefill"], plan))
+    calibration = pipeline.NodePass(captured, cfg, plan, captured.tensors.__getitem__, None, None)
+    calibration.run(pipeline.calibration_batches(captured, plan, mcq.random_samples(512, 2), 2), False)
+    down = "model.layers.0.mlp.down_proj/linear0"
+    assert calibration.alphas[down] == 0.9
+    assert calibration.alphas["model.layers.0.mlp.gate_proj/linear0"] == 0.75
+    assert len(calibration.alphas) == len(channels.groups(captured.graphs["prefill"], plan))
+    weight = lambda k: captured.tensors[calibration.weight_of[k]]  # noqa: E731
+    for alpha, same in ((0.9, True), (0.75, False)):  # the smoothing is the one alpha 0.9 gives
+        smooth = channels.group_plan([down], plan, calibration.observers, weight, alpha, cfg.act_outlier_threshold).smooth
+        assert torch.equal(calibration.chan[down].smooth, smooth) == same
 
 
 def test_w4a16m_keeps_the_sensitive_projections_int8():

@@ -113,12 +113,17 @@ def test_quantized_bundle_stores_int8_weights(quantized):
         assert weights and all(b.tensor_info(n).dtype == "I8" for n in weights)
 
 
-def test_same_inputs_give_byte_identical_bundles(tiny_models, tmp_path):
+def test_same_inputs_give_byte_identical_bundles_with_or_without_progress(tiny_models, tmp_path, capsys):
+    """Every long step (export, calibration, storing) reports on stderr unless progress=False."""
     import mcq
 
     model = tiny_models("llama-tiny")
+    steps = ["capturing: exporting prefill", "capturing: decomposing decode", "calibrating", "storing parameters",
+             "writing float tensors"]
     for i in range(2):
-        mcq.quantize(model, mcq.preset("W8A8KV8"), progress=False).save(tmp_path / f"{i}.mcq")
+        mcq.quantize(model, mcq.preset("W8A8KV8"), progress=i == 0).save(tmp_path / f"{i}.mcq")
+        err = capsys.readouterr().err
+        assert [s for s in steps if s in err] == (steps if i == 0 else []), err[-2000:]
     assert (tmp_path / "0.mcq").read_bytes() == (tmp_path / "1.mcq").read_bytes()
 
 

@@ -74,12 +74,14 @@ CONFIGS = {
                       {"match": "*o_proj*", "kind": "linear", "act_calib_method": "ENTROPY_SYM"}]}),
     # rotated inputs: ranges from the transformed pass, rotation factors written once per width
     "rotation": dataclasses.replace(mcq.preset("W8A8KV8"), act_rotation=True),
+    # the SmoothQuant alpha searched per group on the inputs at hand, before its weights are quantized
+    "auto alpha": mcq.QuantConfig(smoothquant=True, smoothquant_alpha="auto", act_outlier_threshold=4.0, gptq=True),
 }
 
 
 @pytest.mark.parametrize("name,config", [("gptj-tiny", "W8A8KV8"), ("llama-tiny", "histograms"),
                                          ("gpt2-tiny", "W4A16"), ("llama-tiny", "W8A16"),
-                                         ("llama-tiny", "rotation")])
+                                         ("llama-tiny", "rotation"), ("gptj-tiny", "auto alpha")])
 def test_streamed_bundle_equals_in_memory_bundle(name, config, checkpoint, tmp_path):
     folder = checkpoint(name)
     cfg = CONFIGS[config]
@@ -96,7 +98,7 @@ def test_streaming_holds_one_block_of_weights_at_a_time(tmp_path, monkeypatch):
     and the largest resident set is far below the model."""
     from transformers import AutoModelForCausalLM, GPTJConfig
 
-    from mcq import stream
+    from mcq import pipeline
 
     torch.manual_seed(0)
     cfg = GPTJConfig(vocab_size=512, n_embd=64, n_layer=6, n_head=4, rotary_dim=8, n_positions=64,
@@ -105,7 +107,7 @@ def test_streaming_holds_one_block_of_weights_at_a_time(tmp_path, monkeypatch):
     folder = save_checkpoint(model, None, tmp_path / "ckpt")
     total = sum(p.numel() * 4 for p in model.parameters())
     peak = {"bytes": 0, "blocks": 0}
-    get = stream.Resident.get
+    get = pipeline.Resident.get
 
     def tracked(self, name):
         t = get(self, name)
@@ -114,7 +116,7 @@ def test_streaming_holds_one_block_of_weights_at_a_time(tmp_path, monkeypatch):
         peak["bytes"] = max(peak["bytes"], sum(v.numel() * v.element_size() for v in self.tensors.values()))
         return t
 
-    monkeypatch.setattr(stream.Resident, "get", tracked)
+    monkeypatch.setattr(pipeline.Resident, "get", tracked)
     mcq.quantize_streaming(folder, tmp_path / "m.mcq", mcq.preset("W8A8KV8"), max_samples=4, seq_len=16,
                            progress=False)
     assert peak["blocks"] == 1
@@ -129,9 +131,6 @@ def test_streaming_errors_name_the_problem(checkpoint, tmp_path):
     with pytest.raises(FileNotFoundError, match="no safetensors checkpoint"):
         mcq.quantize_streaming(tmp_path, tmp_path / "x.mcq")
     folder = checkpoint("llama-tiny")
-    with pytest.raises(ConfigError, match="smoothquant_alpha: 'auto'"):
-        mcq.quantize_streaming(folder, tmp_path / "x.mcq", mcq.QuantConfig(smoothquant=True, smoothquant_alpha="auto"),
-                               max_samples=2, seq_len=16, progress=False)
     with pytest.raises(ConfigError, match="automatic mixed precision"):
         mcq.quantize_streaming(folder, tmp_path / "x.mcq", mcq.QuantConfig(auto_max_fraction=0.1))
     with pytest.raises(ConfigError, match="set gptq_sequential: false"):
