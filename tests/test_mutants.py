@@ -1,7 +1,8 @@
 """The guarantee of issue 24, in the suite: a mutant of a valid bundle's qformat, parameter
-tensors or manifest (hashes re-signed) is refused by `mcq_format.validate` with a format error,
-or loads and runs one prefill and one decode step, on the reference path and on the default
-path (the engine), with finite outputs. `benchmarks/mutants.py` runs thousands, graphs included."""
+tensors, manifest or graphs (hashes re-signed) is refused by `mcq_format.validate` with a format
+error, or loads and runs one prefill and one decode step, on the reference path and on the
+default path (the engine), with finite outputs, and qlevel 3 gives the reference path's qlevel-4
+logits bit for bit. `benchmarks/mutants.py` runs thousands."""
 from __future__ import annotations
 
 import collections
@@ -24,7 +25,7 @@ COUNT = 240
 def test_every_mutant_is_refused_or_runs_finite(tmp_path):
     originals = {b: mutants.gen.Parts(mutants.VALID / f"{b}.mcq") for b in mutants.BASES}
     mutants.gen.ORIGINAL = originals[mutants.BASES[0]]
-    families = ("qformat", "params", "manifest")
+    families = mutants.FAMILIES
     outcomes: collections.Counter[str] = collections.Counter()
     bad = []
     for i in range(COUNT):
@@ -35,7 +36,7 @@ def test_every_mutant_is_refused_or_runs_finite(tmp_path):
         what = mutants.MUTATORS[family](rng, p)
         path = tmp_path / "m.mcq"
         path.write_bytes(p.build())
-        result, _ = mutants.outcome(path, base, ["reference", "default"])
+        result, _ = mutants.outcome(path, base, ["reference", "default", "q3"])
         outcomes[result.split(" ")[0]] += 1
         if not (result == "ran" or result.startswith("refused")):
             bad.append(f"{i} {base}: {what}: {result}")
