@@ -134,6 +134,8 @@ class _Checker:
             elif not _fits(bound[p.name], p):
                 self.fail(f"argument {p.name!r} of {op} is a {p.kind}, got {_kind(bound[p.name])}",
                           GraphSignatureError)
+        if bound.get("pin_memory"):  # pinned memory needs an accelerator; graphs run where the reader runs them
+            self.fail(f"pin_memory=True in {op}: a graph's tensors are plain CPU tensors", GraphSignatureError)
         return bound
 
 

@@ -50,6 +50,7 @@ def test_GraphSignatureError(tmp_path):
         (lambda p: node(p, "aten.full.default")["kwargs"].__setitem__("dtype", ["str", "bool"]), "argument 'dtype'"),
         (lambda p: node(p, "_operator.add")["args"].__setitem__(0, ["ref", "attention_mask"]), "argument 'a'"),
         (lambda p: gen._graph(p, "prefill")["outputs"][0].__setitem__("value", None), "a graph output is a tensor"),
+        (lambda p: node(p, "aten.full.default")["kwargs"].__setitem__("pin_memory", True), "pin_memory=True"),
     ]
     for edit, fragment in cases:
         expect(tmp_path, m.GraphSignatureError, edit, fragment)
