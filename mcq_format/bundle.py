@@ -30,10 +30,10 @@ from .errors import (
     NotMcqError,
     SectionHashError,
     SectionLayoutError,
-    TensorReferenceError,
     TensorHashError,
     TensorNameError,
     TensorNotFoundError,
+    TensorReferenceError,
     UnsupportedVersionError,
     VersionStringError,
 )
@@ -242,7 +242,7 @@ def _write_bundle(path: str | os.PathLike[str], raw: dict[str, RawTensor], diges
     encoded = {check_section_name(n): encode_section(obj, n) for n, obj in sections.items()}
     encoded[C.SECTION_TENSOR_SHA256] = encode_section(digests, C.SECTION_TENSOR_SHA256)
     meta[C.META_FORMAT] = C.FORMAT_NAME
-    meta[C.META_FORMAT_VERSION] = "%d.%d" % C.FORMAT_VERSION
+    meta[C.META_FORMAT_VERSION] = "{}.{}".format(*C.FORMAT_VERSION)
     meta[C.META_OPSET_VERSION] = str(C.OPSET_VERSION)
     all_tensors: dict[str, TensorData] = dict(raw)
     for name, data in encoded.items():

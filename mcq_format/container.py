@@ -56,7 +56,7 @@ class RawTensor(NamedTuple):
 
     dtype: str
     shape: tuple[int, ...]
-    data: Union[bytes, bytearray, memoryview, np.ndarray, "FileRegion"]  # np.ndarray: 1-D uint8
+    data: bytes | bytearray | memoryview | np.ndarray | FileRegion  # np.ndarray: 1-D uint8
 
 
 TensorData = Union[np.ndarray, RawTensor, "tuple[str, Iterable[int], bytes]"]

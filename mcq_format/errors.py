@@ -199,7 +199,8 @@ class DuplicateNameError(McqFormatError):
 
 class GraphSignatureError(McqFormatError):
     code = "E305_GRAPH_SIGNATURE"
-    summary = "a node's arguments do not bind to its op's signature (arity, names, kinds), or a graph output is not a tensor"
+    summary = ("a node's arguments do not bind to its op's signature (arity, names, kinds), "
+               "or a graph output is not a tensor")
 
 
 class GraphShapeError(McqFormatError):
@@ -220,7 +221,8 @@ class EntryConventionError(McqFormatError):
 # --------------------------------------------------------- E4xx: quantization
 class QuantSpecError(McqFormatError):
     code = "E400_QUANT_SPEC"
-    summary = "a qformat entry or quant spec is malformed: unknown kind, format id or granularity, bad axis or group size"
+    summary = ("a qformat entry or quant spec is malformed: unknown kind, format id or granularity, "
+               "bad axis or group size")
 
 
 class QuantParamsError(McqFormatError):

@@ -16,8 +16,8 @@ from typing import Any
 
 from . import constants as C
 from .errors import EntryConventionError, GraphShapeError, GraphSignatureError
-from .quant import FORMATS, WEIGHT_ARG, TensorView
 from .graph_values import check_indices, input_value, with_value
+from .quant import FORMATS, WEIGHT_ARG, TensorView
 from .shape_rules import RULES, RuleError, T, Tag, is_float
 from .signatures import SIGNATURES, Param
 
@@ -140,7 +140,7 @@ class _Checker:
 
 
 def _logical_shape(spec: Mapping[str, Any], stored: tuple[int, ...]) -> tuple[int, ...]:
-    fmt = FORMATS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    fmt = FORMATS.get(spec.get("dtype", ""))
     return tuple(spec["shape"]) if fmt is not None and fmt.per_byte > 1 else stored
 
 

@@ -14,7 +14,7 @@ smoothing vectors, outlier indices, rotation factors): a few bytes per output ch
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeGuard
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class _Where:
         raise error(f"qformat: {self.path}: {message}")
 
 
-def _int(value: object) -> bool:
+def _int(value: object) -> TypeGuard[int]:
     return type(value) is int
 
 
@@ -96,7 +96,7 @@ def _axis(spec: Mapping[str, Any], rank: int | None, where: _Where) -> int:
     if not _int(axis) or axis < 0 or (rank is not None and axis >= rank):
         where.fail(f"axis {axis!r} is not an axis of a rank-{rank if rank is not None else '?'} tensor",
                    QuantSpecError)
-    return int(axis)  # type: ignore[arg-type]
+    return int(axis)
 
 
 def _check_format(spec: Mapping[str, Any], grans: tuple[str, ...], where: _Where) -> QuantFormat:
@@ -183,7 +183,7 @@ def _vector(name: object, dtype: str, length: int | None, view: TensorView, wher
     if tdtype != dtype or len(shape) != 1 or (length is not None and shape[0] != length):
         want = f"[{length}]" if length is not None else "a vector"
         where.fail(f"{what} {name!r} is {tdtype}{list(shape)}, not {dtype} {want}", QuantParamsError)
-    return view.value(name)  # type: ignore[arg-type]
+    return view.value(name)  # type: ignore[arg-type]  # a str: _tensor failed on any other name
 
 
 def _check_channels(spec: Mapping[str, Any], width: int | None, view: TensorView, where: _Where) -> int | None:
@@ -338,10 +338,10 @@ def check_qformat_semantics(qformat: Mapping[str, Any], sections: Mapping[str, A
                 if not (isinstance(ref, list) and ref[0] == "tensor" and ref[1] in own):
                     where.fail(f"{graph} node {node['name']!r} reads weight {ref!r}; a quantized {kind} reads "
                                f"{' or '.join(sorted(own))} (spec Q.3)", QuantNodeError)
-                if weight_name is not None and ref[1] != weight_name:  # type: ignore[index]
-                    where.fail(f"{graph} node {node['name']!r} reads {ref[1]!r}, another graph "  # type: ignore[index]
+                if weight_name is not None and ref[1] != weight_name:
+                    where.fail(f"{graph} node {node['name']!r} reads {ref[1]!r}, another graph "
                                f"{weight_name!r}", QuantNodeError)
-                weight_name = ref[1]  # type: ignore[index]
+                weight_name = ref[1]
             elif kind == "linear":  # no weight spec: the linear reads a float32 weight as written
                 ref = node["args"][1] if len(node["args"]) > 1 else None
                 if isinstance(ref, list) and ref[0] == "tensor" and view.spec(ref[1])[0] != "F32":

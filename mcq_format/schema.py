@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import zlib
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -27,8 +26,8 @@ from .errors import (
     SectionSchemaError,
     TensorReferenceError,
 )
-from .opset import OPSETS
 from .graph_types import check_graph_types
+from .opset import OPSETS
 from .quant import TensorView, check_kv_cache, check_qformat_semantics
 
 

@@ -66,7 +66,8 @@ def sha256_bulk(data: Any) -> Any:
 
 
 def sha256_hex(data: Any) -> str:
-    return sha256(data).hexdigest()
+    digest: str = sha256(data).hexdigest()
+    return digest
 
 
 # ------------------------------------------------------------------ encoding

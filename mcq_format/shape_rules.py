@@ -97,7 +97,8 @@ def result_type(*operands: object) -> str:
             dtype, g = "float32", 2
         else:
             continue
-        groups[g] = dtype if groups[g] is None else promote(groups[g], dtype)  # type: ignore[arg-type]
+        prev = groups[g]
+        groups[g] = dtype if prev is None else promote(prev, dtype)
     out = _combine(groups[0], _combine(groups[1], groups[2]))
     assert out is not None
     return out
@@ -345,9 +346,10 @@ def _index(a: dict[str, Any]) -> T:
     if not idx or len(idx) > len(x.shape) or all(i is None for i in idx):
         fail(f"{len(idx)} indices for a rank-{len(x.shape)} tensor")
     used = [k for k, i in enumerate(idx) if i is not None]
-    for k in used:
-        _index_tensor(idx[k])  # type: ignore[arg-type]
-    shape = broadcast(*(idx[k].shape for k in used))  # type: ignore[union-attr]
+    given = [i for i in idx if i is not None]  # idx[k] for k in used
+    for i in given:
+        _index_tensor(i)
+    shape = broadcast(*(i.shape for i in given))
     rest = x.shape[len(idx):]
     if used == list(range(used[0], used[-1] + 1)):  # adjacent: the result replaces them in place
         return T(x.dtype, x.shape[:used[0]] + shape + x.shape[used[-1] + 1:len(idx)] + rest)
@@ -478,19 +480,22 @@ def _unary_float(a: dict[str, Any]) -> T:
 
 
 def _float_only(a: dict[str, Any]) -> T:
-    _needs_float(a["self"], "this activation")
-    return a["self"]
+    x: T = a["self"]
+    _needs_float(x, "this activation")
+    return x
 
 
 def _same(a: dict[str, Any]) -> T:
-    return a["self"]
+    x: T = a["self"]
+    return x
 
 
 def _numeric(a: dict[str, Any]) -> T:
-    _tensor_args(a["self"])
-    if a["self"].dtype == "bool":
+    x: T = a["self"]
+    _tensor_args(x)
+    if x.dtype == "bool":
         fail("this op is not defined on bool tensors")
-    return a["self"]
+    return x
 
 
 def _python(fn: Callable[..., Any]) -> Callable[[dict[str, Any]], Any]:
@@ -538,10 +543,11 @@ def _any(a: dict[str, Any]) -> T:
 
 
 def _kv_point(a: dict[str, Any]) -> T:
-    _needs_float(a["x"], "mcq.kv_point")
+    x: T = a["x"]
+    _needs_float(x, "mcq.kv_point")
     if a["which"] not in (0, 1) or a["layer"] < 0:
         fail(f"mcq.kv_point(x, layer, which): layer >= 0 and which 0 or 1, got {a['layer']}, {a['which']}")
-    return a["x"]
+    return x
 
 
 def _compare(a: dict[str, Any]) -> T:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import mcq_format
 
@@ -40,7 +41,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")
 
 
-def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], "torch.Tensor"]:
+def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], torch.Tensor]:
     """name -> torch tensor of an open bundle: zero-copy views of the memory map."""
     import torch
 
@@ -56,7 +57,7 @@ def tensor_source(bundle: mcq_format.Bundle) -> Callable[[str], "torch.Tensor"]:
 
     # lowering calls this for a tensor it copied into a kernel's layout (W4A16's packed weights):
     # its file pages leave resident memory instead of staying beside the copy
-    tensor.release = bundle.release_pages  # type: ignore[attr-defined]
+    tensor.release = bundle.release_pages  # type: ignore[attr-defined]  # an attribute on a function
     return tensor
 
 
@@ -65,12 +66,12 @@ _warned_fallback: set[str] = set()
 
 def _has_weight_only(qformat: Any) -> bool:
     nodes = (qformat or {}).get("nodes", {})
-    return any(isinstance(q, dict) and q.get("kind") == "linear" and q.get("weight") and not (q.get("inputs") or {}).get("x")
-               for q in nodes.values())
+    return any(isinstance(q, dict) and q.get("kind") == "linear" and q.get("weight")
+               and not (q.get("inputs") or {}).get("x") for q in nodes.values())
 
 
 def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, engine: str,
-                  default: bool = False) -> "EngineModel | None":
+                  default: bool = False) -> EngineModel | None:
     """The bundle on the native engine, or None (engine="auto": the reason is warned once; the
     default: quietly, unless the native core is missing)."""
     from runtime import native
@@ -82,7 +83,8 @@ def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, 
         return None  # the engine is the default at qlevel 4 only; other qlevels are the reference's
     if compile:
         why = "compile=True is a reference-path option"
-    elif (qlevel if qlevel is not None else bundle_qlevel) not in (3, 4) and (bundle.sections.get("qformat") or {}).get("nodes"):
+    elif ((qlevel if qlevel is not None else bundle_qlevel) not in (3, 4)
+          and (bundle.sections.get("qformat") or {}).get("nodes")):
         why = f"the engine runs qlevel 4 (equal to 3), not {qlevel if qlevel is not None else bundle_qlevel}"
     elif qlevel == 3 and _has_weight_only(bundle.sections.get("qformat")):
         why = ("qlevel 3 runs weight-only linears as the exact float32 product; the engine's weight-only "
@@ -108,7 +110,7 @@ def _native_model(bundle: mcq_format.Bundle, qlevel: int | None, compile: bool, 
 
 
 def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool = False,
-         engine: str | None = None) -> "Model | EngineModel":
+         engine: str | None = None) -> Model | EngineModel:
     """Open and validate a bundle, rebuild its graphs at `qlevel` (default: the bundle's own).
 
     engine=None (default): the native engine at qlevel 4 where it runs the bundle's graphs, else
@@ -136,7 +138,8 @@ def load(path: str | os.PathLike[str], qlevel: int | None = None, compile: bool 
     gc.disable()
     try:
         bundle = mcq_format.read(path)
-        model: Any = _native_model(bundle, qlevel, compile, engine, default) if engine != "reference" else None
+        model: Model | EngineModel | None = (_native_model(bundle, qlevel, compile, engine, default)
+                                             if engine != "reference" else None)
         if model is None:
             from runtime.model import from_sections
 

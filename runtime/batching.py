@@ -3,9 +3,11 @@ model's left-padded batch (and its tokens text again), shared by the reference p
 (runtime.model) and the engine (runtime.engine.model): torch-free."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
 
 class EntryPointError(ValueError):
     """The bundle has no entry point of that name (or not the inputs/outputs a helper needs)."""

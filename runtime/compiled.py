@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import fx
@@ -49,7 +50,8 @@ def _tracing() -> Iterator[None]:
     int_gemm.int8_gemm_is_exact()  # probed (and cached) on real tensors, before anything is traced
     # no duck sizing: two inputs that happen to have equal sizes (a past length of 64 and a
     # head size of 64) must not become one symbol
-    with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():
+    # (patch: added to the config module at import by torch's install_config_module, not in its stubs)
+    with torch.fx.experimental._config.patch(use_duck_shape=False), torch.no_grad():  # type: ignore[attr-defined]
         yield
 
 
@@ -70,7 +72,8 @@ class Variant:
 
 def _contract(traced: fx.GraphModule) -> tuple[list[tuple[int, int, int]], list[list[tuple[int, int]]]]:
     """Sizes the trace fixed (constants after its shape guards) and sizes it tied together."""
-    fixed, symbols = [], {}
+    fixed: list[tuple[int, int, int]] = []
+    symbols: dict[Any, list[tuple[int, int]]] = {}  # sympy symbol -> (input, dim)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     for i, node in enumerate(placeholders):
         for d, size in enumerate(node.meta["val"].shape):
@@ -107,18 +110,18 @@ EXACT_OPS = frozenset("""
 """.split())
 
 
-def _exact(node: fx.Node) -> bool:
-    if node.target.overloadpacket.__name__ in EXACT_OPS:
+def _exact(op: torch._ops.OpOverload, args: tuple[Any, ...]) -> bool:
+    if op.overloadpacket.__name__ in EXACT_OPS:
         return True
     # x ** 2 is x * x in both ATen's kernel and Inductor's lowering (the norms' mean of squares)
-    return node.target == torch.ops.aten.pow.Tensor_Scalar and node.args[1] == 2
+    return op == torch.ops.aten.pow.Tensor_Scalar and args[1] == 2
 
 
 def _inexact_ops(traced: fx.GraphModule) -> set[torch._ops.OpOverload]:
     if not EXACT_FLOAT_GLUE:
         return set()
     return {n.target for n in traced.graph.nodes if n.op == "call_function"
-            and isinstance(n.target, torch._ops.OpOverload) and not _exact(n)}
+            and isinstance(n.target, torch._ops.OpOverload) and not _exact(n.target, n.args)}
 
 
 @contextlib.contextmanager
@@ -142,7 +145,8 @@ def _aten_kernels_for(ops: set[torch._ops.OpOverload]) -> Iterator[None]:
             return (f"mcq-aten-kernels-2:{pick_vec_isa()}:"
                     + ",".join(sorted(str(op) for op in ops)))
 
-    saved_lowerings = {op: lowering.lowerings[op] for op in ops if op in lowering.lowerings}
+    saved_lowerings: dict[Callable[..., Any] | str, Callable[..., Any]] = {
+        op: lowering.lowerings[op] for op in ops if op in lowering.lowerings}
     # the table compile_fx uses is a copy made once per process (functools.cache): both lose them
     cached = select_decomp_table()
     tables = [decompositions] if cached is decompositions else [decompositions, cached]
@@ -175,6 +179,7 @@ def compile_variant(module: fx.GraphModule, args: Sequence[torch.Tensor]) -> Var
     examples = [n.meta["val"] for n in traced.graph.nodes if n.op == "placeholder"]
     with torch.no_grad(), _aten_kernels_for(_inexact_ops(traced)):
         run = compile_fx(traced, examples)
+    assert callable(run)  # (compile_fx returns a file's path or weights for ahead-of-time builds only)
     return Variant(run, fixed, tied, time.perf_counter() - start)
 
 

@@ -58,7 +58,7 @@ class TensorSpec:
         return len(shape) == len(self.shape) and all(isinstance(d, str) or d == s for d, s in zip(self.shape, shape))
 
     @classmethod
-    def decode(cls, d: dict[str, Any]) -> "TensorSpec":
+    def decode(cls, d: dict[str, Any]) -> TensorSpec:
         return cls(d["name"], d["dtype"], list(d["shape"]))
 
 
@@ -102,7 +102,7 @@ class Graph:
         }
 
     @classmethod
-    def decode(cls, d: dict[str, Any]) -> "Graph":
+    def decode(cls, d: dict[str, Any]) -> Graph:
         nodes = [
             Node(
                 name=n["name"],

@@ -16,7 +16,8 @@ import dataclasses
 import functools
 import re
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,13 +25,25 @@ from torch import fx, nn
 
 from mcq_format import quant as quant_formats
 from runtime import numerics
-from runtime.memory import Arena
 from runtime.ir import Graph, Node, Ref, Symbol, TensorRef
+from runtime.memory import Arena
 from runtime.numerics import QuantParams
-from runtime.weight_only import BF16_INT4, prepare_weight_only
 from runtime.ops import DTYPES, KV_POINT, LAYOUTS, MEMORY_FORMATS, OPS
-from runtime.quant_modules import (Dequantize, FakeQuantize, LastPosition, Observe, Observer, OutlierProduct,
-                                    QBmm, QEmbedding, QLinear, Quantize, QuantizeInput, WeightOnlyLinear)
+from runtime.quant_modules import (
+    Dequantize,
+    FakeQuantize,
+    LastPosition,
+    Observe,
+    Observer,
+    OutlierProduct,
+    QBmm,
+    QEmbedding,
+    QLinear,
+    Quantize,
+    QuantizeInput,
+    WeightOnlyLinear,
+)
+from runtime.weight_only import BF16_INT4, prepare_weight_only
 
 FLOAT = 0
 OBSERVE = -1
@@ -41,6 +54,8 @@ BMM = "aten.bmm.default"
 EMBEDDING = "aten.embedding.default"
 
 TensorSource = Callable[[str], torch.Tensor]
+
+_T = TypeVar("_T")
 
 
 class LoweringError(ValueError):
@@ -74,7 +89,7 @@ SUPPORTED_GRANULARITIES = quant_formats.GRANULARITIES
 
 
 def _format(spec: Mapping[str, Any]) -> tuple[str, int]:
-    fmt = FORMATS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    fmt = FORMATS.get(spec.get("dtype", ""))
     if fmt is None or fmt[1] != spec.get("nbits"):
         raise LoweringError(f"quant format {spec.get('dtype')!r} with {spec.get('nbits')} bits is not "
                             f"implemented by this runtime (scale tensor {spec.get('scale')!r})")
@@ -185,10 +200,11 @@ class _Builder:
         self.fake_quant_nodes: dict[str, tuple[str, str]] = {}  # qlevel 2: fx node -> (qkey, role)
 
     # -- helpers -------------------------------------------------------------------------------
-    def once(self, key: Any, make: Callable[[], Any]) -> Any:
+    def once(self, key: Any, make: Callable[[], _T]) -> _T:
         if key not in self.shared:
             self.shared[key] = make()
-        return self.shared[key]
+        made: _T = self.shared[key]
+        return made
 
     def release(self, name: str) -> None:
         """A stored tensor no kernel reads any more (repacked): its file pages may leave memory
@@ -222,7 +238,8 @@ class _Builder:
         if isinstance(v, TensorRef):
             return self.get_attr(v.name)
         if isinstance(v, Symbol):
-            table = {"dtype": DTYPES, "layout": LAYOUTS, "memory_format": MEMORY_FORMATS}.get(v.tag)
+            tables: dict[str, Mapping[str, Any]] = {"dtype": DTYPES, "layout": LAYOUTS, "memory_format": MEMORY_FORMATS}
+            table = tables.get(v.tag)
             if v.tag == "device":
                 return torch.device("cpu")
             if table is None or v.name not in table:
@@ -289,7 +306,7 @@ class _Builder:
     def _kv_specs_by_layer(self) -> dict[str, Mapping[str, Any]]:
         specs = {}
         for node in self.graph.nodes:
-            if node.op == KV_POINT and node.qkey in self.qnodes:
+            if node.op == KV_POINT and node.qkey is not None and node.qkey in self.qnodes:
                 layer, which = int(node.args[1]), int(node.args[2])
                 specs[past_input_name(layer, which)] = self.qnodes[node.qkey]["inputs"]["x"]
         return specs
@@ -302,7 +319,8 @@ class _Builder:
             return self.lower_linear(node, None if self.mode == FLOAT else q)
         if q is None or self.mode == FLOAT:
             if node.op == KV_POINT:
-                return self.value(node.args[0])
+                kv: fx.Node = self.value(node.args[0])
+                return kv
             return self.fx.call_function(OPS[node.op], tuple(self.value(a) for a in node.args),
                                          {k: self.value(v) for k, v in node.kwargs.items()})
         if node.op == LINEAR:

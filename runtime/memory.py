@@ -4,7 +4,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the engine path calls release_free_heap without torch in the process
     import torch

@@ -2,20 +2,32 @@
 `embed` for encoders, over the rebuilt graphs."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from runtime import lower
-from runtime.batching import (MIN_PREFILL_LEN, EntryPointError, GenerationPrompt, bind_inputs, embedding_entry,
-                              encode_texts, missing_entry_point, no_embedding_entry, padded_batches,
-                              single_entry_point)
+from runtime.batching import (
+    MIN_PREFILL_LEN,
+    EntryPointError,
+    GenerationPrompt,
+    bind_inputs,
+    embedding_entry,
+    encode_texts,
+    missing_entry_point,
+    no_embedding_entry,
+    padded_batches,
+    single_entry_point,
+)
 from runtime.compiled import CompiledEntryPoint
 from runtime.ir import Graph
 from runtime.memory import release_free_heap
 from runtime.ops import DTYPES
 from runtime.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    import mcq_format
 
 __all__ = ["EntryPointError", "KVCache", "Model", "from_sections"]
 
@@ -86,6 +98,8 @@ class KVCache:
 
 class Model:
     """Serving entry points of one `.mcq` bundle at one qlevel."""
+
+    bundle: mcq_format.Bundle  # the open file, where runtime.load made the model (keeps its memory map open)
 
     def __init__(self, graphs: Mapping[str, Graph], tensor: Callable[[str], torch.Tensor],
                  qformat: Mapping[str, Any] | None, manifest: Mapping[str, Any],
@@ -204,7 +218,7 @@ class Model:
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
                  max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True):
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Any:
         """Greedy or sampled continuation. Text in gives text out; token ids in give ids out."""
         self._entry("prefill", "generate needs a causal LM bundle")
         self._entry("decode", "generate needs a causal LM bundle")

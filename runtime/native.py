@@ -11,6 +11,7 @@ False, `load_error()` says why, and the runtime warns once and keeps to its refe
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 from types import ModuleType
 
@@ -19,7 +20,7 @@ import numpy as np
 _module: ModuleType | None
 _error: str | None
 try:
-    from runtime import _native as _module  # type: ignore[attr-defined,no-redef]
+    _module = importlib.import_module("runtime._native")  # the C++ extension (setup.py)
     _error = None
 except ImportError as e:  # not built, or built for another Python
     _module, _error = None, f"{type(e).__name__}: {e}"

@@ -18,9 +18,21 @@ from dataclasses import dataclass
 import torch
 
 from runtime.int_gemm import float32_gemm_is_exact, int_matmul
+
 # the spec's vocabulary, and the formulas whose plain form is also the fast one, re-exported
-from runtime.reference_numerics import (BF16, FP8, FP8_MAX, INT, QuantParams, linear_epilogue,  # noqa: F401
-                                        outlier_product, pack_int4, qrange, round_half_away_from_zero)
+# (`name as name`: an explicit re-export, PEP 484)
+from runtime.reference_numerics import (
+    BF16 as BF16,
+    FP8 as FP8,
+    FP8_MAX as FP8_MAX,
+    INT as INT,
+    QuantParams as QuantParams,
+    linear_epilogue as linear_epilogue,
+    outlier_product as outlier_product,
+    pack_int4 as pack_int4,
+    qrange as qrange,
+    round_half_away_from_zero as round_half_away_from_zero,
+)
 
 
 def _broadcast(p: torch.Tensor, x: torch.Tensor, qp: QuantParams) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -6,9 +6,11 @@ built once, at import, from the fixed name list in `mcq_format.opset` -- never f
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+
 from mcq_format.opset import OPSET_V1
 
 KV_POINT = "mcq.kv_point"
@@ -38,7 +40,8 @@ _AS_RESHAPE = frozenset({"aten.view.default", "aten._unsafe_view.default"})
 
 def _aten(name: str) -> Callable[..., Any]:
     _, op, overload = ("aten.reshape.default" if name in _AS_RESHAPE else name).split(".")
-    return getattr(getattr(torch.ops.aten, op), overload)
+    fn: Callable[..., Any] = getattr(getattr(torch.ops.aten, op), overload)
+    return fn
 
 
 def _build_table() -> dict[str, Callable[..., Any]]:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from runtime import numerics
-from runtime import prepared as prepared_forms
-from runtime import weight_only
+from runtime import numerics, prepared as prepared_forms, weight_only
 from runtime.numerics import QuantParams
 
 

@@ -183,12 +183,13 @@ def qlinear(x: torch.Tensor, weight_q: torch.Tensor, weight_qp: QuantParams, bia
         centered = xq.to(torch.int32) - input_qp.zero_point.reshape(()).to(torch.int32)
         s_w = per_element(weight_qp.scale, weight_q.shape, weight_qp)  # [N, K]
         g = weight_qp.group_size or weight_q.shape[1]  # not grouped: one group of all K
-        y = None
+        total: torch.Tensor | None = None
         for start in range(0, weight_q.shape[1], g):  # in increasing g, summed in float32
             acc = int_product(centered[:, start:start + g], weight_q[:, start:start + g].T)
             term = acc.to(torch.float32) * scale_product(s_x, s_w[:, start])
-            y = term if y is None else y + term
-        assert y is not None
+            total = term if total is None else total + term
+        assert total is not None
+        y = total
     return linear_epilogue(y, x, bias, input_qp, outlier_weight)
 
 

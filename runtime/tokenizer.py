@@ -1,7 +1,8 @@
 """The embedded tokenizer: a Hugging Face `tokenizers` JSON document stored in the bundle."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mcq_format.constants import TOKENIZER_KIND_HF_ZLIB
 from mcq_format.schema import tokenizer_json
@@ -41,4 +42,5 @@ class Tokenizer:
         return list(self._tok.encode(text).ids)
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        text: str = self._tok.decode(ids, skip_special_tokens=True)
+        return text

@@ -6,7 +6,8 @@ load from the graph sections and qformat with numpy only (`plan`), run in one na
 the reason; callers run those on the reference path."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

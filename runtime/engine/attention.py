@@ -73,7 +73,7 @@ class Matcher:
         # P: view(expand([clone] softmax(A, -1, False)))
         view = self._args(p3, *VIEWS)
         expand = self._args(view[1][0], "aten.expand.default") if view else None
-        if expand is None or len(view[1][1]) != 3 or len(expand[1][1]) != 4:
+        if view is None or expand is None or len(view[1][1]) != 3 or len(expand[1][1]) != 4:
             return None
         soft = self._args(self._through(expand[1][0], ("aten.clone.default",)), "aten._softmax.default")
         if soft is None or soft[1][1] not in (-1, 3) or soft[1][2] is not False:
@@ -122,7 +122,8 @@ class Matcher:
         view = self._args(k3, *VIEWS)
         expand = self._args(view[1][0], "aten.expand.default") if view else None
         perm = self._args(expand[1][0], "aten.permute.default") if expand else None
-        if perm is None or len(view[1][1]) != 3 or len(expand[1][1]) != 4 or list(perm[1][1]) not in ([0, 1, 3, 2], [0, 1, -1, -2]):
+        if (view is None or expand is None or perm is None or len(view[1][1]) != 3 or len(expand[1][1]) != 4
+                or list(perm[1][1]) not in ([0, 1, 3, 2], [0, 1, -1, -2])):
             return None
         found = self._repeated(perm[1][0])
         return None if found is None else (found, expand[1][1][1])
@@ -130,7 +131,7 @@ class Matcher:
     def _values(self, v3: Any) -> tuple[tuple[list[Ref], int, int | None], Any] | None:
         view = self._args(v3, *VIEWS)
         expand = self._args(view[1][0], "aten.expand.default") if view else None
-        if expand is None or len(view[1][1]) != 3 or len(expand[1][1]) != 4:
+        if view is None or expand is None or len(view[1][1]) != 3 or len(expand[1][1]) != 4:
             return None
         found = self._repeated(expand[1][0])
         return None if found is None else (found, expand[1][1][1])
@@ -144,7 +145,7 @@ class Matcher:
             clone = self._args(view[1][0], "aten.clone.default")
             expand = self._args(clone[1][0], "aten.expand.default") if clone else None
             unsq = self._args(expand[1][0], "aten.unsqueeze.default") if expand else None
-            if unsq is None or unsq[1][1] != 2:
+            if expand is None or unsq is None or unsq[1][1] != 2:
                 return None
             sizes, merged = list(expand[1][1]), list(view[1][1])
             if len(sizes) != 5 or len(merged) != 4 or not all(_int(x) for x in (sizes[1], sizes[2], merged[1])) \

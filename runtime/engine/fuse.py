@@ -13,7 +13,8 @@ order as the unfused calls, so outputs are bit for bit those of the unfused prog
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -16,8 +16,9 @@ consumer's per-head parameters can be checked against the KV spec's per-head one
 Anything else ends the shadow (the float path runs as before)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,27 +94,27 @@ def follow(node: Node, inputs: Sequence[Shadow | None]) -> Shadow | None:
         if not isinstance(sizes, list) or len(sizes) < rank:
             return None
         lead = len(sizes) - rank
-        shape = []
+        expanded: list[int | None] = []
         for i, v in enumerate(sizes):
             old = s.shape[i - lead] if i >= lead else 1
             lit = _literal(v)
-            shape.append(old if lit == -1 else lit)
-        axis = None if s.axis is None else s.axis + lead
-        if axis is not None and shape[axis] != s.shape[s.axis]:  # the head axis itself expanded
+            expanded.append(old if lit == -1 else lit)
+        if s.axis is not None and expanded[s.axis + lead] != s.shape[s.axis]:  # the head axis itself expanded
             return None
-        return replace(s, shape=tuple(shape), axis=axis)
+        return replace(s, shape=tuple(expanded), axis=None if s.axis is None else s.axis + lead)
     if op in ("aten.permute.default", "aten.transpose.int"):
+        given: list[int | None]
         if op == "aten.permute.default":
-            dims = [_literal(d) for d in node.args[1]]
+            given = [_literal(d) for d in node.args[1]]
         else:
             d0, d1 = _literal(node.args[1]), _literal(node.args[2])
             if d0 is None or d1 is None:
                 return None
-            dims = list(range(rank))
-            dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]
-        if any(d is None for d in dims) or len(dims) != rank:
+            given = list(range(rank))
+            given[d0 % rank], given[d1 % rank] = given[d1 % rank], given[d0 % rank]
+        if any(d is None for d in given) or len(given) != rank:
             return None
-        dims = [d % rank for d in dims]  # type: ignore[operator]
+        dims = [d % rank for d in given if d is not None]  # (none is)
         return replace(s, shape=tuple(s.shape[d] for d in dims),
                        axis=None if s.axis is None else dims.index(s.axis))
     # view / reshape
@@ -129,10 +130,11 @@ def follow(node: Node, inputs: Sequence[Shadow | None]) -> Shadow | None:
         return None
     if len(new) == rank and new[: ax + 1] == s.shape[: ax + 1] and new[ax] is not None:
         return replace(s, shape=new)  # the head axis and all before it unchanged
-    if len(new) == rank - 1 and ax + 1 < rank and s.shape[ax + 1] is not None and new[:ax] == s.shape[:ax] \
-            and new[ax] == heads * s.shape[ax + 1] and new[ax + 1:] == s.shape[ax + 2:] and s.modulus is None:
+    n_rep = s.shape[ax + 1] if ax + 1 < rank else None
+    if len(new) == rank - 1 and n_rep is not None and new[:ax] == s.shape[:ax] \
+            and new[ax] == heads * n_rep and new[ax + 1:] == s.shape[ax + 2:] and s.modulus is None:
         # grouped-query merge: [.., KV, n_rep, ..] -> [.., KV * n_rep, ..]; new head h -> KV head h // n_rep
-        return replace(s, shape=new, rep=s.rep * s.shape[ax + 1])
+        return replace(s, shape=new, rep=s.rep * n_rep)
     if ax == 1 and len(new) == rank - 1 and new[1:] == s.shape[2:] and s.modulus is None:
         # batch merge: [B, H, ..] -> [B * H, ..]; index i -> head i % H
         return replace(s, shape=new, axis=0, modulus=heads)

@@ -4,12 +4,22 @@ torch in the process (runtime.load(path, engine=True)). Same entry points and ar
 the prompt plus the new tokens, grown by doubling, written in place by each decode step."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from runtime.batching import (MIN_PREFILL_LEN, GenerationPrompt, bind_inputs, embedding_entry,
-                              encode_texts, missing_entry_point, no_embedding_entry, padded_batches, single_entry_point)
+from runtime.batching import (
+    MIN_PREFILL_LEN,
+    GenerationPrompt,
+    bind_inputs,
+    embedding_entry,
+    encode_texts,
+    missing_entry_point,
+    no_embedding_entry,
+    padded_batches,
+    single_entry_point,
+)
 from runtime.engine import Engine, Unsupported
 from runtime.ir import Graph
 from runtime.tokenizer import Tokenizer
@@ -132,7 +142,8 @@ class EngineModel:
         self._need("decode", "a causal LM's one-token step")
         tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
         if tokens.shape[0] != cache.attention_mask.shape[0]:
-            raise ValueError(f"decode: {tokens.shape[0]} tokens for a cache of {cache.attention_mask.shape[0]} sequences")
+            raise ValueError(f"decode: {tokens.shape[0]} tokens for a cache of "
+                             f"{cache.attention_mask.shape[0]} sequences")
         ones = np.ones_like(tokens)
         mask = np.concatenate([cache.attention_mask, ones], axis=1)
         # the mask and past tensors are the cache's own, already of the graph's shapes
@@ -171,7 +182,8 @@ def _pick(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, t
           rng: Any) -> np.ndarray:
     logits = logits.astype(np.float64)
     if not do_sample:
-        return logits.argmax(axis=-1)
+        picked: np.ndarray = logits.argmax(axis=-1)
+        return picked
     logits = logits / max(temperature, 1e-6)
     if top_k > 0:
         kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]

@@ -6,7 +6,8 @@ What the engine has no form for (weight-only linears, fp8, groups, an op outside
 raises `Unsupported` naming the node; the model then runs that entry point on the reference."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,8 @@ class Planner:
                 shadow = kv_shadow.source(self.slots[spec.name], kv_specs[spec.name], spec.shape)
                 if shadow is not None:
                     self.shadows[spec.name], self.shadow_slots[spec.name] = shadow, self.slots[spec.name]
-        self.groups, self.grouped = self._linear_groups(), set()
+        self.groups = self._linear_groups()
+        self.grouped: set[str] = set()
         for node in self.graph.nodes:
             if node.name not in self.grouped:
                 self.node(node)
@@ -149,6 +151,7 @@ class Planner:
         """The group's one call, or False (a member's form the group op does not take)."""
         params = []
         for n in members:
+            assert n.qkey is not None  # a quantized linear (Planner._linear_groups)
             q = self.qnodes[n.qkey]
             x = self.spec(q["inputs"]["x"])
             if not x.per_tensor or x.storage != DTYPE_CODES["int8"] or x.qmin < -128 or x.qmax > 127:
@@ -191,7 +194,7 @@ class Planner:
     def _kv_specs(self) -> dict[str, Spec]:
         specs = {}
         for node in self.graph.nodes:
-            if node.op == KV_POINT and node.qkey in self.qnodes:
+            if node.op == KV_POINT and node.qkey is not None and node.qkey in self.qnodes:
                 layer, which = int(node.args[1]), int(node.args[2])
                 specs[past_input_name(layer, which)] = self.spec(self.qnodes[node.qkey]["inputs"]["x"])
         return specs
@@ -200,7 +203,8 @@ class Planner:
         key = ("spec", repr(sorted((k, repr(v)) for k, v in spec.items())))
         if key not in self.shared:
             self.shared[key] = Spec(spec, self.tensor)
-        return self.shared[key]
+        made: Spec = self.shared[key]
+        return made
 
     def node(self, node: Node) -> None:
         q = self.qnodes.get(node.qkey) if node.qkey else None
@@ -243,7 +247,7 @@ class Planner:
         b = node.args[1] if len(node.args) > 1 else None
         shadow = self.shadows.get(b.name) if isinstance(b, Ref) and kv_shadow.ENABLED else None
         params = kv_shadow.batch_parameters(shadow) if shadow is not None else None
-        if params is None:
+        if params is None or shadow is None or not isinstance(b, Ref):  # (params implies the others)
             return False
         kv = shadow.spec
         scale, zp = params
@@ -257,7 +261,8 @@ class Planner:
         """P·V and the chain before it back to the int8 cache as one mcq.attention call
         (runtime.engine.attention), where it computes exactly what the unfused calls do: the
         Q·Kᵀ spec gives back the cache's integers and V dequantizes with its own parameters."""
-        m = self.attention.match(node) if self.attention is not None and attention.ENABLED and kv_shadow.ENABLED else None
+        m = (self.attention.match(node)
+             if self.attention is not None and attention.ENABLED and kv_shadow.ENABLED else None)
         if m is None:
             return False
         qk = self.qnodes.get(m.qk.qkey) if m.qk.qkey else None
@@ -331,6 +336,7 @@ class Planner:
         if name not in self.shadow_slots:
             node = self.shadow_nodes[name]
             values = normalize(node.op, list(node.args), dict(node.kwargs))
+            first: tuple[str, Any]
             if node.op == "aten.cat.default":
                 first = ("list", [("ref", self.shadow_slot(r.name)) for r in values[0]])
             else:

@@ -3,7 +3,8 @@ once at load with numpy: the same parameters `runtime.lower.quant_params` gives 
 path (float32 scales, int32 zero points, grid, axis, smoothing, outliers, rotation)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -13,8 +14,9 @@ TensorSource = Callable[[str], np.ndarray]
 
 # dtype codes shared with runtime/csrc/tensor.h (DType)
 DTYPE_CODES = {"float32": 0, "float64": 1, "int64": 2, "int32": 3, "int8": 4, "uint8": 5, "bool": 6, "int16": 7}
-NUMPY_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.int64): 2, np.dtype(np.int32): 3,
-               np.dtype(np.int8): 4, np.dtype(np.uint8): 5, np.dtype(np.bool_): 6, np.dtype(np.int16): 7}
+NUMPY_CODES: dict[np.dtype[Any], int] = {
+    np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.int64): 2, np.dtype(np.int32): 3,
+    np.dtype(np.int8): 4, np.dtype(np.uint8): 5, np.dtype(np.bool_): 6, np.dtype(np.int16): 7}
 CODE_NUMPY = {code: dt for dt, code in NUMPY_CODES.items()}
 
 
