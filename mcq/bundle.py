@@ -270,6 +270,9 @@ def sections(assembled: Assembled, captured: Captured, cfg: QuantConfig, tokeniz
         # zlib level 9 is deterministic: the same tokenizer gives the same bytes
         out["tokenizer"] = {"kind": "hf-tokenizers-json-zlib",
                             "zlib": zlib.compress(tokenizer.backend_tokenizer.to_str().encode("utf-8"), 9)}
+        chat = chat_template_section(tokenizer)
+        if chat is not None:
+            out["tokenizer"]["chat_template"] = chat
     elif captured.model_config.get("eos_token_id") is not None:
         eos = captured.model_config["eos_token_id"]
         tok_meta = {"bos_token_id": captured.model_config.get("bos_token_id"), "eos_token_ids": [eos],
@@ -292,3 +295,17 @@ def sections(assembled: Assembled, captured: Captured, cfg: QuantConfig, tokeniz
         out[f"graph/{name}"] = g.encode()
     out["qformat"] = assembled.qformat
     return out
+
+
+def chat_template_section(tokenizer: Any) -> dict[str, Any] | None:
+    """The tokenizer section's chat template (spec 5.6.1) of a Hugging Face tokenizer, from its
+    tokenizer config or GGUF metadata (transformers exposes both as `chat_template`); None where
+    it has none. A tokenizer with several named templates gives its "default" one."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not isinstance(template, str) or not template:
+        return None
+    tokens = {name: str(text) for name, text in (getattr(tokenizer, "special_tokens_map", None) or {}).items()
+              if isinstance(text, str)}  # the named ones, as apply_chat_template passes them
+    return {"syntax": "hf-jinja2/1", "template": template, "special_tokens": tokens}

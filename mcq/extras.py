@@ -4,6 +4,8 @@
                 transformers needs to load one
     accelerate  `mcq quantize --stream` / mcq.quantize_streaming (the model built on the meta device)
     matplotlib  `mcq report --png`
+    chat        jinja2, for the runtime's Model.chat (runtime.chat names the extra itself: the
+                runtime does not import mcq)
 
 A missing one fails where it is first needed with the extra to install, not with a bare
 ImportError from deep inside transformers.

@@ -45,6 +45,15 @@ TOKENIZER_KIND_HF: Final = "hf-tokenizers-json"
 # the same document zlib-compressed (a tokenizer.json is mostly repetitive text: ~4x smaller)
 TOKENIZER_KIND_HF_ZLIB: Final = "hf-tokenizers-json-zlib"
 TOKENIZER_MAX_JSON_BYTES: Final = 64 * 1024 * 1024  # decompression limit (no zlib bombs)
+# the tokenizer section's optional chat template (spec 5.6.1): the one rendering contract of
+# format 1.x, and size limits generous for real templates (a few KiB) and bounded for hostile ones
+CHAT_TEMPLATE_SYNTAX: Final = "hf-jinja2/1"
+CHAT_TEMPLATE_MAX_BYTES: Final = 256 * 1024
+CHAT_SPECIAL_TOKENS_MAX: Final = 64  # entries of chat_template.special_tokens
+CHAT_SPECIAL_TOKEN_MAX_BYTES: Final = 1024  # one special token's text
+CHAT_SPECIAL_TOKEN_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*")
+# variables a renderer passes itself: a special token may not take their names
+CHAT_RENDER_VARIABLES: Final = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 
 # ------------------------------------------------------------------------ dtypes
 

@@ -364,6 +364,33 @@ def check_tokenizer(tokenizer: object, ctx: Context) -> None:
             tokenizer_json(t)
         except ValueError as e:
             dat.fail(str(e))
+    if t.get("chat_template") is not None:
+        check_chat_template(t["chat_template"], at.key("chat_template"))
+
+
+def check_chat_template(value: object, at: _At) -> None:
+    """The structure and sizes of a tokenizer section's chat template (spec 5.6.1). Its Jinja syntax
+    is not checked here: that needs a template engine, which a reader of the format need not have
+    (a renderer reports a template it cannot parse when it first renders it)."""
+    chat = _map(value, at)
+    _const(chat, "syntax", C.CHAT_TEMPLATE_SYNTAX, at)
+    template, tat = _field(chat, "template", at)
+    size = len(_str(template, tat).encode("utf-8", "surrogatepass"))
+    if size > C.CHAT_TEMPLATE_MAX_BYTES:
+        tat.fail(f"{size} bytes, more than the {C.CHAT_TEMPLATE_MAX_BYTES} a chat template may have")
+    tokens, kat = _field(chat, "special_tokens", at)
+    tokens = _map(tokens, kat)
+    if len(tokens) > C.CHAT_SPECIAL_TOKENS_MAX:
+        kat.fail(f"{len(tokens)} entries, more than {C.CHAT_SPECIAL_TOKENS_MAX}")
+    for name, text in tokens.items():
+        nat = kat.key(str(name))
+        if not isinstance(name, str) or not C.CHAT_SPECIAL_TOKEN_NAME_RE.fullmatch(name):
+            nat.fail(f"a special token's name must match {C.CHAT_SPECIAL_TOKEN_NAME_RE.pattern}, got {name!r}")
+        if name in C.CHAT_RENDER_VARIABLES:
+            nat.fail(f"{name!r} is a variable the renderer sets; a special token may not take its name")
+        size = len(_str(text, nat).encode("utf-8", "surrogatepass"))
+        if size > C.CHAT_SPECIAL_TOKEN_MAX_BYTES:
+            nat.fail(f"{size} bytes, more than the {C.CHAT_SPECIAL_TOKEN_MAX_BYTES} a special token may have")
 
 
 def tokenizer_json(section: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
-"""A loaded model: any entry point by name (`run`), prefill/decode/generate for causal LMs and
-`embed` for encoders, over the rebuilt graphs."""
+"""A loaded model: any entry point by name (`run`), prefill/decode/generate for causal LMs (and
+chat and streaming, runtime.conversation) and `embed` for encoders, over the rebuilt graphs."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +21,7 @@ from runtime.batching import (
     single_entry_point,
 )
 from runtime.compiled import CompiledEntryPoint
+from runtime.conversation import TextGeneration
 from runtime.ir import Graph
 from runtime.memory import release_free_heap
 from runtime.ops import DTYPES
@@ -96,7 +97,7 @@ class KVCache:
         return KVCache((), store.mask[:, :end], _store=store)
 
 
-class Model:
+class Model(TextGeneration):
     """Serving entry points of one `.mcq` bundle at one qlevel."""
 
     bundle: mcq_format.Bundle  # the open file, where runtime.load made the model (keeps its memory map open)
@@ -216,32 +217,27 @@ class Model:
         return logits[:, -1], cache.grown(new, ones)
 
     # -- generation ----------------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
-                 max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Any:
-        """Greedy or sampled continuation. Text in gives text out; token ids in give ids out."""
+    def _need_causal_lm(self) -> None:
         self._entry("prefill", "generate needs a causal LM bundle")
         self._entry("decode", "generate needs a causal LM bundle")
-        request = GenerationPrompt(prompt, self.tokenizer, self.pad_token_id)
+
+    def _token_steps(self, request: GenerationPrompt, max_new_tokens: int, do_sample: bool, temperature: float,
+                     top_k: int, top_p: float, seed: int, stop_at_eos: bool) -> Iterator[list[int | None]]:
         ids, mask = torch.from_numpy(request.ids), torch.from_numpy(request.mask)
         gen = torch.Generator().manual_seed(seed)
         logits, cache = self.prefill(ids, mask, all_logits=False, reserve=max_new_tokens)
         next_logits = logits[:, -1]
-        out: list[list[int]] = [[] for _ in request.ids]
-        done = torch.zeros(len(out), dtype=torch.bool)
+        done = torch.zeros(len(request.ids), dtype=torch.bool)
         for step in range(max_new_tokens):
             tok = _pick(next_logits, do_sample, temperature, top_k, top_p, gen)
             tok = torch.where(done, torch.full_like(tok, self.pad_token_id), tok)
-            for i, t in enumerate(tok.tolist()):
-                if not done[i]:
-                    out[i].append(t)
+            yield [None if d else t for t, d in zip(tok.tolist(), done.tolist())]
             if stop_at_eos and self.eos_token_ids:
                 done |= torch.isin(tok, torch.tensor(self.eos_token_ids))
                 if bool(done.all()):
                     break
             if step + 1 < max_new_tokens:
                 next_logits, cache = self.decode(tok, cache)
-        return request.result(out, self.eos_token_ids)
 
 
 def from_sections(sections: Mapping[str, Any], tensor: Callable[[str], torch.Tensor],

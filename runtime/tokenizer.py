@@ -6,6 +6,7 @@ from typing import Any
 
 from mcq_format.constants import TOKENIZER_KIND_HF_ZLIB
 from mcq_format.schema import tokenizer_json
+from runtime.chat import ChatTemplate, chat_template_of
 
 
 class Tokenizer:
@@ -16,6 +17,8 @@ class Tokenizer:
     def __init__(self, section: Mapping[str, Any]) -> None:
         self._section = dict(section)
         self._parsed: Any = None
+        # the template is compiled at its first rendering (jinja2 is imported only then)
+        self.chat_template: ChatTemplate | None = chat_template_of(self._section)
         if self._section.get("kind") != TOKENIZER_KIND_HF_ZLIB:
             self._text()  # no inflating to do: plain JSON is there as is, an unknown kind fails now
 
@@ -38,8 +41,10 @@ class Tokenizer:
             self._parsed.no_padding()  # the model pads batches (a fixed padding would hide lengths)
         return self._parsed
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text. add_special_tokens=False: without the tokenizer's post-processing
+        (e.g. a BOS it adds), for a prompt a chat template rendered, which writes its own."""
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: list[int]) -> str:
         text: str = self._tok.decode(ids, skip_special_tokens=True)

@@ -4,7 +4,7 @@ torch in the process (runtime.load(path, engine=True)). Same entry points and ar
 the prompt plus the new tokens, grown by doubling, written in place by each decode step."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from runtime.batching import (
     padded_batches,
     single_entry_point,
 )
+from runtime.conversation import TextGeneration
 from runtime.engine import Engine, Unsupported
 from runtime.ir import Graph
 from runtime.tokenizer import Tokenizer
@@ -65,7 +66,7 @@ class EngineCache:
         return grown
 
 
-class EngineModel:
+class EngineModel(TextGeneration):
     """Serving entry points of one bundle on the native engine (qlevel 4)."""
 
     def __init__(self, sections: Mapping[str, Any], bundle: Any) -> None:
@@ -150,33 +151,30 @@ class EngineModel:
         logits, *new = self.engine.run("decode", [tokens, mask, *cache.tensors], checked=1)
         return logits[:, -1], cache.grown(new, ones)
 
-    def generate(self, prompt: Any, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Any:
-        """Greedy or sampled continuation: text in gives text out, ids in give ids out. Greedy
-        tokens are the reference path's; sampling draws from numpy's generator (seeded), so its
-        tokens differ from the reference path's torch draws."""
+    def _need_causal_lm(self) -> None:
         self._need("prefill", "generate needs a causal LM bundle")
         self._need("decode", "generate needs a causal LM bundle")
-        request = GenerationPrompt(prompt, self.tokenizer, self.pad_token_id)
+
+    def _token_steps(self, request: GenerationPrompt, max_new_tokens: int, do_sample: bool, temperature: float,
+                     top_k: int, top_p: float, seed: int, stop_at_eos: bool) -> Iterator[list[int | None]]:
+        """Greedy tokens are the reference path's; sampling draws from numpy's generator (seeded),
+        so its tokens differ from the reference path's torch draws."""
         # numpy.random only where sampling asks for it (it imports hashlib: OpenSSL's pages in a server)
         rng = np.random.default_rng(seed) if do_sample else None
         logits, cache = self.prefill(request.ids, request.mask, all_logits=False, reserve=max_new_tokens)
         step_logits = logits[:, -1]
-        out: list[list[int]] = [[] for _ in request.ids]
-        done = np.zeros(len(out), dtype=bool)
+        done = np.zeros(len(request.ids), dtype=bool)
         eos = np.array(self.eos_token_ids, dtype=np.int64)
         for step in range(max_new_tokens):
             tok = np.where(done, self.pad_token_id, _pick(step_logits, do_sample, temperature, top_k, top_p, rng))
-            for i, t in enumerate(tok.tolist()):
-                if not done[i]:
-                    out[i].append(int(t))
+            yield [None if d else int(t) for t, d in zip(tok.tolist(), done.tolist())]
             if stop_at_eos and eos.size:
                 done |= np.isin(tok, eos)
                 if done.all():
                     break
             if step + 1 < max_new_tokens:
                 step_logits, cache = self.decode(tok, cache)
-        return request.result(out, self.eos_token_ids)
+
 
 def _pick(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int, top_p: float,
           rng: Any) -> np.ndarray:
