@@ -370,6 +370,12 @@ def _node(p: Parts, op: str, entry: str = "decode", after: str | None = None) ->
     return next(n for n in nodes[start:] if n["op"] == op)
 
 
+def _with_chat_template(p: Parts, **change: Any) -> None:
+    chat = {"syntax": "hf-jinja2/1", "template": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+            "special_tokens": {"bos_token": "<s>"}, **change}
+    p.sections["tokenizer"] = {"kind": "hf-tokenizers-json", "json": '{"model": {}}', "chat_template": chat}
+
+
 def _swap_entries(p: Parts) -> None:
     eps = p.sections["manifest"]["entry_points"]
     eps["prefill"], eps["decode"] = eps["decode"], eps["prefill"]
@@ -642,6 +648,13 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
      _edit(_swap_entries)),
     ("entry-output-dtype", "E311_ENTRY_CONVENTION", False, "an entry point declaring int64 logits",
      _edit(lambda p: p.sections["manifest"]["entry_points"]["decode"]["outputs"][0].__setitem__("dtype", "int64"))),
+    # ---- spec 5.6.1: the chat template (a tokenizer section added to the base)
+    ("chat-template-syntax", "E205_SECTION_SCHEMA", False, "a chat template of an unknown syntax",
+     _edit(lambda p: _with_chat_template(p, syntax="jinja3"))),
+    ("chat-template-token-name", "E205_SECTION_SCHEMA", False, "a special token named like a render variable",
+     _edit(lambda p: _with_chat_template(p, special_tokens={"messages": "<s>"}))),
+    ("chat-template-not-text", "E205_SECTION_SCHEMA", False, "a chat template that is not a string",
+     _edit(lambda p: _with_chat_template(p, template=["{{ messages }}"]))),
 ]
 
 
