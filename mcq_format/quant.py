@@ -385,8 +385,9 @@ def check_qformat_semantics(qformat: Mapping[str, Any], sections: Mapping[str, A
                 channels = kv["heads"] if kv else None
                 if kv and kv["dtype"] != fmt.id:
                     rwhere.fail(f"dtype {fmt.id} differs from manifest.kv_cache.dtype {kv['dtype']!r}", KvCacheError)
-            if spec["granularity"] == "head":
-                _axis(spec, None, rwhere)
+            if spec["granularity"] == "head" and spec.get("axis") != 0:  # the bmm's batch x heads axis (Q.3)
+                rwhere.fail(f"axis {spec.get('axis')!r}: a bmm operand is quantized per head along axis 0",
+                            QuantSpecError)
             _check_params(spec, fmt, _expected_param_shape(spec, None, channels, rwhere), view, rwhere)
             if kind == "linear":
                 n_outliers = _check_channels(spec, width, view, rwhere) or 0

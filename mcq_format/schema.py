@@ -29,6 +29,7 @@ from .errors import (
 from .graph_types import check_graph_types
 from .opset import OPSETS
 from .quant import TensorView, check_kv_cache, check_qformat_semantics
+from .shape_rules import INT64_MAX, INT64_MIN
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class _GraphChecker:
         if value is None or isinstance(value, bool):
             return
         if isinstance(value, int):
-            if not _INT64_MIN <= value <= _INT64_MAX:
+            if not INT64_MIN <= value <= INT64_MAX:
                 at.fail(f"int literal {value} does not fit an int64")
             return
         if isinstance(value, float):
@@ -221,7 +222,6 @@ class _GraphChecker:
             _map(node["meta"], at.key("meta"))
 
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ENUM_TAGS: dict[str, frozenset[str]] = {
     "device": frozenset({"cpu"}),
     "dtype": C.GRAPH_DTYPES,

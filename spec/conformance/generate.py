@@ -655,6 +655,8 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
      _edit(lambda p: _with_chat_template(p, special_tokens={"messages": "<s>"}))),
     ("chat-template-not-text", "E205_SECTION_SCHEMA", False, "a chat template that is not a string",
      _edit(lambda p: _with_chat_template(p, template=["{{ messages }}"]))),
+    ("qformat-head-axis", "E400_QUANT_SPEC", False, "a Q.K^T operand quantized per head along axis 127",
+     _edit(lambda p: _spec(p, "model.layers.0.self_attn/bmm0", "b").__setitem__("axis", 127))),
 ]
 
 

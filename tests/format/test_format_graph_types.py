@@ -13,6 +13,7 @@ import mcq_format as m
 from mcqfmt_helpers import VALID, conformance_generate
 from mcq_format import graph_types, signatures
 from mcq_format.bundle import read
+from mcq_format.quant import WEIGHT_ARG
 
 gen = conformance_generate()
 BASE = VALID / "llama-mini-w8a8kv8.mcq"
@@ -156,7 +157,7 @@ def _torch_run(graph: dict[str, Any], bundle: Any, inputs: dict[str, Any], qnode
         args = [value(a) for a in n["args"]]
         entry = qnodes.get(n.get("qkey"))
         if entry and entry.get("weight"):
-            i = 1 if entry["kind"] == "linear" else 0
+            i = WEIGHT_ARG[entry["kind"]]
             shape = graph_types._logical_shape(entry["weight"], tuple(args[i].shape))
             args[i] = torch.randn(shape, generator=rng)
         env[n["name"]] = OPS[n["op"]](*args, **{k: value(v) for k, v in n["kwargs"].items()})

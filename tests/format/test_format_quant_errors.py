@@ -72,6 +72,7 @@ def test_QuantSpecError(tmp_path):
          "rotated_tensor only"),
         (lambda p: nodes(p)["model.layers.0.self_attn/v_cache"]["inputs"].pop("x"), "quantizes its input x"),
         (lambda p: p.sections["manifest"]["quant"].__setitem__("qlevel", 0), "quant.qlevel 0"),
+        (lambda p: gen._spec(p, "model.layers.0.self_attn/bmm0", "b").__setitem__("axis", 127), "per head along axis 0"),
     ]
     for edit, fragment in cases:
         expect(m.QuantSpecError, mutant(tmp_path, edit), fragment)
