@@ -1,4 +1,4 @@
-"""The `mcq` command line: quantize, generate, inspect, validate."""
+"""The `mcq` command line: quantize, generate, inspect, validate, serve, chat."""
 from __future__ import annotations
 
 import functools
@@ -465,6 +465,81 @@ def _print_report(errors: list[Any], top: int, json_path: Path | None, png_path:
         json_path.write_text(json.dumps(out, indent=2))
     if png_path:
         plot(errors, str(png_path))
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the server has no authentication).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free one; the URL is printed).")
+@click.option("--model-name", default=None, help="The model id clients send (default: FILE's name without .mcq).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Requests decoded together, one step for all (continuous batching).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Requests waiting for a place in the batch; the next one gets 503.")
+@click.option("--context-length", type=click.IntRange(min=2), default=None,
+              help="Prompt plus completion tokens a request may use (default: the model's max_position_embeddings).")
+@click.option("--engine", type=click.Choice(["reference", "native", "auto"]), default=None,
+              help="As for generate: the C++ engine where it runs the bundle, else the reference path.")
+@click.option("--qlevel", type=click.IntRange(2, 4), default=None, help="As for generate (default: the bundle's).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="Server log level (debug: one line per request too).")
+@_friendly_errors
+def serve(file: Path, host: str, port: int, model_name: str | None, max_batch: int, max_queue: int,
+          context_length: int | None, engine: str | None, qlevel: int | None, log_level: str) -> None:
+    """Serve the causal LM in FILE with an OpenAI-compatible API, until Ctrl-C.
+
+    \b
+    POST /v1/chat/completions  (the bundle's chat template; "stream": true for server-sent events)
+    POST /v1/completions       (a prompt text or token ids)
+    GET  /v1/models, /health
+    Use it from any OpenAI client:
+      from openai import OpenAI
+      client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none")
+      client.chat.completions.create(model="NAME", messages=[{"role": "user", "content": "Hi"}])
+
+    Needs the serve extra: pip install "mcq[serve]"."""
+    from runtime.server import _require, serve as run_server  # noqa: I001
+
+    _require()
+    model = _load(file, qlevel, engine)
+    model._need_causal_lm()
+    name = model_name or file.name.removesuffix(".mcq")
+    click.echo(f"mcq serve: {file} as model {name!r} (max batch {max_batch}, queue {max_queue})", err=True)
+    run_server(model, name, host, port, max_batch, max_queue, context_length, log_level,
+               ready=lambda url: click.echo(f"mcq serve: listening on {url}", err=True))
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--system", default=None, help="A system message to start the conversation with.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Most tokens per reply.")
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="0: greedy (the same reply every time); above 0: sampled.")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(min=0, max=1, min_open=True),
+              help="With --temperature > 0: keep the smallest set of tokens whose probability reaches p.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--engine", type=click.Choice(["reference", "native", "auto"]), default=None,
+              help="As for generate.")
+@_friendly_errors
+def chat(file: Path, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+         engine: str | None) -> None:
+    """Chat with the model in FILE in the terminal, with its chat template; replies stream as they
+    are generated. /reset starts over, /exit (or Ctrl-D) quits, Ctrl-C stops a reply."""
+    from mcq.terminal import chat_loop
+    from runtime.server import context_length
+
+    model = _load(file, None, engine)
+    model._need_causal_lm()
+    model.chat_prompt([{"role": "user", "content": "x"}])  # no template, or no jinja2: say so now
+    try:
+        import readline  # noqa: F401 - line editing and history for input()
+    except ImportError:
+        pass
+    sampling = {"do_sample": temperature > 0, "temperature": temperature or 1.0, "top_p": top_p, "seed": seed}
+    chat_loop(model, context_length(model), max_new_tokens, system, **sampling)
 
 
 @main.command("export-reference")

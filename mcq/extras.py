@@ -6,6 +6,7 @@
     matplotlib  `mcq report --png`
     chat        jinja2, for the runtime's Model.chat (runtime.chat names the extra itself: the
                 runtime does not import mcq)
+    serve       starlette and uvicorn, for `mcq serve` (runtime.server names the extra itself)
 
 A missing one fails where it is first needed with the extra to install, not with a bare
 ImportError from deep inside transformers.

@@ -47,7 +47,11 @@ def real_example(tmp_path_factory):
     import mcq
     from mcq.examples import ExampleError, load_example
 
+    cache = {}
+
     def get(name: str, preset: str):
+        if (name, preset) in cache:  # quantized once per session (minutes for SmolLM2)
+            return cache[name, preset]
         try:
             model, tok = load_example(name)
         except ExampleError as e:
@@ -55,7 +59,8 @@ def real_example(tmp_path_factory):
         q = mcq.quantize(model, mcq.preset(preset), tokenizer=tok, progress=False)
         path = tmp_path_factory.mktemp(name) / f"{name}-{preset.lower()}.mcq"
         q.save(path)
-        return model, tok, q, path
+        cache[name, preset] = model, tok, q, path
+        return cache[name, preset]
 
     return get
 
@@ -70,6 +75,13 @@ def hf_reference():
             return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
 
     return logits
+
+
+@pytest.fixture
+def smollm2(real_example):
+    """(model, tokenizer, Quantized, path) of SmolLM2-135M-Instruct with the W8A8KV8 preset."""
+    pytest.importorskip("gguf")
+    return real_example("smollm2", "W8A8KV8")
 
 
 @pytest.fixture(params=["portable", "avx2", "avx512_vnni"])

@@ -130,3 +130,39 @@ def test_attention_op_names_mismatched_operands():
     k = np.zeros((1, 1, 4, 8), np.int8)
     with pytest.raises(ValueError, match="attn.*attention: q"):
         program.run([(q, 0), (k, INT8), (np.zeros((1, 1, 1, 4), np.float32), 0)])
+
+
+@pytest.mark.parametrize("path", [LLAMA, GPTJ, FLOAT_CACHE["llama-float"]], ids=["llama-gqa", "gptj", "llama-float"])
+def test_a_sequence_decodes_to_the_same_bits_alone_or_left_padded_in_a_batch(path, native_isa):
+    """Serving's batch invariance (runtime.scheduler): a row's softmax lanes start at its first
+    key that weighs, so the padding a longer neighbour puts before it changes nothing."""
+    import runtime
+    from runtime.engine.model import EngineCache
+
+    model = runtime.load(path, engine="native")
+    rng = np.random.default_rng(0)
+    vocab = int(model.manifest["model"]["config"]["vocab_size"])
+    prompt = rng.integers(3, vocab, 5)
+    logits, alone = model.prefill(prompt[None], None, all_logits=False)
+    first = logits[:, -1].argmax(-1)
+
+    def padded(cache, n):
+        pad = [(0, 0), (0, 0), (n, 0), (0, 0)]
+        return EngineCache([np.pad(t, pad) for t in cache.tensors], np.pad(cache.attention_mask, [(0, 0), (n, 0)]))
+
+    def run(cache, rows):
+        token, out = np.repeat(first, rows), []
+        for _ in range(40):  # past 16- and 64-key boundaries
+            step, cache = model.decode(token, cache)
+            out.append(step[0].copy())
+            token = np.repeat(step[:1].argmax(-1), rows)
+        return out
+
+    expected = run(alone, 1)
+    for n in (1, 3, 17, 70):
+        # the row under test keeps its padding; its neighbour is as long as the padded row
+        neighbour = padded(alone, n)
+        batch = EngineCache([np.concatenate([a, b]) for a, b in zip(padded(alone, n).tensors, neighbour.tensors)],
+                            np.concatenate([padded(alone, n).attention_mask, np.ones_like(neighbour.attention_mask)]))
+        got = run(batch, 2)
+        assert all(np.array_equal(e, g) for e, g in zip(expected, got)), f"padding {n}"

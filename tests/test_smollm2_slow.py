@@ -16,12 +16,6 @@ HELDOUT = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "heldout
 PROMPTS = AGREEMENT_PROMPTS
 
 
-@pytest.fixture(scope="module")
-def smollm2(real_example):
-    pytest.importorskip("gguf")
-    return real_example("smollm2", "W8A8KV8")
-
-
 def test_perplexity_within_1_percent_of_fp32(smollm2):
     # issue 4's W8A8KV8 target, on every CPU (issue 22): the bundle is the same bytes on every float
     # kernel path and measures +0.63 % to +0.90 % across them (docs/benchmarks.md)

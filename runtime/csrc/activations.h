@@ -34,14 +34,22 @@ struct RowFunctions {
 };
 
 // softmax of one float32 row as aten._softmax runs on the engine (the max, exp(x - max) summed
-// in float32 lanes, then one multiply by float32(1 / sum)); a fully masked row (all -inf) gives 0s
+// in float32 lanes, then one multiply by float32(1 / sum)); a fully masked row (all -inf) gives 0s.
+// Leading entries whose exp(x - max) is 0 in any float32 exp (x - max < -200; a left-padded
+// sequence's masked keys) are 0 and left out of the lanes: the lanes start at the first key that
+// weighs, so a row's result does not depend on how much padding precedes it (a sequence decodes
+// to the same values alone or in a batch with longer ones: serving's batch invariance)
 inline void softmax_row(const RowFunctions& rows, const float* p, float* q, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
   if (m == -std::numeric_limits<float>::infinity()) m = 0.0f;
-  const double s = rows.exp_shifted_sum(p, q, n, m);
+  int64_t first = 0;
+  while (first < n && p[first] - m < -200.0f) ++first;  // NaN compares false: never skipped
+  if (first == n) first = 0;  // nothing weighs: the row as it always was
+  std::fill(q, q + first, 0.0f);
+  const double s = rows.exp_shifted_sum(p + first, q + first, n - first, m);
   const float inv = static_cast<float>(1.0 / s);
-  for (int64_t j = 0; j < n; ++j) q[j] *= inv;
+  for (int64_t j = first; j < n; ++j) q[j] *= inv;
 }
 
 extern const RowFunctions kRowsPortable, kRowsAvx2, kRowsAvx512;

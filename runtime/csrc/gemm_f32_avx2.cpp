@@ -1,5 +1,7 @@
 // AVX2 + FMA float GEMM: tiles of MR rows x 16 columns (two ymm accumulators per row); the last
-// columns of a row go to the portable loop.
+// columns of a row take the same fused multiply-adds one at a time, so an output's value does not
+// depend on the column it lands in (attention over a left-padded cache: batch invariance).
+#include <cmath>
 #include <cstdint>
 #include <immintrin.h>
 
@@ -35,6 +37,20 @@ inline void tile(const F32Call& g, int64_t row, int64_t col) {
   }
 }
 
+// the columns past the last full tile: per output, fma over k in order from the same start as a
+// tile's lane (c or 0), i.e. the tile's operations
+void tail(const F32Call& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+  for (int64_t i = r0; i < r1; ++i) {
+    float* c = g.c + i * g.ldc;
+    const float* a = g.a + i * g.lda;
+    for (int64_t j = c0; j < c1; ++j) {
+      float acc = g.accumulate ? c[j] : 0.0f;
+      for (int64_t kk = 0; kk < g.k; ++kk) acc = std::fma(a[kk], g.b[kk * g.ldb + j], acc);
+      c[j] = acc;
+    }
+  }
+}
+
 }  // namespace
 
 void gemm_f32_avx2(const F32Call& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
@@ -51,7 +67,7 @@ void gemm_f32_avx2(const F32Call& g, int64_t r0, int64_t r1, int64_t c0, int64_t
       default: break;
     }
   }
-  if (col < c1) gemm_f32_portable(g, r0, r1, col, c1);
+  if (col < c1) tail(g, r0, r1, col, c1);
 }
 
 }  // namespace mcq
