@@ -1,14 +1,15 @@
 """Continuous batching: one thread owns a causal-LM model and runs the decode steps of every
 request it serves as one batch (issue 26).
 
-A request joins between two steps: its prompt is prefilled alone (batch 1, so its first token
-and its cache are exactly what `generate` computes), then its cache rows are left-padded to the
-running batch's length and stacked under it. A request leaves after the step that finished it
+A request joins between two steps: its prompt is prefilled (with others of similar length that
+arrived meanwhile, left-padded), then its cache rows are left-padded to the running batch's
+length and stacked under it. A request leaves after the step that finished it
 (EOS, its token budget, or `cancel()` from a client that went away); its rows are dropped and
 columns no remaining sequence attends to are trimmed. Padded positions carry mask 0: the graphs
 take positions from the attention mask (left padding), so a sequence's tokens do not depend on
-which others share its batch, up to float rounding in kernels whose summation depends on the
-batch's shape (the engine's integer GEMMs do not).
+which others share its batch: on the engine to the bit (its softmax and float GEMMs compute a
+row the same whatever precedes it: tests/test_engine_attention.py), on the reference path up to
+torch's float rounding.
 
 Works on both execution paths: `runtime.Model` (torch tensors) and `EngineModel` (numpy).
 Callbacks run on the scheduler's thread and must be quick (hand the token to another thread)."""
@@ -187,22 +188,36 @@ class Scheduler:
         return True
 
     def _join(self, jobs: list[Job]) -> None:
-        """Prefill each new job alone and stack the ones that go on under the running batch."""
+        """Prefill the new jobs (those of similar lengths together, left-padded: the same bits as
+        alone) and stack the ones that go on under the running batch."""
         caches = []
+        live = []
         for job in jobs:
             if job.cancelled:
                 self._end(job, CANCELLED)
-                continue
+            else:
+                live.append(job)
+        for group in _groups(live):
             try:
-                logits, cache = self.model.prefill(self._ops.tokens([job.prompt_ids]), None, all_logits=False)
-                rng = self._ops.rng(job.sampling)
-                token = self._pick(logits[:, -1], job, rng)
+                width = max(len(j.prompt_ids) for j in group)
+                ids = [[0] * (width - len(j.prompt_ids)) + j.prompt_ids for j in group]
+                mask = [[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in group]
+                logits, cache = self.model.prefill(self._ops.tokens(ids), self._ops.tokens(mask), all_logits=False)
             except Exception as e:  # noqa: BLE001 - one request's failure ends that request only
-                self._end(job, ERROR, e)
+                if len(group) > 1:  # find which: each alone
+                    self._join(group)
+                    continue
+                self._end(group[0], ERROR, e)
                 continue
-            if self._emit(job, token):
-                self._rows.append(_Row(job, rng, token))
-                caches.append(cache)
+            keep = []
+            for i, job in enumerate(group):
+                rng = self._ops.rng(job.sampling)
+                token = self._pick(logits[i : i + 1, -1], job, rng)
+                if self._emit(job, token):
+                    self._rows.append(_Row(job, rng, token))
+                    keep.append(i)
+            if keep:
+                caches.append(self._select(cache, keep) if len(keep) < len(group) else cache)
         if caches:
             self._cache = self._stacked(([self._cache] if self._cache is not None else []) + caches)
 
@@ -259,11 +274,33 @@ class Scheduler:
             if not self._pending:  # idle: the freed caches' heap goes back to the OS
                 release_free_heap()
             return
-        ops, cache = self._ops, self._cache
+        self._cache = self._select(self._cache, keep)
+
+    def _select(self, cache: Any, keep: list[int]) -> Any:
+        """The cache of rows `keep`, without leading columns none of them attends to."""
+        ops = self._ops
         mask = ops.rows(cache.attention_mask, keep)
         start = ops.first_attended(mask)
         tensors = [ops.rows(t, keep)[:, :, start:] for t in cache.tensors]
-        self._cache = ops.cache(tensors, mask[:, start:], self._reserve())
+        return ops.cache(tensors, mask[:, start:], self._reserve())
+
+
+PREFILL_PADDING = 0.25  # a group's padded tokens may be this fraction of its real ones (plus a few)
+
+
+def _groups(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs to prefill together: by prompt length, a group grown while its padding stays small
+    (padded positions cost a prefill's work and give nothing)."""
+    groups: list[list[Job]] = []
+    for job in sorted(jobs, key=lambda j: len(j.prompt_ids)):
+        group = groups[-1] if groups else None
+        if group is not None:
+            real = sum(len(j.prompt_ids) for j in group) + len(job.prompt_ids)
+            if len(job.prompt_ids) * (len(group) + 1) <= real * (1 + PREFILL_PADDING) + 16:
+                group.append(job)
+                continue
+        groups.append([job])
+    return groups
 
 
 class _NumpyOps:

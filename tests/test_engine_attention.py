@@ -166,3 +166,23 @@ def test_a_sequence_decodes_to_the_same_bits_alone_or_left_padded_in_a_batch(pat
                             np.concatenate([padded(alone, n).attention_mask, np.ones_like(neighbour.attention_mask)]))
         got = run(batch, 2)
         assert all(np.array_equal(e, g) for e, g in zip(expected, got)), f"padding {n}"
+
+
+@pytest.mark.parametrize("path", [LLAMA, GPTJ, FLOAT_CACHE["llama-float"], FLOAT_CACHE["gpt2-w8a16"]],
+                         ids=["llama-gqa", "gptj", "llama-float", "gpt2-w8a16"])
+def test_a_prompt_prefills_to_the_same_bits_alone_or_left_padded_in_a_batch(path, native_isa):
+    """The scheduler prefills prompts that arrive together as one left-padded batch."""
+    import runtime
+
+    model = runtime.load(path, engine="native")
+    rng = np.random.default_rng(1)
+    vocab = int(model.manifest["model"]["config"]["vocab_size"])
+    prompt = rng.integers(3, vocab, 7)
+    alone_logits, alone = model.prefill(prompt[None], None, all_logits=False)
+    for pad in (1, 9, 30):
+        longer = rng.integers(3, vocab, 7 + pad)
+        ids = np.stack([np.concatenate([np.zeros(pad, np.int64), prompt]), longer])
+        mask = np.stack([np.r_[np.zeros(pad, np.int64), np.ones(7, np.int64)], np.ones(7 + pad, np.int64)])
+        logits, cache = model.prefill(ids, mask, all_logits=False)
+        assert np.array_equal(logits[0], alone_logits[0]), f"padding {pad}"
+        assert all(np.array_equal(t[0, :, pad:], a[0]) for t, a in zip(cache.tensors, alone.tensors))
