@@ -336,3 +336,18 @@ def test_mcq_chat_in_a_terminal_answers_resets_and_exits(chat_path):
     message = "Hello there"
     expected = runtime.load(chat_path).chat([{"role": "user", "content": message}], max_new_tokens=12)
     chat_in_tmux(chat_path, message, expected, 12)
+
+
+def test_mcq_chat_and_serve_refuse_what_they_cannot_run_with_one_line(quantized, tmp_path):
+    from click.testing import CliRunner
+
+    from mcq.cli import main
+
+    _, _, plain = quantized("llama-tiny")  # no tokenizer, no chat template
+    runner = CliRunner()
+    for args, fragment in ((["chat", str(plain)], "no tokenizer"),
+                           (["serve", str(tmp_path / "missing.mcq")], "no such file"),
+                           (["serve", str(tmp_path)], "is a directory")):
+        result = runner.invoke(main, args, input="/exit\n")
+        assert result.exit_code == 1, (args, result.output)
+        assert fragment in result.output and "Traceback" not in result.output
