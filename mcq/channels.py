@@ -25,6 +25,7 @@ from mcq.calibrators import HISTOGRAM_METHODS, histogram_range
 from mcq.observers import Observer, spec_qparams, spec_to_qp, weight_qparams
 from runtime import numerics
 from runtime.ir import Graph
+from runtime.numerics import QuantParams
 
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 MAX_TOKENS_PER_BATCH = 512  # the alpha search looks at a bounded number of tokens per batch
@@ -72,14 +73,14 @@ class ChannelPlan:
                 lo_h, hi_h = histogram_range(obs.transformed, spec["method"], spec["nbits"], obs.percentile)
             else:  # min / max methods: the histogram's range is the exact one (it covers zero too)
                 lo_h, hi_h = obs.transformed.lo, obs.transformed.hi
-            return spec_qparams(torch.tensor(lo_h), torch.tensor(hi_h), spec)
+            return spec_qparams(torch.tensor(lo_h) * obs.clip, torch.tensor(hi_h) * obs.clip, spec)
         if self.rotation is not None:
             raise RuntimeError("a rotated input's range needs the histogram of the transformed input (mcq.pipeline)")
         keep = torch.ones_like(obs.min, dtype=torch.bool)
         keep[self.outliers] = False
         s = self.smooth if self.smooth is not None else torch.ones_like(obs.min)
         lo, hi = (obs.min / s)[keep], (obs.max / s)[keep]
-        return spec_qparams(lo.min(), hi.max(), spec)
+        return spec_qparams(lo.min() * obs.clip, hi.max() * obs.clip, spec)
 
 
 def groups(graph: Graph, qformat: dict[str, Any]) -> list[list[str]]:
@@ -177,3 +178,66 @@ def search_alpha(members: list[str], qformat: dict[str, Any], obs: Observer, wei
     if reduce is not None:
         reduce([errors])
     return ALPHA_GRID[int(torch.argmin(errors))]
+
+
+# factors of the calibrated range that `act_range_search: output_mse` tries: every 0.05 from 1.0
+# down to 0.5, then every 0.01 within 0.04 of the best of those
+ACT_CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
+ACT_CLIP_FINE = 0.01
+
+
+def _output_error(inputs: list[torch.Tensor], weights: list[torch.Tensor],
+                  transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[QuantParams], float]:
+    """err(qp): the squared error that quantizing the (transformed) input with `qp` adds to the
+    outputs of the linears with (transformed, float) `weights`, summed over the calibration tokens:
+    sum_k ||(Q(x) - x) W_k^T||^2, through the Gram matrix sum_k W_k^T W_k when that is cheaper.
+    In float64, so that no CPU's summation order can change which candidate wins."""
+    xs = [transform(x.reshape(-1, x.shape[-1])) for x in inputs]
+    w = torch.cat([wk.to(torch.float64) for wk in weights])
+    gram = w.shape[0] > w.shape[1]
+    m = w.t() @ w if gram else w
+
+    def err(qp: QuantParams) -> float:
+        total = 0.0
+        for x in xs:
+            e = (numerics.fake_quantize(x, qp) - x).to(torch.float64)
+            total += float(((e @ m) * e).sum()) if gram else float((e @ m.t()).pow(2).sum())
+        return total
+    return err
+
+
+def search_clip(plan: ChannelPlan | None, obs: Observer, spec: dict[str, Any], weights: list[torch.Tensor],
+                inputs: list[torch.Tensor], reduce: Callable[[list[torch.Tensor]], None] | None = None) -> float:
+    """The factor of the calibrated range of a per-tensor linear input (`obs`, `spec`; its group's
+    channel `plan` or None) whose quantized input gives the least output error of the linears with
+    float `weights` reading it (`_output_error`) over the calibration `inputs`, one per batch:
+    ACT_CLIP_GRID, then steps of ACT_CLIP_FINE around the best. Ties go to the wider range.
+    `reduce` sums the errors over the processes of a distributed calibration."""
+    if plan is not None:
+        weights = [plan.split_weight(w)[0] for w in weights]
+        transform: Callable[[torch.Tensor], torch.Tensor] = plan.transform
+    else:
+        weights = [w.to(torch.float32) for w in weights]
+        transform = lambda x: x.to(torch.float32)  # noqa: E731
+    err = _output_error(inputs, weights, transform)
+    saved = obs.clip
+
+    def errors(factors: list[float]) -> torch.Tensor:
+        out = []
+        for f in factors:
+            obs.clip = f
+            scale, zp = plan.input_qparams(obs, spec) if plan is not None else obs.qparams(spec)
+            out.append(err(spec_to_qp(spec, scale, zp)))
+        t = torch.tensor(out, dtype=torch.float64)
+        if reduce is not None:
+            reduce([t])
+        return t
+
+    try:
+        coarse = list(ACT_CLIP_GRID)
+        best = coarse[int(torch.argmin(errors(coarse)))]
+        fine = [round(best + ACT_CLIP_FINE * i, 2) for i in range(4, -5, -1)]
+        fine = [f for f in fine if 0.5 <= f <= 1.0]
+        return fine[int(torch.argmin(errors(fine)))]
+    finally:
+        obs.clip = saved

@@ -39,6 +39,7 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
     "act_granularity": ACT_GRANULARITIES,
     "kv_dtype": ACT_DTYPES,
     "attn_granularity": ("tensor", "head"),
+    "act_range_search": (None, "output_mse"),
     "embedding_dtype": (None, "int8", "float32"),
     "qlevel": QLEVELS,
 }
@@ -49,7 +50,7 @@ NODE_KINDS = ("linear", "bmm", "kv_cache", "embedding")
 NODE_KEYS = ("weight_calib_method", "weight_dtype", "weight_granularity", "weight_group_size", "weight_nbits",
              "act_calib_method", "act_dtype", "act_granularity", "act_nbits", "percentile", "kv_dtype",
              "smoothquant", "smoothquant_alpha", "act_outlier_threshold", "act_rotation", "gptq", "attn_granularity",
-             "embedding_dtype")
+             "embedding_dtype", "act_range_search")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ class QuantConfig:
     act_granularity: str = "tensor"
     act_nbits: int | None = None
     percentile: float = 99.99
+    # static per-tensor linear inputs: None keeps the calibrated range (act_calib_method);
+    # "output_mse" shrinks it by the factor in ACT_CLIP_GRID (1.0 .. 0.5) whose quantized input
+    # gives the least squared error of the linear's output, ||(Q(x) - x) W^T||^2 summed over the
+    # calibration tokens and over the linears reading that input (mcq.channels.search_clip)
+    act_range_search: str | None = None
     kv_dtype: str = "int8"
     # the query operand of Q.K^T: one scale per tensor, or per attention head (as the keys have)
     attn_granularity: str = "tensor"

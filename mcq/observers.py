@@ -27,6 +27,9 @@ class Observer:
         self.max: torch.Tensor | None = None
         self.histogram = Histogram() if axis is None and method in HISTOGRAM_METHODS else None
         self.transformed: Histogram | None = None
+        # factor applied to the calibrated range (lo, hi) of a per-tensor input: 1.0, or the one
+        # an output-error search chose (`act_range_search`, mcq.channels.search_clip)
+        self.clip = 1.0
 
     def _reduce(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().to(torch.float32)
@@ -53,7 +56,9 @@ class Observer:
         method, nbits = spec["method"], int(spec["nbits"])
         if self.histogram is not None and method in HISTOGRAM_METHODS:
             lo, hi = histogram_range(self.histogram, method, nbits, self.percentile)
-            return spec_qparams(torch.tensor(lo), torch.tensor(hi), spec)
+            return spec_qparams(torch.tensor(lo) * self.clip, torch.tensor(hi) * self.clip, spec)
+        if self.clip != 1.0:
+            return spec_qparams(self.min * self.clip, self.max * self.clip, spec)
         return spec_qparams(self.min, self.max, spec)
 
 

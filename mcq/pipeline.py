@@ -128,6 +128,11 @@ class NodePass:
         self.damp = float(cfg.gptq_damp)
         self.act_order = cfg.gptq_act_order
         self.wanted = transformed_wanted(plan, self.group_of)
+        # linears whose static input range is searched against their output error (act_range_search)
+        self.clip_search = {k for k, e in plan["nodes"].items() if e["kind"] == "linear" and "x" in e["inputs"]
+                            and e["inputs"]["x"]["dtype"] != "bfloat16"
+                            and cfg.for_node(k, "linear").act_range_search == "output_mse"}
+        self.clipped: set[str] = set()
         self.weights = Resident(source)
         self.chan: dict[str, channels.ChannelPlan] = {}
         self.node_chan: dict[str, Any] = {}
@@ -195,6 +200,16 @@ class NodePass:
                 obs.transformed = Histogram()
                 for x in xs:
                     obs.transformed.update(x)
+        if qkey in self.clip_search and qkey not in self.clipped:
+            # one factor for the group's linears that ask for it (they read the same tensor)
+            chosen = [k for k in (members or [qkey]) if k in self.clip_search]
+            factor = channels.search_clip(self.chan.get(qkey), self.observers[(qkey, "x")],
+                                          self.plan["nodes"][qkey]["inputs"]["x"],
+                                          [self.weights.get(self.weight_of[k]) for k in chosen], inputs,
+                                          dist.sum_tensors if self.shard else None)
+            for k in chosen:
+                self.observers[(k, "x")].clip = factor
+                self.clipped.add(k)
         if self.sink is not None:
             self.node_chan[qkey] = node_plan(qkey, self.chan, self.imported)
             problem = gptq.Problem(h.value(), self.damp, act_order=self.act_order) if h is not None else None

@@ -6,6 +6,7 @@ import torch
 
 from mcq.calibrators import Histogram, histogram_range
 from mcq.observers import Observer, weight_qparams
+from runtime.numerics import fake_quantize
 
 
 def gaussian_with_outliers(n=200_000, seed=0):
@@ -84,3 +85,74 @@ def test_weight_methods():
     assert torch.all(mse <= amax) and torch.all(mse >= amax * 0.5 - 1e-9)
     tensor_scale, zp = weight_qparams(w, {**spec, "method": "AMAX_SYM", "granularity": "tensor", "axis": None})
     assert tensor_scale.shape == () and int(zp) == 0
+
+
+def _output_error(x, w, obs, spec, clip):
+    from mcq.observers import spec_to_qp
+
+    saved, obs.clip = obs.clip, clip
+    scale, zp = obs.qparams(spec)
+    obs.clip = saved
+    xq = fake_quantize(x, spec_to_qp(spec, scale, zp))
+    return float(((xq - x).to(torch.float64) @ w.to(torch.float64).t()).pow(2).sum())
+
+
+ASYM8 = {"dtype": "int8", "nbits": 8, "granularity": "tensor", "axis": None, "symmetric": False,
+         "method": "MINMAX_ASYM"}
+
+
+def _observed(xs):
+    obs = Observer(None, "MINMAX_ASYM")
+    for x in xs:
+        obs.update(x)
+    return obs
+
+
+def test_output_mse_search_clips_a_tail_that_carries_little_output():
+    from mcq.channels import ACT_CLIP_GRID, search_clip
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(256, 64, generator=g) for _ in range(2)]
+    xs[0][0, 5] = 60.0  # one far value in a channel the weights barely read
+    w = torch.randn(32, 64, generator=g)
+    w[:, 5] *= 0.01
+    obs = _observed(xs)
+    f = search_clip(None, obs, ASYM8, [w], xs)
+    assert f <= 0.8 and obs.clip == 1.0  # the observer is left as it was
+    x = torch.cat(xs)
+    err = lambda c: _output_error(x, w, obs, ASYM8, c)  # noqa: E731
+    assert err(f) < 0.5 * err(1.0)
+    assert all(err(f) <= err(c) for c in ACT_CLIP_GRID)
+    assert search_clip(None, obs, ASYM8, [w], xs) == f  # deterministic
+
+
+def test_output_mse_search_keeps_a_large_channel_the_output_reads():
+    from mcq.channels import search_clip
+
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(256, 64, generator=g) for _ in range(2)]
+    for x in xs:  # SmolLM2-like: one channel far larger than the rest, on every token, read by the weights
+        x[:, 7] = 40.0 + torch.randn(256, generator=g)
+    w = torch.randn(32, 64, generator=g)
+    obs = _observed(xs)
+    f = search_clip(None, obs, ASYM8, [w], xs)
+    x = torch.cat(xs)
+    assert f > 0.95
+    assert _output_error(x, w, obs, ASYM8, f) <= _output_error(x, w, obs, ASYM8, 1.0)
+    assert _output_error(x, w, obs, ASYM8, f) < 0.1 * _output_error(x, w, obs, ASYM8, 0.8)
+
+
+def test_output_mse_search_through_the_gram_matrix_equals_the_direct_error():
+    from mcq.channels import _output_error as outerr
+    from mcq.observers import spec_to_qp
+
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(64, 16, generator=g)]
+    obs = _observed(xs)
+    qp = spec_to_qp(ASYM8, *obs.qparams(ASYM8))
+    wide, narrow = torch.randn(40, 16, generator=g), torch.randn(8, 16, generator=g)  # Gram, direct
+    ident = lambda x: x  # noqa: E731
+    for w in (wide, narrow):
+        assert outerr(xs, [w], ident)(qp) == pytest.approx(_output_error(xs[0], w, obs, ASYM8, 1.0), rel=1e-9)
+    two = outerr(xs, [wide, narrow], ident)(qp)
+    assert two == pytest.approx(outerr(xs, [wide], ident)(qp) + outerr(xs, [narrow], ident)(qp), rel=1e-9)

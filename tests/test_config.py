@@ -24,6 +24,8 @@ def test_unknown_key_is_named():
     ("kv_dtype", "fp4", "int8"),
     ("qlevel", 5, "4"),
     ("weight_granularity", "row", "channel"),
+    ("act_range_search", "OUTPUT_MSE", "output_mse"),
+    ("act_range_search", True, "output_mse"),
 ])
 def test_invalid_value_names_key_and_allowed(key, value, allowed):
     with pytest.raises(ConfigError) as e:
@@ -87,6 +89,7 @@ def test_overrides_from_yaml_apply_per_node(tmp_path):
     ("[{match: 'x', qlevel: 3}]", "cannot be overridden per node"),
     ("[{match: 'x', act_dtype: int3}]", "act_dtype"),
     ("[{match: 'x', kind: conv}]", "kind"),
+    ("[{match: 'x', act_range_search: mse}]", "act_range_search: 'mse' is not one of None, output_mse"),
     ("{match: 'x'}", "expected a list"),
 ])
 def test_bad_overrides_are_named(tmp_path, overrides, needle):
@@ -186,3 +189,15 @@ def test_w4a16m_keeps_the_sensitive_projections_int8():
     assert dtype("model.layers.13.self_attn.v_proj/linear0") == dtype("model.layers.0.self_attn.k_proj/linear0") == "int8"
     assert dtype("model.layers.13.self_attn.q_proj/linear0") == dtype("model.layers.2.mlp.up_proj/linear0") == "int4"
     assert dtype("lm_head/linear0") == "int8" and cfg.for_node("lm_head/linear0", "linear").weight_granularity == "channel"
+
+
+def test_act_range_search_is_off_by_default_and_can_be_set_per_node(tmp_path):
+    assert QuantConfig().act_range_search is None
+    assert all(preset(name).act_range_search is None for name in ("W8A8", "W8A16", "W4A16"))
+    p = tmp_path / "q.yaml"
+    p.write_text("preset: W8A8KV8\noverrides: [{match: '*.mlp.down_proj/*', kind: linear, "
+                 "act_range_search: output_mse}]\n")
+    cfg = QuantConfig.from_yaml(p)
+    assert cfg.for_node("model.layers.2.mlp.down_proj/linear0", "linear").act_range_search == "output_mse"
+    assert cfg.for_node("model.layers.2.mlp.up_proj/linear0", "linear").act_range_search is None
+    assert cfg.for_node("model.layers.2.mlp.down_proj/linear0", "linear").act_rotation  # the preset's stays

@@ -250,3 +250,33 @@ def test_last_position_prefill_equals_the_last_row_of_full_prefill(quantized, pr
     else:
         torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(full_cache.tensors, last_cache.tensors))
+
+
+def test_output_mse_range_search_narrows_static_input_ranges_only_where_asked(quantized, tiny_models):
+    import mcq
+    from mcq.channels import ACT_CLIP_FINE
+
+    model, base, _ = quantized("llama-tiny", "W8A8KV8")
+    cfg = mcq.QuantConfig.from_dict({"preset": "W8A8KV8", "overrides": [
+        {"match": "*.layers.0.*", "kind": "linear", "act_range_search": "output_mse"}]})
+    q = mcq.quantize(model, cfg, progress=False)
+    nodes, base_nodes = q.sections["qformat"]["nodes"], base.sections["qformat"]["nodes"]
+    ratios = {}
+    for key, entry in nodes.items():
+        if entry["kind"] != "linear" or "x" not in entry["inputs"]:
+            continue
+        scale = float(q.tensors[entry["inputs"]["x"]["scale"]])
+        base_scale = float(base.tensors[base_nodes[key]["inputs"]["x"]["scale"]])
+        ratios[key] = scale / base_scale
+    searched = {k: r for k, r in ratios.items() if ".layers.0." in k}
+    assert searched and all(r == 1.0 for k, r in ratios.items() if k not in searched)
+    # a factor of the grid (0.5 .. 1.0 in steps of 0.01), shared by the linears reading one tensor
+    assert all(0.5 - 1e-6 <= r <= 1.0 + 1e-6 for r in searched.values())
+    assert all(abs(r / ACT_CLIP_FINE - round(r / ACT_CLIP_FINE)) < 1e-3 for r in searched.values())
+    qkv = {round(searched[f"model.layers.0.self_attn.{p}_proj/linear0"], 6) for p in "qkv"}
+    assert len(qkv) == 1
+    assert any(r < 1.0 for r in searched.values())
+    again = mcq.quantize(model, cfg, progress=False)  # deterministic: the same tensors, bit for bit
+    assert all(torch.equal(again.tensors[k], t) for k, t in q.tensors.items())
+    ids, mask = _batch()
+    assert torch.equal(q.model(3).prefill(ids, mask)[0], q.model(4).prefill(ids, mask)[0])
