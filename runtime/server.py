@@ -12,7 +12,9 @@ depend on them (imported here only)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -53,20 +55,43 @@ def vocab_size(model: Any) -> int:
     return int(model.tokenizer._tok.get_vocab_size(with_added_tokens=True)) if model.tokenizer else 0
 
 
+class _Inbox:
+    """Items from the scheduler's thread into the event loop's queues, one wake-up of the loop for
+    all that arrived meanwhile (a decode step's tokens for every request: one, not one each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.lock, self.waking = loop, threading.Lock(), False
+        self.items: collections.deque[tuple[asyncio.Queue[tuple[str, Any]], tuple[str, Any]]] = collections.deque()
+
+    def put(self, queue: asyncio.Queue[tuple[str, Any]], item: tuple[str, Any]) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.waking:
+                return
+            self.waking = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.waking = self.items, False
+            self.items = collections.deque()
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class _Run:
     """One request's job, its tokens as text (stop sequences cut), fed from the scheduler's thread
     into this event loop."""
 
-    def __init__(self, req: api.GenerationRequest, model: Any) -> None:
+    def __init__(self, req: api.GenerationRequest, model: Any, inbox: _Inbox) -> None:
         self.req = req
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
 
         def on_token(token: int) -> None:
-            loop.call_soon_threadsafe(self.queue.put_nowait, ("token", token))
+            inbox.put(self.queue, ("token", token))
 
         def on_done(reason: str, error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(self.queue.put_nowait, ("done", (reason, error)))
+            inbox.put(self.queue, ("done", (reason, error)))
 
         self.job = Job(req.prompt_ids, req.max_tokens, req.sampling, on_token, on_done, not req.ignore_eos)
         self.text = TextStream(model._decode)
@@ -116,7 +141,7 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
     context = context or context_length(model)
     vocab = vocab_size(model)
     created = int(time.time())
-    state: dict[str, Scheduler] = {}
+    state: dict[str, Any] = {}
 
     def error(e: api.ApiError) -> JSONResponse:
         headers = {"Retry-After": "1"} if e.status == 503 else None
@@ -154,7 +179,7 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
             body = await body_of(request)
             # the template and the tokenizer run off the event loop (a template has a time bound)
             req = await run_in_threadpool(parse, body)
-            run = _Run(req, model)
+            run = _Run(req, model, state["inbox"])
             try:
                 state["scheduler"].submit(run.job)
             except QueueFullError as e:
@@ -203,6 +228,7 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
         @contextlib.asynccontextmanager
         async def span() -> AsyncIterator[None]:
             state["scheduler"] = Scheduler(model, max_batch=max_batch, max_queue=max_queue)
+            state["inbox"] = _Inbox(asyncio.get_running_loop())
             try:
                 yield
             finally:
