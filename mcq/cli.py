@@ -505,6 +505,8 @@ def serve(file: Path, host: str, port: int, model_name: str | None, max_batch: i
     _require()
     model = _load(file, qlevel, engine)
     model._need_causal_lm()
+    if model.tokenizer is None:
+        raise ValueError(f"{file}: this bundle has no tokenizer; the OpenAI API answers in text, which needs one")
     name = model_name or file.name.removesuffix(".mcq")
     click.echo(f"mcq serve: {file} as model {name!r} (max batch {max_batch}, queue {max_queue})", err=True)
     run_server(model, name, host, port, max_batch, max_queue, context_length, log_level,

@@ -119,7 +119,9 @@ def _sampling(body: Mapping[str, Any]) -> Sampling:
     return Sampling(True, temperature, top_k, top_p, seed)
 
 
-def _common(body: Any, served: str) -> None:
+def check_common(body: Any, served: str) -> None:
+    """What every completion body must be: an object naming the served model, with valid
+    stream options and no unsupported parameter."""
     if not isinstance(body, Mapping):
         raise ApiError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -189,7 +191,7 @@ def messages_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 def chat_request(body: Any, served: str, render: Any, encode: Any, context: int) -> GenerationRequest:
     """A /v1/chat/completions body checked: `render(messages, add_generation_prompt, tools,
     variables)` gives the prompt text (the chat template), `encode(text)` its ids."""
-    _common(body, served)
+    check_common(body, served)
     messages = messages_of(body)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
@@ -209,7 +211,7 @@ def chat_request(body: Any, served: str, render: Any, encode: Any, context: int)
 
 def completion_request(body: Any, served: str, encode: Any, vocab: int, context: int) -> GenerationRequest:
     """A /v1/completions body checked: the prompt is a string, a list of one string, or token ids."""
-    _common(body, served)
+    check_common(body, served)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one

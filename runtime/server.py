@@ -52,7 +52,7 @@ def vocab_size(model: Any) -> int:
     n = config.get("vocab_size")
     if isinstance(n, int) and n > 0:
         return n
-    return int(model.tokenizer._tok.get_vocab_size(with_added_tokens=True)) if model.tokenizer else 0
+    return int(model.tokenizer._tok.get_vocab_size(with_added_tokens=True))
 
 
 class _Inbox:
@@ -138,6 +138,8 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    if model.tokenizer is None:
+        raise ValueError("this bundle has no tokenizer: the OpenAI API answers in text, which needs one")
     context = context or context_length(model)
     vocab = vocab_size(model)
     created = int(time.time())
@@ -150,7 +152,7 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
     async def body_of(request: Request) -> Any:
         if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
             raise api.ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-        raw = b""
+        raw = bytearray()
         async for part in request.stream():
             raw += part
             if len(raw) > MAX_BODY_BYTES:
@@ -164,15 +166,15 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
         return str(model.chat_prompt(messages, add_generation_prompt=add, tools=tools, template_variables=variables))
 
     def parse_chat(body: Any) -> api.GenerationRequest:
-        if model.tokenizer is None or model.tokenizer.chat_template is None:
-            api.messages_of(body if isinstance(body, dict) else {})  # a malformed body says so first
+        if model.tokenizer.chat_template is None:
+            api.check_common(body, name)  # a malformed body or another model's name says so first
+            api.messages_of(body)
             raise api.ApiError(400, "this model has no chat template: use /v1/completions with a prompt")
         return api.chat_request(body, name, render, lambda t: model.tokenizer.encode(t, add_special_tokens=False),
                                 context)
 
     def parse_completion(body: Any) -> api.GenerationRequest:
-        encode = model.tokenizer.encode if model.tokenizer is not None else _no_text
-        return api.completion_request(body, name, encode, vocab, context)
+        return api.completion_request(body, name, model.tokenizer.encode, vocab, context)
 
     async def generation(request: Request, parse: Callable[[Any], api.GenerationRequest]) -> Any:
         try:
@@ -243,10 +245,6 @@ def create_app(model: Any, name: str, max_batch: int = 8, max_queue: int = 64, c
               Route("/health", health, methods=["GET"])]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: http_error, Exception: server_error})
-
-
-def _no_text(text: str) -> list[int]:
-    raise api.ApiError(400, "this model has no tokenizer: give the prompt as a list of token ids", "prompt")
 
 
 async def _events(run: _Run, name: str) -> AsyncIterator[bytes]:

@@ -345,9 +345,26 @@ def test_mcq_chat_and_serve_refuse_what_they_cannot_run_with_one_line(quantized,
 
     _, _, plain = quantized("llama-tiny")  # no tokenizer, no chat template
     runner = CliRunner()
-    for args, fragment in ((["chat", str(plain)], "no tokenizer"),
+    for args, fragment in ((["chat", str(plain)], "no tokenizer"), (["serve", str(plain)], "no tokenizer"),
                            (["serve", str(tmp_path / "missing.mcq")], "no such file"),
                            (["serve", str(tmp_path)], "is a directory")):
         result = runner.invoke(main, args, input="/exit\n")
         assert result.exit_code == 1, (args, result.output)
         assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_a_bundle_without_a_chat_template_serves_completions_and_says_why_chat_fails(quantized, tmp_path):
+    import mcq
+    from mcq.examples import tiny_tokenizer
+
+    model, _, _ = quantized("llama-tiny")
+    path = tmp_path / "no-template.mcq"
+    mcq.quantize(model, mcq.preset("W8A8KV8"), tokenizer=tiny_tokenizer(), progress=False).save(path)
+    with served(path, "--model-name", "plain") as (url, _):
+        r = httpx.post(url + "/chat/completions", json={"model": "plain", "messages": MESSAGES})
+        assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+        r = httpx.post(url + "/chat/completions", json={"model": "other", "messages": MESSAGES})
+        assert r.status_code == 404
+        r = httpx.post(url + "/completions", json={"model": "plain", "prompt": [5, 6, 7], "max_tokens": 4,
+                                                   "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
