@@ -190,7 +190,7 @@ class Scheduler:
     def _join(self, jobs: list[Job]) -> None:
         """Prefill the new jobs (those of similar lengths together, left-padded: the same bits as
         alone) and stack the ones that go on under the running batch."""
-        caches = []
+        caches: list[Any] = []
         live = []
         for job in jobs:
             if job.cancelled:
@@ -204,8 +204,11 @@ class Scheduler:
                 mask = [[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in group]
                 logits, cache = self.model.prefill(self._ops.tokens(ids), self._ops.tokens(mask), all_logits=False)
             except Exception as e:  # noqa: BLE001 - one request's failure ends that request only
-                if len(group) > 1:  # find which: each alone
-                    self._join(group)
+                if len(group) > 1:  # find which: each alone (after stacking what joined so far:
+                    self._stack(caches)  # rows and cache rows stay in the same order)
+                    caches = []
+                    for job in group:
+                        self._join([job])
                     continue
                 self._end(group[0], ERROR, e)
                 continue
@@ -218,6 +221,9 @@ class Scheduler:
                     keep.append(i)
             if keep:
                 caches.append(self._select(cache, keep) if len(keep) < len(group) else cache)
+        self._stack(caches)
+
+    def _stack(self, caches: list[Any]) -> None:
         if caches:
             self._cache = self._stacked(([self._cache] if self._cache is not None else []) + caches)
 

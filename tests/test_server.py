@@ -368,3 +368,32 @@ def test_a_bundle_without_a_chat_template_serves_completions_and_says_why_chat_f
         r = httpx.post(url + "/completions", json={"model": "plain", "prompt": [5, 6, 7], "max_tokens": 4,
                                                    "temperature": 0})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_a_failing_group_prefill_is_retried_alone_and_ends_only_the_failing_job(chat_path):
+    import runtime
+
+    model = runtime.load(chat_path)
+    ids = [model.tokenizer.encode(p) for p in PROMPTS[:4]]
+    expected = [model.generate(i, max_new_tokens=6, stop_at_eos=False) for i in ids]
+    prefill = model.prefill
+    bad = ids[1]  # "Hello": prefilled in one group with "x" and "The capital of France is"
+
+    def failing(input_ids, *args, **kwargs):  # the group fails, and the prompt `bad` alone
+        if any(list(row[-len(bad):]) == bad for row in input_ids):
+            raise ValueError("boom")
+        return prefill(input_ids, *args, **kwargs)
+
+    model.prefill = failing
+    scheduler = Scheduler(model, max_batch=8, max_queue=8)
+    try:
+        collectors = [Collector() for _ in ids]
+        with scheduler._cond:  # all four wait when the thread next looks: they join together
+            for c, i in zip(collectors, ids):
+                scheduler.submit(c.job(i, 6))
+        for c in collectors:
+            assert c.done.wait(30)
+        assert [c.reason for c in collectors] == [LENGTH, "error", LENGTH, LENGTH]
+        assert [c.tokens for k, c in enumerate(collectors) if k != 1] == [e for k, e in enumerate(expected) if k != 1]
+    finally:
+        scheduler.close()
