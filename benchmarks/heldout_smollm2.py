@@ -9,7 +9,9 @@ The evaluation set (`--texts eval`, benchmarks/data/eval/) is three texts writte
 never used for calibration or for choosing settings: narrative fiction, a technical article,
 dialogue and how-to instructions (about 5.7k tokens each). `--texts dev` is the older held-out
 file (benchmarks/data/heldout_en.txt), where settings are tried before the eval set sees them;
-`--texts a.txt,b.txt` any files. --presets takes NAME+key=value+... as smollm2_accuracy.py does
+`--texts dev2` a second development text (dialogue and how-to steps, an expository part, a
+story; written in session 20 because the first one hardly sees the int8 KV cache's loss), `--texts
+devs` both; `--texts a.txt,b.txt` any files. --presets takes NAME+key=value+... as smollm2_accuracy.py does
 (e.g. W8A16+weight_granularity=group+weight_group_size=64) or a YAML config file; bundles are
 cached in --workdir by that name (--requantize rebuilds them). Pooled: exp(sum of NLL / tokens scored) over all texts.
 """
@@ -29,7 +31,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 DATA = HERE / "data"
-TEXT_SETS = {"eval": sorted((DATA / "eval").glob("*.txt")), "dev": [DATA / "heldout_en.txt"]}
+TEXT_SETS = {"eval": sorted((DATA / "eval").glob("*.txt")), "dev": [DATA / "heldout_en.txt"],
+             "dev2": [DATA / "dev2.txt"], "devs": [DATA / "heldout_en.txt", DATA / "dev2.txt"]}
 
 
 class LlamaCppPrefill:
@@ -68,7 +71,7 @@ def main() -> None:
                     help="external_contenders.py's folder: adds llama.cpp Q8_0 (converted there once)")
     ap.add_argument("--presets", default="W8A16,W4A16,W8A8KV8")
     ap.add_argument("--paths", default="engine", help="engine, reference or both (comma-separated)")
-    ap.add_argument("--texts", default="eval", help="eval, dev, or comma-separated files")
+    ap.add_argument("--texts", default="eval", help="eval, dev, dev2, devs (dev and dev2), or comma-separated files")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--requantize", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")

@@ -178,6 +178,25 @@ def _check_params(spec: Mapping[str, Any], fmt: QuantFormat, expected: tuple[int
             where.fail(f"zero_point {spec['zero_point']!r} holds values outside [{lo:g}, {hi:g}]", QuantParamsError)
 
 
+def _check_source_params(spec: Mapping[str, Any], source: Mapping[str, Any], view: TensorView, where: _Where) -> None:
+    """Q.K^T's key operand reads the int8 KV cache as stored: its scales and zero points are the
+    cache's per KV head, repeated for the query heads sharing each one (spec Q.5). Others would
+    make the file's two copies disagree and the runtime read the keys with a scale they were not
+    stored with."""
+    for role in ("scale", "zero_point"):
+        _tensor(source.get(role), view, where, f"its source's {role}")
+    if not (np.isfinite(view.value(source["scale"])).all() and (view.value(source["scale"]) > 0).all()):
+        return  # the source's own check names that
+    for role in ("scale", "zero_point"):
+        mine, theirs = view.value(spec[role]).ravel(), view.value(source[role]).ravel()
+        if not theirs.size or mine.size % theirs.size or \
+                not np.array_equal(mine, np.repeat(theirs, mine.size // theirs.size)):
+            where.fail(f"{role} {spec[role]!r} is not its source's {source[role]!r} repeated for the query heads "
+                       "that share each KV head (spec Q.5)", QuantParamsError)
+    if bool(spec.get("symmetric")) != bool(source.get("symmetric")):
+        where.fail("symmetric differs from its source's (spec Q.5)", QuantSpecError)
+
+
 def _vector(name: object, dtype: str, length: int | None, view: TensorView, where: _Where, what: str) -> np.ndarray:
     tdtype, shape = _tensor(name, view, where, what)
     if tdtype != dtype or len(shape) != 1 or (length is not None and shape[0] != length):
@@ -389,6 +408,8 @@ def check_qformat_semantics(qformat: Mapping[str, Any], sections: Mapping[str, A
                 rwhere.fail(f"axis {spec.get('axis')!r}: a bmm operand is quantized per head along axis 0",
                             QuantSpecError)
             _check_params(spec, fmt, _expected_param_shape(spec, None, channels, rwhere), view, rwhere)
+            if spec.get("source") is not None and fmt.has_scale:
+                _check_source_params(spec, nodes[spec["source"]]["inputs"]["x"], view, rwhere)
             if kind == "linear":
                 n_outliers = _check_channels(spec, width, view, rwhere) or 0
                 ow = entry.get("outlier_weight")

@@ -657,6 +657,9 @@ CASES: list[tuple[str, str, bool, str, CaseFn]] = [
      _edit(lambda p: _with_chat_template(p, template=["{{ messages }}"]))),
     ("qformat-head-axis", "E400_QUANT_SPEC", False, "a Q.K^T operand quantized per head along axis 127",
      _edit(lambda p: _spec(p, "model.layers.0.self_attn/bmm0", "b").__setitem__("axis", 127))),
+    ("qformat-key-scale-not-source", "E401_QUANT_PARAMS", False,
+     "a KV cache's key scales 1 % wider than the copy its Q.K^T reads them with",
+     _edit(lambda p: _values(p, f"{K_CACHE}/x.scale", lambda a: a * np.float32(1.01)))),
 ]
 
 

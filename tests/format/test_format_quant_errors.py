@@ -97,6 +97,11 @@ def test_QuantParamsError(tmp_path):
         (lambda p: gen._values(p, f"{Q}/weight.zero_point", lambda a: a[:-1]), "its scale"),
         (lambda p: gen._values(p, f"{Q}/x.smooth", first(0.0)), "smooth"),
         (lambda p: gen._values(p, f"{Q}/x.smooth", lambda a: a[:-1]), "smooth"),
+        # Q.K^T's key operand repeats its KV cache's parameters (spec Q.5): a cache scale 1 % wider
+        # than the copy the bmm reads would have the keys read with a scale they were not stored with
+        (lambda p: gen._values(p, f"{KV}/x.scale", lambda a: a * np.float32(1.01)), "repeated for the query heads"),
+        (lambda p: gen._values(p, "model.layers.0.self_attn/bmm0/b.zero_point", lambda a: a + 1),
+         "repeated for the query heads"),
     ]
     for edit, fragment in cases:
         expect(m.QuantParamsError, mutant(tmp_path, edit), fragment)
