@@ -3,7 +3,7 @@ float, and what an equivalence transform of the attention operands buys back, be
 it into the toolkit. Fake quantization inside transformers' attention (post-RoPE q, k, v), static
 asymmetric min/max ranges from the built-in calibration text (as the W8A8KV8 preset's):
 
-    PYTHONPATH=. python benchmarks/experiments/kv_smoothing_sim.py --texts devs   # ~8 min
+    PYTHONPATH=. python benchmarks/experiments/kv_smoothing_sim.py --texts dev2   # ~10 min, KL and perplexity
 
 Variants: which operands are quantized (q per tensor or per head, k and v per KV head), and
 - qk smoothing: k / a and q * a per channel (a the same on each rotate-half pair, so RoPE
@@ -186,17 +186,28 @@ def main() -> None:
     if args.variants != "all":
         keep_names = args.variants.split(";")
         variants = {k: v for k, v in variants.items() if k in keep_names or k == "float"}
+    windows = [v[i:i + 512] for v in ids.values() for i in range(0, len(v), 512) if len(v[i:i + 512]) >= 2]
+
+    def log_probs() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [torch.log_softmax(model(input_ids=torch.tensor([w])).logits[0, :-1].double(), -1)
+                    for w in windows]
+
     base = None
+    ref: list[torch.Tensor] = []
     for name, opts in variants.items():
         sim.mode = "float" if opts is None else "quant"
         sim.opts = opts or {}
         per = {k: window_nll(EagerPrefill(model), v, 512) for k, v in ids.items()}
         tot = sum(a for a, _ in per.values()) / sum(n for _, n in per.values())
+        lps = log_probs()
         if base is None:
-            base = (per, tot)
+            base, ref = (per, tot), lps
+        kl = sum(float((p.exp() * (p - q)).sum()) for p, q in zip(ref, lps, strict=True)) / sum(len(p) for p in ref)
         cells = ", ".join(f"{k} {100 * (math.exp(a / n - base[0][k][0] / base[0][k][1]) - 1):+.2f} %"
                           for k, (a, n) in per.items())
-        print(f"{name}: {cells}; pooled {100 * (math.exp(tot - base[1]) - 1):+.2f} %", flush=True)
+        print(f"{name}: {cells}; pooled {100 * (math.exp(tot - base[1]) - 1):+.2f} %; KL {1e3 * kl:.2f}e-3",
+              flush=True)
 
 
 if __name__ == "__main__":
