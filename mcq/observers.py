@@ -57,9 +57,7 @@ class Observer:
         if self.histogram is not None and method in HISTOGRAM_METHODS:
             lo, hi = histogram_range(self.histogram, method, nbits, self.percentile)
             return spec_qparams(torch.tensor(lo) * self.clip, torch.tensor(hi) * self.clip, spec)
-        if self.clip != 1.0:
-            return spec_qparams(self.min * self.clip, self.max * self.clip, spec)
-        return spec_qparams(self.min, self.max, spec)
+        return spec_qparams(self.min * self.clip, self.max * self.clip, spec)
 
 
 def spec_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -185,7 +185,8 @@ def _check_source_params(spec: Mapping[str, Any], source: Mapping[str, Any], vie
     stored with."""
     for role in ("scale", "zero_point"):
         _tensor(source.get(role), view, where, f"its source's {role}")
-    if not (np.isfinite(view.value(source["scale"])).all() and (view.value(source["scale"]) > 0).all()):
+    scale = view.value(source["scale"])
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
         return  # the source's own check names that
     for role in ("scale", "zero_point"):
         mine, theirs = view.value(spec[role]).ravel(), view.value(source[role]).ravel()

@@ -23,13 +23,16 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
 
-def fq(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Asymmetric int8 fake quantization, round half away from zero; lo/hi broadcast against x."""
-    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
-    s = ((hi - lo) / 255.0).clamp(min=1e-12)
-    zp = (-128 - torch.round(lo / s)).clamp(-128, 127)
-    q = torch.sign(x / s) * torch.floor((x / s).abs() + 0.5) + zp
-    return (q.clamp(-128, 127) - zp) * s
+def fq(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, per_head: bool) -> torch.Tensor:
+    """x [batch, heads, seq, head_dim] through the toolkit's int8 MINMAX_ASYM parameters for the
+    range [lo, hi] and the runtime's fake quantization: per head (axis 1, as the KV cache) or per
+    tensor."""
+    from mcq.observers import spec_qparams, spec_to_qp
+    from runtime import numerics
+
+    spec = {"dtype": "int8", "nbits": 8, "granularity": "channel" if per_head else "tensor",
+            "axis": 1 if per_head else None, "symmetric": False, "method": "MINMAX_ASYM"}
+    return numerics.fake_quantize(x, spec_to_qp(spec, *spec_qparams(lo, hi, spec)))
 
 
 class Sim:
@@ -37,9 +40,13 @@ class Sim:
         self.mode = "float"
         self.stats: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.opts: dict[str, object] = {}
+        # the calibration's post-RoPE q and k (14 x 256 tokens), to range the smoothed tensors exactly
+        self.raw: dict[tuple[int, str], list[torch.Tensor]] = {}
 
     def record(self, layer: int, name: str, x: torch.Tensor) -> None:
         # per head and channel: x [b, heads, seq, hd] -> [heads, hd]
+        if name in "qk":
+            self.raw.setdefault((layer, name), []).append(x.clone())
         lo, hi = x.amin(dim=(0, 2)), x.amax(dim=(0, 2))
         key = (layer, name)
         if key in self.stats:
@@ -85,28 +92,29 @@ class Sim:
                 value = value / b[None, :, None, :]
             st = {n: self.stats[(layer, n)] for n in "qkv"}
 
-            def rng(n: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def rng(n: str) -> tuple[torch.Tensor, torch.Tensor]:
                 lo, hi = st[n]
                 if a is not None and n == "k":
-                    lo, hi = self._range(key_cal[layer], lambda x: x / a[None, :, None, :])
+                    lo, hi = self._range(self.raw[(layer, "k")], lambda x: x / a[None, :, None, :])
                 if a is not None and n == "q":
-                    lo, hi = self._range(q_cal[layer], lambda x: x * a.repeat_interleave(groups, 0)[None, :, None, :])
+                    qa = a.repeat_interleave(groups, 0)[None, :, None, :]
+                    lo, hi = self._range(self.raw[(layer, "q")], lambda x: x * qa)
                 if b is not None and n == "v":
                     lo, hi = lo / b, hi / b
                 return lo, hi
 
             if "k" in o["quant"]:
-                lo, hi = rng("k", key)
-                key = fq(key, lo.amin(1)[None, :, None, None], hi.amax(1)[None, :, None, None])
+                lo, hi = rng("k")
+                key = fq(key, lo.amin(1), hi.amax(1), True)
             if "v" in o["quant"]:
-                lo, hi = rng("v", value)
-                value = fq(value, lo.amin(1)[None, :, None, None], hi.amax(1)[None, :, None, None])
+                lo, hi = rng("v")
+                value = fq(value, lo.amin(1), hi.amax(1), True)
             if "q" in o["quant"]:
-                lo, hi = rng("q", query)
+                lo, hi = rng("q")
                 if o.get("q_per_head"):
-                    query = fq(query, lo.amin(1)[None, :, None, None], hi.amax(1)[None, :, None, None])
+                    query = fq(query, lo.amin(1), hi.amax(1), True)
                 else:
-                    query = fq(query, lo.min(), hi.max())
+                    query = fq(query, lo.min(), hi.max(), False)
             out, w = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                             scaling=scaling, **kw)
             if b is not None:  # out [b, seq, hq, hd]
@@ -120,10 +128,6 @@ class Sim:
         los = [f(x).amin(dim=(0, 2)) for x in xs]
         his = [f(x).amax(dim=(0, 2)) for x in xs]
         return torch.stack(los).amin(0), torch.stack(his).amax(0)
-
-
-key_cal: dict[int, list[torch.Tensor]] = {}
-q_cal: dict[int, list[torch.Tensor]] = {}
 
 
 def main() -> None:
@@ -147,23 +151,10 @@ def main() -> None:
     samples = load_samples(encode, None, 256, 64)
     print(f"calibration: {len(samples)} samples", flush=True)
 
-    # calibration: per-channel ranges, and the raw q / k kept (small: 14 x 256 tokens) to range
-    # the smoothed tensors exactly
     sim.mode = "calib"
-    orig = sim.record
-
-    def keep(layer: int, name: str, x: torch.Tensor) -> None:
-        orig(layer, name, x)
-        if name == "k":
-            key_cal.setdefault(layer, []).append(x.clone())
-        if name == "q":
-            q_cal.setdefault(layer, []).append(x.clone())
-
-    sim.record = keep  # type: ignore[method-assign]
     with torch.no_grad():
         for s in samples:
             model(input_ids=torch.tensor([s]))
-    sim.record = orig  # type: ignore[method-assign]
 
     texts = _texts(args.texts)
     ids = {p.stem: encode(p.read_text(encoding="utf-8")) for p in texts}
